@@ -1,15 +1,70 @@
-"""Command line: `python -m teachkit COMMAND --help` (also installed as `teachkit`)."""
+"""Command line: `python -m teachkit COMMAND --help` (also installed as `teachkit`).
+
+    teachkit demo       pre-train, fine-tune three ways, write a report (the README's main job)
+    teachkit pretrain   pre-train a BERT (MLM + NSP) on unlabelled text
+    teachkit finetune   fine-tune a model on a labelled sentiment set
+    teachkit smoke      a one-minute end-to-end check
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 
+from teachkit.checkpoint import NotACheckpointError
 from teachkit.data import DataUnavailableError
 from teachkit.devices import DeviceError
+from teachkit.pretrained import CheckpointError
+
+FAST_ENV = "TEACHKIT_FAST"  # set to 1 to shrink every budget (CI); the same code path runs
 
 
-def _smoke(args: argparse.Namespace) -> None:
+def _demo(args) -> None:
+    from teachkit.experiments import DemoSettings, run_demo
+
+    settings = DemoSettings(out_dir=args.out, seed=args.seed, device=args.device)
+    if args.pretrain_seconds is not None:
+        settings = dataclasses.replace(settings, pretrain_seconds=args.pretrain_seconds)
+    if args.no_real_bert:
+        settings = dataclasses.replace(settings, real_bert=None)
+    if args.fast or os.environ.get(FAST_ENV) == "1":
+        settings = settings.fast()
+    run_demo(settings)
+
+
+def _pretrain(args) -> None:
+    from teachkit.experiments import DemoSettings, pretrain_bert
+
+    settings = DemoSettings(out_dir=args.out, corpus=tuple(args.corpus), pretrain_seconds=args.seconds,
+                            layers=args.layers, width=args.width, heads=args.heads, max_len=args.max_len,
+                            vocab_size=args.vocab_size, pretrain_lr=args.lr, mask_prob=args.mask_prob,
+                            nsp=args.nsp, seed=args.seed, device=args.device)
+    folder, _, _ = pretrain_bert(settings)
+    print(f"Checkpoint: {folder}  (fine-tune it with: teachkit finetune --from {folder})")
+
+
+def _finetune(args) -> None:
+    from teachkit.checkpoint import load_model
+    from teachkit.experiments import DemoSettings, Labelled, finetune_arm
+    from teachkit.tokenization import load_tokenizer
+
+    settings = DemoSettings(sentiment=args.dataset, max_len=args.max_len, seed=args.seed, device=args.device,
+                            pooling=args.pooling)
+    config = tokenizer = None
+    if args.source == "scratch":
+        if not args.like:
+            raise ValueError("--from scratch needs --like CHECKPOINT: the pre-training run whose model size and "
+                             "tokenizer to copy, so that the comparison is fair.")
+        config, tokenizer = load_model(args.like).cfg, load_tokenizer(args.like)
+    row = finetune_arm(str(args.source), args.source, tokenizer, Labelled.load(args.dataset), settings,
+                       budget=args.labels, config=config, lr=args.lr, epochs=args.epochs or settings.epochs(args.labels))
+    print(f"validation accuracy {100 * row['validation_accuracy']:.1f}%, test accuracy "
+          f"{100 * row['test_accuracy']:.1f}% with {row['budget']} labels in {row['seconds']:.0f} s")
+
+
+def _smoke(args) -> None:
     from teachkit.experiments import smoke
 
     smoke(steps=args.steps, seed=args.seed)
@@ -17,30 +72,77 @@ def _smoke(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="teachkit",
-        description="Pre-train and fine-tune small language models, and see the difference.",
-        epilog="Datasets load from the Hugging Face hub, or from a local mirror folder named by TEACHKIT_DATA_DIR.",
-    )
+        prog="teachkit", description="Pre-train and fine-tune small language models, and measure the difference.",
+        epilog="Datasets load from the Hugging Face hub, or from a local mirror folder named by TEACHKIT_DATA_DIR.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in [
-        ("smoke", "a one-minute end-to-end check: Wikipedia text -> tokenizer -> MLM+NSP batches -> a few steps"),
-        ("demo", "the course's main run (for now the same as smoke)"),
-    ]:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--steps", type=int, default=20, help="optimisation steps of the tiny BERT (default 20)")
-        sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        sub.set_defaults(run=_smoke)
+
+    demo = commands.add_parser("demo", help="pre-train, fine-tune three ways, and write a report (about 13 minutes)",
+                               description="Pre-train a small BERT, fine-tune it, the same model from scratch and a "
+                                           "real pretrained BERT on a sentiment set, and write a report with plots.")
+    demo.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
+    demo.add_argument("--pretrain-seconds", type=float, help="pre-training time budget in seconds")
+    demo.add_argument("--no-real-bert", action="store_true", help="skip the real pretrained BERT arm")
+    demo.add_argument("--fast", action="store_true", help=f"tiny budgets for a quick check (also: {FAST_ENV}=1)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    demo.set_defaults(run=_demo)
+
+    pre = commands.add_parser("pretrain", help="pre-train a BERT with masked-LM and next-sentence prediction",
+                              description="Pre-train a BERT on unlabelled text within a time budget.")
+    pre.add_argument("--corpus", nargs="+", default=["wikitext-2", "movie_reviews"],
+                     help="datasets to read (default: wikitext-2 movie_reviews)")
+    pre.add_argument("--seconds", type=float, default=420, help="time budget (default 420)")
+    pre.add_argument("--layers", type=int, default=2)
+    pre.add_argument("--width", type=int, default=128, help="d_model (default 128)")
+    pre.add_argument("--heads", type=int, default=2)
+    pre.add_argument("--max-len", type=int, default=64, help="tokens per sequence (default 64)")
+    pre.add_argument("--vocab-size", type=int, default=8192)
+    pre.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    pre.add_argument("--mask-prob", type=float, default=0.4, help="share of tokens to predict (default 0.4; BERT used 0.15)")
+    pre.add_argument("--nsp", action="store_true", help="add next-sentence prediction to masked-LM")
+    pre.add_argument("--out", default="runs", help="folder for the checkpoint (default runs)")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    pre.set_defaults(run=_pretrain)
+
+    fin = commands.add_parser("finetune", help="fine-tune on a labelled sentiment set",
+                              description="Fine-tune a classifier and report validation and test accuracy.")
+    fin.add_argument("--from", dest="source", required=True,
+                     help="a pre-training checkpoint folder, 'minilm', a hub id, or 'scratch'")
+    fin.add_argument("--like", help="with --from scratch: the checkpoint whose model size and tokenizer to use")
+    fin.add_argument("--dataset", default="rotten_tomatoes", choices=["rotten_tomatoes", "sst2"])
+    fin.add_argument("--labels", type=int, default=None, help="label budget (default: all)")
+    fin.add_argument("--epochs", type=float, default=None, help="passes over the labels (default 5 for <= 2000 labels, else 2)")
+    fin.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; use 1e-4 for a real BERT)")
+    fin.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="how the classifier reads the text")
+    fin.add_argument("--max-len", type=int, default=64)
+    fin.add_argument("--seed", type=int, default=0)
+    fin.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    fin.set_defaults(run=_finetune)
+
+    smoke = commands.add_parser("smoke", help="a one-minute end-to-end check of the whole pipeline")
+    smoke.add_argument("--steps", type=int, default=20, help="optimisation steps of the tiny BERT (default 20)")
+    smoke.add_argument("--seed", type=int, default=0)
+    smoke.set_defaults(run=_smoke)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "device"):
+            from teachkit.devices import pick_device
+
+            pick_device(args.device)  # an impossible device fails now, not after minutes of data loading
         args.run(args)
-    except (DataUnavailableError, DeviceError, ValueError, FileNotFoundError) as err:
-        # Learners see the explanation, not a stack trace; --debug style tracebacks are one `python -X` away.
+    except (DataUnavailableError, DeviceError, CheckpointError, NotACheckpointError, ValueError,
+            FileNotFoundError) as err:
+        # Learners see the explanation, not a stack trace.
         print(f"teachkit {args.command}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"teachkit {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

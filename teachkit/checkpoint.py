@@ -60,8 +60,11 @@ def task_of(model: nn.Module) -> str:
 
 
 def save_checkpoint(folder: str | Path, *, model: nn.Module, tokenizer=None, optimizer=None,
-                    state: dict | None = None) -> Path:
-    """Save a model (and, for resuming, the optimizer and training state)."""
+                    state: dict | None = None, extra: dict[str, dict] | None = None) -> Path:
+    """Save a model (and, for resuming, the optimizer and training state).
+
+    extra: more tensor files to write, e.g. {"best.safetensors": best_weights}.
+    """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     config = {"format": FORMAT, "model": model.cfg.to_dict(), "task": task_of(model),
               "n_classes": getattr(model, "n_classes", None)}
@@ -76,6 +79,8 @@ def save_checkpoint(folder: str | Path, *, model: nn.Module, tokenizer=None, opt
             tensors["rng.torch"] = torch.get_rng_state()
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "training_state.json").write_text(json.dumps({**(state or {}), "param_groups": groups}))
+        for name, tensors in (extra or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
     return Path(folder)
 
 
@@ -114,15 +119,18 @@ def read_config(folder: str | Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-def load_model(folder: str | Path, *, task: str | None = None, n_classes: int | None = None) -> nn.Module:
+def load_model(folder: str | Path, *, task: str | None = None, n_classes: int | None = None, **changes) -> nn.Module:
     """Rebuild the saved model. With another `task`, the shared body is loaded and new heads are fresh.
 
     E.g. `load_model("runs/pretrain", task="classification")` starts fine-tuning from pre-trained weights.
+    changes: config fields that do not change weight shapes, e.g. dropout=0.1 or pooling="mean".
     """
     config = read_config(folder)
-    cfg = ModelConfig.from_dict(config["model"])
-    model = build_model(cfg, task=task or config["task"], n_classes=n_classes or config["n_classes"] or 2)
-    load_weights(model, folder, strict_heads=task in (None, config["task"]))
+    cfg = ModelConfig.from_dict(config["model"]).replace(**changes)
+    n_classes = n_classes or config["n_classes"] or 2
+    model = build_model(cfg, task=task or config["task"], n_classes=n_classes)
+    same_head = task in (None, config["task"]) and n_classes == (config["n_classes"] or n_classes)
+    load_weights(model, folder, strict_heads=same_head)
     return model
 
 
@@ -140,8 +148,13 @@ def load_weights(model: nn.Module, folder: str | Path, *, strict_heads: bool = T
         )
     saved = load_file(str(Path(folder) / "model.safetensors"))
     own = model.state_dict()
-    usable = {k: v for k, v in saved.items() if k in own}
+    usable = {k: v for k, v in saved.items() if k in own and v.shape == own[k].shape}
+    resized = sorted(k for k in saved if k in own and k not in usable)  # e.g. a head for another number of classes
     fresh = sorted(set(own) - set(usable))
+    if resized and strict_heads:
+        shapes = "; ".join(f"{k}: {tuple(saved[k].shape)} there, {tuple(own[k].shape)} here" for k in resized[:3])
+        raise NotACheckpointError(f"The head saved in {folder} does not fit this model ({shapes}), e.g. another "
+                                  "number of classes. Start a new run, or load only the body with task=... .")
     if fresh and strict_heads:
         raise NotACheckpointError(f"{folder} lacks tensors this model needs: {fresh[:5]}")
     model.load_state_dict(usable, strict=False)

@@ -30,6 +30,7 @@ class ModelConfig:
     activation: str = "gelu"  # "gelu" (exact, BERT) or "gelu_tanh" (GPT-2's approximation)
     layer_norm_eps: float = 1e-12  # BERT uses 1e-12, GPT-2 uses 1e-5
     pad_id: int = 0  # id of the [PAD] token; its embedding row is not special, but masks use it
+    pooling: str = "cls"  # how a classifier summarises a text: "cls" ([CLS] + pooler, as BERT) or "mean"
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -41,6 +42,8 @@ class ModelConfig:
             yield f"arch={self.arch!r} is not one of {ARCHS}"
         if self.activation not in ACTIVATIONS:
             yield f"activation={self.activation!r} is not one of {ACTIVATIONS}"
+        if self.pooling not in ("cls", "mean"):
+            yield f"pooling={self.pooling!r} must be 'cls' or 'mean'"
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
             if getattr(self, name) < 1:
                 yield f"{name}={getattr(self, name)} must be at least 1"

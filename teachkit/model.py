@@ -291,7 +291,11 @@ class BertForPreTraining(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-    """BERT with a classification head on the pooled [CLS] vector: the fine-tuning model."""
+    """BERT with a classification head: the fine-tuning model.
+
+    The head reads BERT's pooled [CLS] vector (cfg.pooling="cls", as in the paper) or the mean of
+    all token vectors ("mean"), which carries more of what masked-LM taught every token.
+    """
 
     def __init__(self, cfg: ModelConfig, *, n_classes: int = 2):
         super().__init__()
@@ -308,8 +312,17 @@ class BertForSequenceClassification(nn.Module):
         out = self.bert(
             input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, output_attentions=output_attentions
         )
-        out.logits = self.classifier(self.drop(out.pooled))  # (B, C) -> (B, n_classes)
+        summary = out.pooled if self.cfg.pooling == "cls" else mean_pool(out.hidden, attention_mask)
+        out.logits = self.classifier(self.drop(summary))  # (B, C) -> (B, n_classes)
         return out
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Average of the token vectors, padding excluded: (B, T, C) -> (B, C). Sentence-BERT's pooling."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T) -> (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
 class GPT(nn.Module):

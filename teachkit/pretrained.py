@@ -279,17 +279,17 @@ class Pretrained:
     report: LoadReport
 
 
-def load_hf(source: str | Path = "minilm", *, task: str = "base", n_classes: int = 2, dropout: float | None = None) -> Pretrained:
+def load_hf(source: str | Path = "minilm", *, task: str = "base", n_classes: int = 2, **changes) -> Pretrained:
     """Load a BERT or GPT-2 checkpoint into teachkit, with its tokenizer when it has one.
 
     source: a local folder, 'minilm' (offline all-MiniLM-L6-v2), or a hub id such as
     'google/bert_uncased_L-4_H-256_A-4' or 'gpt2' (needs the network once).
     task: 'base' (BertModel), 'pretraining' (MLM + NSP heads) or 'classification' (new head).
+    changes: config fields to override that do not change weight shapes, e.g. dropout=0.1, pooling="mean".
     """
     folder = resolve_source(source)
     cfg, state = read_checkpoint(folder)
-    if dropout is not None:
-        cfg = cfg.replace(dropout=dropout, attn_dropout=dropout)
+    cfg = cfg.replace(**changes)
     model = build_model(cfg, task=task, n_classes=n_classes)
     report = from_hf_state_dict(model, state, source=str(source))
     return Pretrained(model=model, tokenizer=_tokenizer_in(folder), report=report)
@@ -301,9 +301,3 @@ def _tokenizer_in(folder: Path):
     from teachkit.tokenization import load_tokenizer
 
     return load_tokenizer(folder)
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average of the token vectors, padding excluded: (B, T, C) -> (B, C). Sentence-BERT's pooling."""
-    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T) -> (B, T, 1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)

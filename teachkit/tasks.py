@@ -204,6 +204,10 @@ class ClassificationTask:
         self.n_examples = len(self.train["labels"])
         self.sampler = EpochSampler(self.n_examples, seed=seed, lengths=self.train["lengths"].tolist())
 
+    def encode(self, split) -> dict[str, torch.Tensor]:
+        """Tokenise another labelled split (e.g. the test set) the way the training data was."""
+        return _encode_split(split, self.tokenizer, self.max_len)
+
     def batch(self, indices: Sequence[int], *, step: int = 0, epoch: int = 0) -> dict[str, torch.Tensor]:
         return _rows(self.train, list(indices))
 

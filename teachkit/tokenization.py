@@ -78,6 +78,12 @@ def train_wordpiece(
         show_progress=show_progress,
     )
     tokenizer.train_from_iterator(_training_texts(texts), trainer=trainer)
+    # The trainer numbers the pieces in hash-map order, which changes from process to process
+    # (huggingface/tokenizers#1794); renumbering them makes a seeded run repeatable.
+    vocab = tokenizer.get_vocab()
+    ordered = list(BERT_SPECIALS) + sorted(t for t in vocab if t not in BERT_SPECIALS)
+    tokenizer.model = models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token="[UNK]",
+                                       continuing_subword_prefix="##")
     _set_bert_post_processor(tokenizer)
     return tokenizer
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,8 +28,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from teachkit.checkpoint import load_training_state, load_weights, save_checkpoint
-from teachkit.devices import autocast, pick_device, pick_precision
+from safetensors.torch import load_file
+
+from teachkit.checkpoint import is_checkpoint, load_training_state, load_weights, save_checkpoint
+from teachkit.devices import autocast, move, pick_device, pick_precision
 
 
 @dataclass
@@ -43,7 +46,7 @@ class TrainConfig:
     clip_norm: float | None = 1.0  # clip the gradient's global norm to this (None: no clipping)
     eval_every: int | None = None  # evaluate every N steps (None: only at the end)
     keep_best: bool = False  # at the end, restore the weights that scored best on evaluation
-    seed: int = 0  # fixes initialisation-independent randomness: data order, masking, dropout
+    seed: int = 0  # fixes dropout (the task's own seed fixes data order and masking)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     precision: str = "auto"  # "auto" (bf16 where fast), "bf16" or "fp32"
     checkpoint_dir: str | None = None  # where to save (and resume from)
@@ -138,7 +141,41 @@ def train(
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run = _Run(net, task, config, device, precision, rank, world, optimizer, history, tokenizer, list(callbacks))
-    return run.loop(step, elapsed_before, stop or threading.Event())
+    if resume:
+        run.best, run.best_weights = _resume_best(config)
+    stop = stop or threading.Event()
+    with _ctrl_c_sets(stop):
+        return run.loop(step, elapsed_before, stop)
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets(stop: threading.Event):
+    """While training, a first Ctrl-C asks the loop to stop after the current step (nothing is lost
+    mid-update); a second one interrupts at once. Only the main thread can install the handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nStopping after this step (Ctrl-C again to stop at once)...", flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _resume_best(config: TrainConfig) -> tuple[dict | None, dict | None]:
+    """The best evaluation (and, with keep_best, its weights) saved by the interrupted run."""
+    saved = load_training_state(config.checkpoint_dir)
+    best_file = Path(config.checkpoint_dir) / "best.safetensors"
+    weights = load_file(str(best_file)) if config.keep_best and best_file.is_file() else None
+    return saved.state.get("best"), weights
 
 
 def _resume(model, optimizer, config: TrainConfig) -> tuple[int, float, History]:
@@ -164,7 +201,7 @@ class _Run:
         self.best_weights: dict | None = None
 
     def to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return move(batch, self.device)
 
     def emit(self, event: dict) -> None:
         if self.rank == 0:
@@ -202,7 +239,7 @@ class _Run:
         seconds = elapsed_before + time.perf_counter() - start
         if stopped != "diverged" and (not self.history.evals or self.history.evals[-1]["step"] != step):
             self.evaluate(step)
-        checkpoint = None if stopped == "diverged" else self.save(step, seconds)
+        checkpoint = self.last_good_checkpoint() if stopped == "diverged" else self.save(step, seconds)
         if self.cfg.keep_best and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
         message = message or f"Stopped after {step} steps ({stopped.replace('_', ' ')} reached) in {seconds:.0f} s"
@@ -234,7 +271,8 @@ class _Run:
 
     def train_step(self, step: int, elapsed: float) -> dict | None:
         cfg, t0 = self.cfg, time.perf_counter()
-        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout depends only on seed and step: exact resume
+        # Dropout depends only on seed, step and process: an interrupted run resumes exactly.
+        torch.manual_seed((cfg.seed * 1_000_003 + step) * 1024 + self.rank)
         self.net.train()
         epoch, indices = self.task.sampler.indices(step, cfg.batch_size)
         batch = self.task.batch(indices, step=step, epoch=epoch)
@@ -251,11 +289,11 @@ class _Run:
             for k, s in loss_sums.items():
                 sums[k] += float(s.detach())
         sums = self._all_reduce(sums)
-        if not all(math.isfinite(v) for v in sums.values()):
+        # A finite loss can still have an infinite gradient: check both before the update.
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm or math.inf)
+        if not all(math.isfinite(v) for v in sums.values()) or not math.isfinite(float(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        if cfg.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
         lr = cfg.lr * lr_factor(self.progress(step, elapsed), cfg.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -301,15 +339,22 @@ class _Run:
     def save(self, step: int, elapsed: float) -> Path | None:
         if not self.cfg.checkpoint_dir or self.rank != 0:
             return None
-        state = {"step": step, "elapsed": elapsed, "history": asdict(self.history), "train_config": asdict(self.cfg)}
+        state = {"step": step, "elapsed": elapsed, "history": asdict(self.history), "train_config": asdict(self.cfg),
+                 "best": self.best}
+        extra = {"best.safetensors": self.best_weights} if self.best_weights is not None else {}
         return save_checkpoint(self.cfg.checkpoint_dir, model=self.model, tokenizer=self.tokenizer,
-                               optimizer=self.optimizer, state=state)
+                               optimizer=self.optimizer, state=state, extra=extra)
+
+    def last_good_checkpoint(self) -> Path | None:
+        folder = self.cfg.checkpoint_dir
+        return Path(folder) if folder and is_checkpoint(folder) else None
 
     def _diverged_message(self, step: int) -> str:
         saved = f" The last good checkpoint is in {self.cfg.checkpoint_dir}." if self.cfg.checkpoint_dir else ""
-        return (f"The loss stopped being a finite number at step {step + 1}, so training stopped before the "
-                f"update could spoil the weights. The usual cause is a learning rate that is too high "
-                f"(lr={self.cfg.lr:g}): try lr={self.cfg.lr / 10:g}, a longer warm-up, or clip_norm=1.0.{saved}")
+        clip = "" if self.cfg.clip_norm else ", or clip_norm=1.0"
+        return (f"The loss or its gradient stopped being a finite number at step {step + 1}, so training stopped "
+                f"before the update could spoil the weights. The usual cause is a learning rate that is too high "
+                f"(lr={self.cfg.lr:g}): try lr={self.cfg.lr / 10:g}, a longer warm-up{clip}.{saved}")
 
 
 def _split(batch: dict, rank: int, world: int, micro: int) -> list[dict]:

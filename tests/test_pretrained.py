@@ -9,12 +9,11 @@ import torch
 
 from conftest import C, H, V
 from teachkit.config import ModelConfig
-from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification
+from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, mean_pool
 from teachkit.pretrained import (
     CheckpointError,
     from_hf_state_dict,
     load_hf,
-    mean_pool,
     read_checkpoint,
     resolve_source,
     save_hf,
