@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Datasets load from the Hugging Face hub, or from a local mirror folder named by TEACHKIT_DATA_DIR.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="pre-train, fine-tune three ways, and write a report (about 13 minutes)",
+    demo = commands.add_parser("demo", help="pre-train, fine-tune three ways, and write a report (about 12 minutes)",
                                description="Pre-train a small BERT, fine-tune it, the same model from scratch and a "
                                            "real pretrained BERT on a sentiment set, and write a report with plots.")
     demo.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Pre-train a BERT on unlabelled text within a time budget.")
     pre.add_argument("--corpus", nargs="+", default=["wikitext-2", "movie_reviews"],
                      help="datasets to read (default: wikitext-2 movie_reviews)")
-    pre.add_argument("--seconds", type=float, default=420, help="time budget (default 420)")
+    pre.add_argument("--seconds", type=float, default=300, help="time budget (default 300)")
     pre.add_argument("--layers", type=int, default=2)
     pre.add_argument("--width", type=int, default=128, help="d_model (default 128)")
     pre.add_argument("--heads", type=int, default=2)
