@@ -28,3 +28,20 @@ def mirror_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"no dataset mirror at {path}; set TEACHKIT_DATA_DIR")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: faster when another process shares the two cores, and deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A small WordPiece with a fixed vocabulary, shared by the training-engine tests."""
+    from ddp_worker import make_tokenizer
+
+    return make_tokenizer()

@@ -31,12 +31,7 @@ KINDS = ["classification", "pretraining", "pretraining-accum"]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddp_worker import classification, make_tokenizer, pretraining, sentiment
+from ddp_worker import classification, pretraining, sentiment
 from teachkit import finetune
 from teachkit.checkpoint import save_checkpoint
 from teachkit.config import preset
@@ -19,17 +19,7 @@ from teachkit.tasks import ClassificationTask
 from teachkit.train import TrainConfig, make_optimizer, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**changes) -> TrainConfig:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ddp_worker import classification, make_tokenizer, pretraining
+from ddp_worker import classification, pretraining
 from teachkit import checkpoint
 from teachkit.checkpoint import NotACheckpointError, atomic_folder, load_training_state, load_weights, \
     save_checkpoint
@@ -34,18 +34,7 @@ from teachkit.train import TrainConfig, lr_factor, train
 CHECKPOINT_FILES = {"config.json", "model.safetensors", "optimizer.safetensors", "training_state.json"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Another process may be using the cores: one thread is both faster here and deterministic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**changes) -> TrainConfig:
