@@ -23,7 +23,7 @@ def overfit(model, loss_fn, steps: int = 150) -> tuple[float, float]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return first, float(loss_fn())
+    return first, float(loss_fn().detach())
 
 
 def test_tiny_bert_overfits_one_mlm_nsp_batch():
