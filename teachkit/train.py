@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from safetensors.torch import load_file
 
 from teachkit.checkpoint import is_checkpoint, load_training_state, load_weights, save_checkpoint
-from teachkit.devices import autocast, move, pick_device, pick_precision
+from teachkit.devices import autocast, move, pick_device, pick_precision, release_freed_memory
 
 
 @dataclass
@@ -226,6 +226,8 @@ class _Run:
                     stopped, message = "diverged", self._diverged_message(step)
                     break
                 step += 1
+                if step % 10 == 0 and self.device.type == "cpu":
+                    release_freed_memory()
                 self.history.steps.append(record)
                 self.emit({"kind": "step", **record})
                 bar.update(1)
