@@ -219,8 +219,9 @@ def write_report(out: Path, s: DemoSettings, pre, rows: list[dict], *, seconds: 
         "", f"Total time: {seconds:.0f} s.",
     ]
     (out / "report.md").write_text("\n".join(text) + "\n")
-    _save(viz.loss_curves({"pretraining": pre.history}, keys=("mlm", "nsp") if s.nsp else ("mlm",),
-                          title="Pre-training loss (MLM, NSP)"), out / "pretraining_loss.png")
+    keys = ("mlm", "nsp") if s.nsp else ("mlm",)
+    _save(viz.loss_curves({"pre-training": pre.history}, keys=keys,
+                          title=f"Pre-training loss ({', '.join(k.upper() for k in keys)})"), out / "pretraining_loss.png")
     _save(viz.accuracy_vs_budget(rows), out / "accuracy_vs_labels.png")
     for b in sorted({r["budget"] for r in rows}):
         runs = {r["arm"]: r["history"] for r in rows if r["budget"] == b}

@@ -58,12 +58,15 @@ def accuracy_vs_budget(results: Sequence[Mapping], *, metric: str = "test_accura
         rows = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["budget"])
         xs, ys = [r["budget"] for r in rows], [100 * r[metric] for r in rows]
         ax.plot(xs, ys, "o-", label=arm, color=arm_colour(arm, i), linewidth=2, markersize=7)
+        shift = (i - (len(arms) - 1) / 2) * 26  # side by side, so that close values do not overprint
         for xv, yv in zip(xs, ys):
-            ax.annotate(f"{yv:.1f}", (xv, yv), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=9)
+            ax.annotate(f"{yv:.1f}", (xv, yv), textcoords="offset points", xytext=(shift, 8), ha="center",
+                        fontsize=9, color=arm_colour(arm, i))
     ax.set_xscale("log")
     budgets = sorted({r["budget"] for r in results})
     ax.set_xticks(budgets, [f"{b:,}" for b in budgets])  # the budgets themselves, not powers of ten
     ax.minorticks_off()
+    ax.margins(x=0.15, y=0.12)  # room for the value labels inside the frame
     ax.axhline(50, color="black", linewidth=0.8, linestyle=":", label="chance (50%)")
     ax.set(title=title, xlabel="labelled training examples (log scale)", ylabel=f"{metric.replace('_', ' ')} (%)")
     ax.grid(alpha=0.3)
