@@ -39,7 +39,7 @@ def pick_device(name: str = "auto") -> torch.device:
     if kind == "cuda" and ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
         raise DeviceError(f"Device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0.")
     if kind == "mps" and not _mps_available():
-        raise DeviceError(f"Device 'mps' needs an Apple-silicon Mac with PyTorch's MPS backend; use 'auto' or 'cpu'.")
+        raise DeviceError("Device 'mps' needs an Apple-silicon Mac with PyTorch's MPS backend; use 'auto' or 'cpu'.")
     return torch.device(name)
 
 
