@@ -136,18 +136,16 @@ def train(
     task.sampler.indices(0, config.batch_size)  # fails early if the batch is larger than the data
     model.to(device)
     optimizer = make_optimizer(model, config)
-    history, step, elapsed_before = History(), 0, 0.0
-    if resume:
-        step, elapsed_before, history = _resume(model, optimizer, config)
+    saved = _resume(model, optimizer, config) if resume else _Resumed()
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    run = _Run(net, task, config, device, precision, rank, world, optimizer, history, tokenizer, list(callbacks))
-    if resume:
-        run.best, run.best_weights = _resume_best(config)
+    run = _Run(net, task, config, device, precision, rank, world, optimizer, saved.history, tokenizer,
+               list(callbacks))
+    run.best, run.best_weights = saved.best, saved.best_weights
     stop = stop or threading.Event()
     with _ctrl_c_sets(stop):
-        return run.loop(step, elapsed_before, stop)
+        return run.loop(saved.step, saved.elapsed, stop)
 
 
 @contextlib.contextmanager
@@ -172,23 +170,29 @@ def _ctrl_c_sets(stop: threading.Event):
         signal.signal(signal.SIGINT, previous)
 
 
-def _resume_best(config: TrainConfig) -> tuple[dict | None, dict | None]:
-    """The best evaluation (and, with keep_best, its weights) saved by the interrupted run."""
-    saved = load_training_state(config.checkpoint_dir)
-    best_file = Path(config.checkpoint_dir) / "best.safetensors"
-    weights = load_file(str(best_file)) if config.keep_best and best_file.is_file() else None
-    return saved.state.get("best"), weights
+@dataclass
+class _Resumed:
+    """Where a run starts: from nothing, or from the state an interrupted run saved."""
+
+    step: int = 0
+    elapsed: float = 0.0
+    history: History = field(default_factory=History)
+    best: dict | None = None  # the best evaluation so far
+    best_weights: dict | None = None  # its weights, saved when keep_best is on
 
 
-def _resume(model, optimizer, config: TrainConfig) -> tuple[int, float, History]:
+def _resume(model, optimizer, config: TrainConfig) -> _Resumed:
     if not config.checkpoint_dir:
         raise ValueError("resume=True needs config.checkpoint_dir: the folder of the run to continue.")
     saved = load_training_state(config.checkpoint_dir)
     load_weights(model, config.checkpoint_dir)
     optimizer.load_state_dict(saved.optimizer)
     torch.set_rng_state(saved.rng)
-    history = History(**saved.state["history"])
-    return saved.state["step"], saved.state["elapsed"], history
+    best_file = Path(config.checkpoint_dir) / "best.safetensors"
+    best_weights = load_file(str(best_file)) if config.keep_best and best_file.is_file() else None
+    return _Resumed(step=saved.state["step"], elapsed=saved.state["elapsed"],
+                    history=History(**saved.state["history"]), best=saved.state.get("best"),
+                    best_weights=best_weights)
 
 
 class _Run:
