@@ -46,7 +46,7 @@ def _pretrain(args) -> None:
 
 
 def _finetune(args) -> None:
-    from teachkit.checkpoint import load_model
+    from teachkit.checkpoint import model_config
     from teachkit.experiments import DemoSettings, Labelled, finetune_arm
     from teachkit.tokenization import load_tokenizer
 
@@ -57,7 +57,7 @@ def _finetune(args) -> None:
         if not args.like:
             raise ValueError("--from scratch needs --like CHECKPOINT: the pre-training run whose model size and "
                              "tokenizer to copy, so that the comparison is fair.")
-        config, tokenizer = load_model(args.like).cfg, load_tokenizer(args.like)
+        config, tokenizer = model_config(args.like), load_tokenizer(args.like)
     row = finetune_arm(str(args.source), args.source, tokenizer, Labelled.load(args.dataset), settings,
                        budget=args.labels, config=config, lr=args.lr, epochs=args.epochs or settings.epochs(args.labels))
     print(f"validation accuracy {100 * row['validation_accuracy']:.1f}%, test accuracy "

@@ -119,6 +119,11 @@ def read_config(folder: str | Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
+def model_config(folder: str | Path) -> ModelConfig:
+    """The saved model's config, without loading its weights."""
+    return ModelConfig.from_dict(read_config(folder)["model"])
+
+
 def load_model(folder: str | Path, *, task: str | None = None, n_classes: int | None = None, **changes) -> nn.Module:
     """Rebuild the saved model. With another `task`, the shared body is loaded and new heads are fresh.
 

@@ -169,7 +169,7 @@ def run_demo(s: DemoSettings, *, log=print) -> dict:
     log(f"teachkit demo: writing to {out}/")
     folder, tok, pre = pretrain_bert(s, log=log)
     labelled = Labelled.load(s.sentiment)
-    scratch_cfg = checkpoint.load_model(folder).cfg
+    scratch_cfg = checkpoint.model_config(folder)
     arms = [("scratch", "scratch", s.finetune_lr), ("pretrained", folder, s.finetune_lr)]
     if s.real_bert:
         arms.append((f"real BERT ({s.real_bert})", s.real_bert, s.real_bert_lr))
