@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import random
 import re
 import urllib.request
 import zipfile
@@ -370,6 +371,31 @@ def load_labelled(
         labels=labels,
         label_names=list(rows.features[spec.label_field].names),
     )
+
+
+def unlabelled_documents(
+    name: str, *, split: str = "train", per_document: int = 8, seed: int = 0,
+    data_dir: str | Path | None = None,
+) -> list[list[str]]:
+    """A labelled set's texts with the labels dropped, as pre-training documents.
+
+    Sentiment snippets are one sentence each, and pre-training pairs need documents of several
+    sentences, so the texts are shuffled (seeded) into pseudo-documents of `per_document` texts.
+    Pre-training on the fine-tuning set's own unlabelled text is "task-adaptive pre-training"
+    (Gururangan et al., 2020): only the `train` split is used, so no test text is ever seen.
+    """
+    if per_document < 2:
+        raise ValueError(f"per_document={per_document} must be at least 2: a pair needs two texts.")
+    texts = [t for t in load_labelled(name, split=split, data_dir=data_dir).texts if t]
+    random.Random(seed).shuffle(texts)
+    return [texts[i : i + per_document] for i in range(0, len(texts), per_document)]
+
+
+def corpus_documents(name: str, *, data_dir: str | Path | None = None) -> list[list[str]]:
+    """Pre-training documents from a named dataset: a corpus as it is, a labelled set unlabelled."""
+    if spec_for(name).kind == "labelled":
+        return unlabelled_documents(name, data_dir=data_dir)
+    return load_documents(name, data_dir=data_dir)
 
 
 # --------------------------------------------------------------------- WikiText and sentences

@@ -314,3 +314,20 @@ def test_labelled_refuses_unlabelled_data(mirror):
         data.load_labelled("sst2", split="test")
     with pytest.raises(ValueError, match="'wikitext-2' has no labels; datasets with labels: sst2"):
         data.load_labelled("wikitext-2", split="test")
+
+
+def test_unlabelled_documents_are_the_train_texts_in_seeded_groups(mirror):
+    train = data.load_labelled("rotten_tomatoes", split="train")
+    docs = data.unlabelled_documents("rotten_tomatoes", per_document=8, seed=3)
+    flat = [t for d in docs for t in d]
+    assert sorted(flat) == sorted(t for t in train.texts if t)  # every training text, nothing else
+    assert all(len(d) == 8 for d in docs[:-1]) and 1 <= len(docs[-1]) <= 8
+    assert docs == data.unlabelled_documents("rotten_tomatoes", per_document=8, seed=3)
+    assert docs != data.unlabelled_documents("rotten_tomatoes", per_document=8, seed=4)
+    with pytest.raises(ValueError, match="per_document=1 must be at least 2"):
+        data.unlabelled_documents("rotten_tomatoes", per_document=1)
+
+
+def test_corpus_documents_reads_corpora_whole_and_labelled_sets_without_labels(mirror):
+    assert data.corpus_documents("movie_reviews") == data.load_documents("movie_reviews")
+    assert data.corpus_documents("rotten_tomatoes") == data.unlabelled_documents("rotten_tomatoes")
