@@ -57,12 +57,16 @@ def require(namespace: Mapping, *names: str, cell: str) -> None:
 # --------------------------------------------------------------------------- the course's BERT
 
 def course_bert_settings():
-    """The course's small BERT: MLM + NSP on WikiText-2, 2 layers x 128 wide, 4 heads (to look at)."""
+    """The course's small BERT: MLM + NSP on WikiText-2, 2 layers x 128 wide, 4 heads (to look at).
+
+    It masks 40% of the tokens, not BERT's 15%: in a budget of minutes more predictions per
+    sequence learn faster (Wettig et al., 2023, "Should You Mask 15% in Masked Language Modeling?").
+    """
     from teachkit.experiments import DemoSettings
 
     settings = DemoSettings(
         out_dir=str(cache_dir() / ("course-bert-fast" if FAST else "course-bert")),
-        corpus=("wikitext-2",), layers=2, width=128, heads=4, mask_prob=0.15, nsp=True,
+        corpus=("wikitext-2",), layers=2, width=128, heads=4, mask_prob=0.4, nsp=True,
         pretrain_seconds=180.0, real_bert=None,
     )
     return settings.fast() if FAST else settings

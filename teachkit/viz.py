@@ -1,11 +1,18 @@
-"""Figures made from training histories and results. Each returns a matplotlib Figure, so it can be
-tested without a display, shown in a notebook, or saved as a PNG for a report."""
+"""Figures and tables for the notebooks and reports: training curves, accuracy per label budget,
+attention heat maps, a confusion matrix, and HTML tables of mistakes, [MASK] guesses and embedding
+neighbours.
+
+Figures are matplotlib Figures and tables are `Html` strings, so every one can be tested without a
+display, shown in a notebook (offline: no script from a CDN), or saved for a report. The data they
+draw comes from `teachkit.train` (histories) and `teachkit.probes` (attention, guesses, answers)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from html import escape
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 # One colour per arm, the same in every figure of the course.
 ARM_COLOURS = {"scratch": "#7f7f7f", "pretrained": "#1f77b4", "real BERT": "#d62728"}
@@ -49,6 +56,21 @@ def loss_curves(histories: Mapping[str, object], *, keys: Sequence[str] = ("loss
     return fig
 
 
+def _label_values(ax, points: Sequence[tuple[float, float, str]]) -> None:
+    """Write each point's value just right of it; labels at the same x are pushed apart so they never overprint."""
+    ys = [y for _, y, _ in points]
+    gap = 0.07 * max(max(ys) - min(ys), 5.0)  # in data units: about one line of text on this axis
+    for x in sorted({x for x, _, _ in points}):
+        column = sorted((p for p in points if p[0] == x), key=lambda p: p[1])
+        placed: list[float] = []
+        for _, y, colour in column:
+            at = max(y, placed[-1] + gap) if placed else y
+            placed.append(at)
+            ax.annotate(f"{y:.1f}", (x, at), textcoords="offset points", xytext=(9, 0), ha="left", va="center",
+                        fontsize=9, color=colour, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                                        "alpha": 0.85})  # readable where a line passes
+
+
 def accuracy_vs_budget(results: Sequence[Mapping], *, metric: str = "test_accuracy",
                        title: str = "Accuracy vs labelled examples") -> plt.Figure:
     """results: rows with 'arm', 'budget' (number of labels) and the metric. One line per arm."""
@@ -58,10 +80,7 @@ def accuracy_vs_budget(results: Sequence[Mapping], *, metric: str = "test_accura
         rows = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["budget"])
         xs, ys = [r["budget"] for r in rows], [100 * r[metric] for r in rows]
         ax.plot(xs, ys, "o-", label=arm, color=arm_colour(arm, i), linewidth=2, markersize=7)
-        shift = (i - (len(arms) - 1) / 2) * 26  # side by side, so that close values do not overprint
-        for xv, yv in zip(xs, ys):
-            ax.annotate(f"{yv:.1f}", (xv, yv), textcoords="offset points", xytext=(shift, 8), ha="center",
-                        fontsize=9, color=arm_colour(arm, i))
+    _label_values(ax, [(r["budget"], 100 * r[metric], arm_colour(r["arm"], arms.index(r["arm"]))) for r in results])
     ax.set_xscale("log")
     budgets = sorted({r["budget"] for r in results})
     ax.set_xticks(budgets, [f"{b:,}" for b in budgets])  # the budgets themselves, not powers of ten
@@ -72,3 +91,181 @@ def accuracy_vs_budget(results: Sequence[Mapping], *, metric: str = "test_accura
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
     return fig
+
+
+def eval_curves(histories: Mapping[str, object], *, key: str = "accuracy", title: str = "Validation accuracy",
+                percent: bool = True) -> plt.Figure:
+    """One line per run of an evaluation metric against the training step (the learning curves)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    for i, (name, history) in enumerate(histories.items()):
+        values = history.column(key, evals=True)
+        if not values:
+            continue
+        ys = [100 * v for v in values] if percent else values
+        ax.plot(history.column("step", evals=True)[: len(values)], ys, "o-", label=name,
+                color=arm_colour(name, i), linewidth=2, markersize=5)
+    ax.set(title=title, xlabel="training step", ylabel=f"{key.replace('_', ' ')}{' (%)' if percent else ''}")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------- attention
+
+ATTENTION_CMAP = "Blues"  # white = no attention, dark blue = all of it
+
+
+def attention_grid(maps, *, title: str = "Attention of every head") -> plt.Figure:
+    """Every layer (rows) and head (columns) as a small heat map: query tokens down, keys across.
+
+    The colour scale is the same 0..1 in every panel, so heads can be compared with each other.
+    Too small for token labels; `attention_head` draws one head large with them.
+    """
+    L, H = maps.n_layers, maps.n_heads
+    size = 1.25 if H > 6 else 1.9
+    fig, axes = plt.subplots(L, H, figsize=(H * size + 1.2, L * size + 0.8), squeeze=False, layout="constrained")
+    for layer in range(L):
+        for head in range(H):
+            ax = axes[layer, head]
+            image = ax.imshow(_array(maps.weights[layer, head]), cmap=ATTENTION_CMAP, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if layer == 0:
+                ax.set_title(f"head {head + 1}", fontsize=9)
+            if head == 0:
+                ax.set_ylabel(f"layer {layer + 1}", fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    fig.suptitle(f"{title} ({L} layers x {H} heads, {len(maps.tokens)} tokens)")
+    return fig
+
+
+def attention_head(maps, *, layer: int, head: int, title: str | None = None) -> plt.Figure:
+    """One head large, with the tokens on both axes: row = the token that looks, column = what it looks at."""
+    weights = maps.head(layer=layer, head=head)
+    T = len(maps.tokens)
+    side = min(max(4.0, 0.36 * T + 1.5), 11.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
+    image = ax.imshow(_array(weights), cmap=ATTENTION_CMAP, vmin=0, vmax=1)
+    fontsize = 10 if T <= 24 else 8
+    ax.set_xticks(range(T), maps.tokens, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(T), maps.tokens, fontsize=fontsize)
+    ax.set(xlabel="attends to (key)", ylabel="token (query)", title=title or f"Layer {layer}, head {head}")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
+    return fig
+
+
+def attention_view(*, model, tokenizer, text: str, layer: int, head: int) -> None:
+    """Draw one head for a text, for `ipywidgets.interact` (which shows the figure; nothing is returned,
+    so it is not shown twice). A text that cannot be shown is explained, not a traceback."""
+    from teachkit.course import LearnerError
+    from teachkit.probes import attention_maps
+
+    try:
+        attention_head(attention_maps(model, tokenizer, text), layer=layer, head=head)
+    except ValueError as err:
+        raise LearnerError(str(err)) from None
+
+
+def head_scores_map(scores, *, pattern: str) -> plt.Figure:
+    """A (layers x heads) table of head_scores, coloured, with the value in each cell."""
+    L, H = scores.shape
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.62 * H + 1.8), max(2.4, 0.55 * L + 1.3)), layout="constrained")
+    image = ax.imshow(_array(scores), cmap="Oranges", vmin=0, vmax=1)
+    for (layer, head), value in _cells(scores):
+        ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                color="white" if value > 0.6 else "black")
+    ax.set_xticks(range(H), [str(h + 1) for h in range(H)])
+    ax.set_yticks(range(L), [str(layer + 1) for layer in range(L)])
+    ax.set(xlabel="head", ylabel="layer", title=f"Share of attention on: {pattern}")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def _array(x) -> np.ndarray:
+    """A torch tensor (or anything array-like) as a NumPy array for matplotlib."""
+    return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def _cells(matrix):
+    rows, cols = matrix.shape
+    return [((r, c), float(matrix[r, c])) for r in range(rows) for c in range(cols)]
+
+
+# --------------------------------------------------------------------------- a classifier's answers
+
+
+def confusion_matrix(predictions, *, title: str = "Confusion matrix (test set)") -> plt.Figure:
+    """True class down, predicted class across; each cell shows the count and its share of the row."""
+    counts = predictions.confusion()
+    names = predictions.label_names
+    share = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(4.2 + 0.6 * len(names), 3.6 + 0.5 * len(names)), layout="constrained")
+    ax.imshow(_array(share), cmap="Blues", vmin=0, vmax=1)
+    for (row, col), value in _cells(share):
+        ax.text(col, row, f"{int(counts[row, col])}\n({100 * value:.0f}%)", ha="center", va="center",
+                fontsize=11, color="white" if value > 0.6 else "black")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title}: {100 * predictions.accuracy:.1f}% correct")
+    return fig
+
+
+# --------------------------------------------------------------------------- tables (HTML)
+
+
+class Html(str):
+    """A string of HTML that Jupyter shows as a table (and tests can read as text)."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+
+# Inline styles: a notebook's own table CSS (right-aligned cells) would override a class rule.
+_CELL = "padding:3px 10px;vertical-align:top;text-align:{align}"
+_HEAD = _CELL.format(align="left") + ";border-bottom:1px solid #999"
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]], *, caption: str = "") -> Html:
+    """A plain HTML table; every cell is escaped (texts come from data sets and learners)."""
+    head = "".join(f"<th style='{_HEAD}'>{escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows)
+    cap = f"<caption style='caption-side:top;text-align:left'><b>{escape(caption)}</b></caption>" if caption else ""
+    return Html(f"<table>{cap}<tr>{head}</tr>{body}</table>")
+
+
+def _cell(value: object) -> str:
+    right = _CELL.format(align="right")
+    if isinstance(value, float):
+        return f"<td style='{right}'>{value:.3f}</td>"
+    if isinstance(value, int):
+        return f"<td style='{right}'>{value:,}</td>"
+    return f"<td style='{_CELL.format(align='left')}'>{escape(str(value))}</td>"
+
+
+def misclassified_table(predictions, *, n: int = 8) -> Html:
+    """The model's most confident mistakes: the text, the true label, its answer and its confidence."""
+    names = predictions.label_names
+    rows = [(predictions.texts[i], names[predictions.labels[i]], names[predictions.predicted[i]],
+             f"{100 * predictions.confidence[i]:.0f}%") for i in predictions.mistakes()[:n]]
+    total = len(predictions.mistakes())
+    return html_table(["review", "true", "predicted", "confidence"], rows,
+                      caption=f"{min(n, total)} of {total} mistakes, most confident first")
+
+
+def neighbours_table(neighbours: Mapping[str, Sequence[tuple[str, float]]], *, caption: str = "") -> Html:
+    """One row per word: its nearest tokens in embedding space, with the cosine similarity."""
+    rows = [(word, ", ".join(f"{tok} ({sim:.2f})" for tok, sim in near)) for word, near in neighbours.items()]
+    return html_table(["word", "nearest tokens (cosine similarity)"], rows, caption=caption)
+
+
+def mask_guesses_table(text: str, answers: Sequence[str], guesses: Mapping[str, Sequence]) -> Html:
+    """One row per [MASK] of `text`: the right answer, then each model's top guesses with probabilities.
+
+    guesses: model name -> the list of MaskGuess that probes.mask_guesses returned for it.
+    """
+    header = ["[MASK] #", "answer", *guesses]
+    rows = []
+    for m, answer in enumerate(answers):
+        cells = [", ".join(f"{t} {100 * p:.1f}%" for t, p in zip(g[m].tokens, g[m].probs)) for g in guesses.values()]
+        rows.append((m + 1, answer, *cells))
+    return html_table(header, rows, caption=text)

@@ -1,0 +1,188 @@
+"""Checks for the exercises of notebooks 00-04: the learner answers, a check says right, wrong or why.
+
+Every check returns `Feedback`, shown as a coloured box in a notebook. An unanswered exercise
+(`None`, the value the notebooks start with) gets a friendly "not answered yet", never an error,
+so that "Run all" works before the learner has done anything.
+
+"Build it yourself" checks compare the learner's function with teachkit's own on the same input.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from teachkit.objectives import (
+    ROLE_KEPT,
+    ROLE_MASKED,
+    ROLE_RANDOM,
+    causal_lm_labels,
+    mask_tokens,
+)
+from teachkit.probes import masking_draws, nsp_probability
+from teachkit.tokenization import special_ids
+
+
+@dataclass(frozen=True)
+class Feedback:
+    ok: bool | None  # True: right; False: not yet right; None: not answered
+    message: str
+
+    def _repr_html_(self) -> str:
+        colour, mark = {True: ("#d4edda", "&#10004;"), False: ("#f8d7da", "&#10008;"), None: ("#e7f1ff", "?")}[self.ok]
+        return (f'<div style="background:{colour};padding:6px 10px;border-radius:4px;font-family:sans-serif">'
+                f"{mark} {html.escape(self.message)}</div>")
+
+    def __str__(self) -> str:
+        return {True: "Right: ", False: "Not yet: ", None: "Not answered: "}[self.ok] + self.message
+
+
+UNANSWERED = Feedback(None, "not answered yet: replace the None with your answer and run the cell again.")
+
+# Questions whose answer does not depend on what a notebook computed: key -> (answer, explanation).
+ANSWERS: dict[str, tuple[object, str]] = {
+    "00-which-stage": ({"a": "pre-training", "b": "fine-tuning", "c": "pre-training", "d": "fine-tuning"},
+                       "a and c need only raw text (the text labels itself); b and d need labels from people."),
+    "00-objectives": ({"MLM": "b", "NSP": "c", "CLM": "a"},
+                      "MLM fills in hidden words, NSP judges whether B follows A, CLM predicts the next word."),
+    "02-how-many-masks": (120, "1,000 tokens x 15% selected = 150; 80% of those become [MASK] = 120."),
+    "04-targets": ({"clm": 63, "mlm": 9.6},
+                   ("CLM: every position but the last has a next token (64 - 1 = 63). MLM: only the 15% "
+                   "selected positions take a loss (64 x 0.15 = 9.6 on average).")),
+    "04-greedy": (True, ("top-k = 1 leaves only the most likely token, so sampling has no choice: the same as "
+                        "temperature 0 (greedy).")),
+}
+
+
+def _normalise(value):
+    if isinstance(value, str):
+        return value.strip().lower().replace("_", "-")
+    if isinstance(value, Mapping):
+        return {str(k).strip(): _normalise(v) for k, v in value.items()}
+    return value
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= 0.05 * max(abs(b), 1)
+    return a == b
+
+
+def check(exercise: str, answer) -> Feedback:
+    """Check the answer to one of the questions in ANSWERS (numbers may be off by 5%)."""
+    if exercise not in ANSWERS:
+        raise KeyError(f"no exercise called {exercise!r}; known ones: {', '.join(ANSWERS)}")
+    if answer is None:
+        return UNANSWERED
+    expected, why = ANSWERS[exercise]
+    if isinstance(expected, Mapping) and isinstance(answer, Mapping) and answer.keys() != expected.keys():
+        return Feedback(False, f"answer every item: {', '.join(expected)} (you gave {', '.join(map(str, answer))}).")
+    return Feedback(True, why) if _close(_normalise(answer), _normalise(expected)) else Feedback(False, "try again.")
+
+
+def check_answer(answer, expected, *, hint: str) -> Feedback:
+    """An exercise whose right answer the notebook computed, e.g. "which head?" -> (layer, head)."""
+    if answer is None:
+        return UNANSWERED
+    if answer == expected:
+        return Feedback(True, f"{expected!r} is right.")
+    return Feedback(False, f"not {answer!r}. Hint: {hint}")
+
+
+def check_number(guess, *, actual: float, what: str, tolerance: float = 0.0) -> Feedback:
+    """Compare a guessed number with one a notebook computed (within `tolerance`)."""
+    if guess is None:
+        return UNANSWERED
+    if abs(guess - actual) <= tolerance:
+        return Feedback(True, f"{what}: {actual:g}.")
+    return Feedback(False, f"{what} is {'more' if actual > guess else 'less'} than {guess:g}. Look again.")
+
+
+# --------------------------------------------------------------------------- build it yourself
+
+
+def check_wordpiece(my_wordpiece: Callable[[str, set], list], tokenizer, words: list[str]) -> Feedback:
+    """Does the learner's greedy longest-match WordPiece cut each word like the real tokenizer?"""
+    vocab = set(tokenizer.get_vocab())
+    for word in words:
+        expected = tokenizer.encode(word, add_special_tokens=False).tokens
+        got = my_wordpiece(word.lower(), vocab)
+        if got is None:
+            return UNANSWERED
+        if list(got) != expected:
+            return Feedback(False, f"{word!r}: yours gives {list(got)}, the tokenizer gives {expected}.")
+    return Feedback(True, f"all {len(words)} words cut exactly as the tokenizer cuts them.")
+
+
+def check_masking_rule(my_roles: Callable, tokenizer, text: str, *, mask_prob: float = 0.15, seed: int = 0) -> Feedback:
+    """Does the learner's 80/10/10 rule give the same roles as `objectives.mask_tokens` on the same draws?"""
+    ids = special_ids(tokenizer)
+    input_ids = torch.tensor(tokenizer.encode(text).ids)[None]  # (1, T)
+    pick, how = masking_draws(tuple(input_ids.shape), seed=seed)
+    special = torch.isin(input_ids, torch.tensor(ids.all))
+    got = my_roles(pick, how, special)
+    if got is None:
+        return UNANSWERED
+    ours = mask_tokens(input_ids, mask_id=ids.mask, vocab_size=tokenizer.get_vocab_size(), special_ids=ids.all,
+                       mask_prob=mask_prob, generator=torch.Generator().manual_seed(seed)).roles
+    if torch.equal(torch.as_tensor(got).long(), ours):
+        counts = {name: int((ours == r).sum()) for name, r in
+                  (("[MASK]", ROLE_MASKED), ("random", ROLE_RANDOM), ("kept", ROLE_KEPT))}
+        return Feedback(True, f"same roles as teachkit's mask_tokens ({counts}).")
+    wrong = (torch.as_tensor(got).long() != ours).nonzero()[:, 1].tolist()
+    return Feedback(False, f"your roles differ from mask_tokens' at positions {wrong[:10]}.")
+
+
+def check_shift(my_targets: Callable[[torch.Tensor], torch.Tensor]) -> Feedback:
+    """Does the learner's next-token target function match `objectives.causal_lm_labels`?"""
+    ids = torch.randint(5, 99, (3, 7), generator=torch.Generator().manual_seed(0))
+    got = my_targets(ids)
+    if got is None:
+        return UNANSWERED
+    expected = causal_lm_labels(ids)
+    try:
+        torch.testing.assert_close(torch.as_tensor(got).long(), expected)
+    except AssertionError as err:
+        return Feedback(False, f"not the same as causal_lm_labels: {str(err).splitlines()[0]}")
+    return Feedback(True, "the same targets as teachkit's causal_lm_labels, -100 at the end included.")
+
+
+# --------------------------------------------------------------------------- model answers
+
+
+def check_split_difference(word: str | None, *, ours, theirs) -> Feedback:
+    """Is `word` cut into more pieces by our small vocabulary than by the real BERT's?"""
+    if word is None:
+        return UNANSWERED
+    a = ours.encode(word, add_special_tokens=False).tokens
+    b = theirs.encode(word, add_special_tokens=False).tokens
+    if len(a) > len(b):
+        return Feedback(True, f"ours: {a}; real BERT: {b}.")
+    return Feedback(False, f"ours: {a}; real BERT: {b}. Try a rarer word, or one from a different field.")
+
+
+def check_fill(guesses, *, word: str | None) -> Feedback:
+    """Is the hidden `word` among the model's guesses for the first [MASK]?"""
+    if word is None or not guesses:
+        return UNANSWERED
+    tokens = guesses[0].tokens
+    if word.lower() in tokens:
+        return Feedback(True, f"{word!r} is guess number {tokens.index(word.lower()) + 1} of {tokens}.")
+    return Feedback(False, f"the model guessed {tokens}; try a more predictable blank.")
+
+
+def check_nsp(model, tokenizer, first: str | None, second: str | None) -> Feedback:
+    """Does the model believe that B follows A (IsNext probability above 50%)?"""
+    if not first or not second:
+        return UNANSWERED
+    p = nsp_probability(model, tokenizer, first, second)
+    if p > 0.5:
+        return Feedback(True, f"the model says IsNext with probability {p:.0%}.")
+    return Feedback(False, f"the model says IsNext with probability only {p:.0%}.")

@@ -1,0 +1,122 @@
+"""Figures and tables are produced without a display, with the right number of heads, axes, points and cells."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from teachkit import probes, viz
+from teachkit.train import History
+
+L, H, T = 3, 5, 7
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def maps() -> probes.AttentionMaps:
+    toks = ["[CLS]", "the", "dog", "saw", "a", "cat", "[SEP]"]
+    return probes.AttentionMaps(tokens=toks, weights=torch.rand(L, H, T, T).softmax(-1))
+
+
+def _heatmaps(fig) -> list:
+    return [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+
+
+def test_attention_grid_has_one_panel_per_layer_and_head(maps):
+    fig = viz.attention_grid(maps)
+    panels = _heatmaps(fig)
+    assert len(panels) == L * H
+    assert panels[0].images[0].get_array().shape == (T, T)
+    assert [ax.get_title() for ax in panels[:H]] == [f"head {h}" for h in range(1, H + 1)]
+    assert [panels[i * H].get_ylabel() for i in range(L)] == [f"layer {i}" for i in range(1, L + 1)]
+
+
+def test_attention_head_labels_both_axes_with_the_tokens(maps):
+    fig = viz.attention_head(maps, layer=2, head=4)
+    (ax,) = _heatmaps(fig)
+    assert [t.get_text() for t in ax.get_xticklabels()] == maps.tokens
+    assert [t.get_text() for t in ax.get_yticklabels()] == maps.tokens
+    torch.testing.assert_close(torch.as_tensor(ax.images[0].get_array()), maps.weights[1, 3])
+    assert ax.get_title() == "Layer 2, head 4"
+
+
+def test_attention_head_refuses_a_head_that_does_not_exist(maps):
+    with pytest.raises(ValueError, match=f"heads 1 to {H}"):
+        viz.attention_head(maps, layer=1, head=0)
+
+
+def test_head_scores_map_writes_every_score(maps):
+    scores = probes.head_scores(maps, pattern="previous")
+    (ax,) = _heatmaps(viz.head_scores_map(scores, pattern="previous"))
+    assert len(ax.texts) == L * H
+    assert ax.texts[H + 2].get_text() == f"{float(scores[1, 2]):.2f}"
+
+
+def test_confusion_matrix_shows_counts_and_accuracy():
+    answers = probes.Predictions(texts=list("abcde"), labels=[0, 0, 1, 1, 1], predicted=[0, 1, 1, 0, 0],
+                                 confidence=[0.9] * 5, label_names=["negative", "positive"])
+    (ax,) = _heatmaps(viz.confusion_matrix(answers))
+    assert [t.get_text() for t in ax.texts] == ["1\n(50%)", "1\n(50%)", "2\n(67%)", "1\n(33%)"]
+    assert "40.0% correct" in ax.get_title()
+
+
+def test_eval_curves_plot_one_point_per_evaluation():
+    history = History(evals=[{"step": s, "accuracy": a} for s, a in [(10, 0.5), (20, 0.6), (30, 0.7)]])
+    fig = viz.eval_curves({"pretrained": history, "scratch": History()})
+    (line,) = fig.axes[0].lines
+    assert list(line.get_xdata()) == [10, 20, 30]
+    assert list(line.get_ydata()) == pytest.approx([50, 60, 70])
+
+
+def test_misclassified_table_lists_the_most_confident_mistakes_escaped():
+    answers = probes.Predictions(texts=["<b>bold</b> claim", "fine", "meh", "ok"], labels=[1, 0, 1, 0],
+                                 predicted=[0, 0, 0, 1], confidence=[0.9, 0.8, 0.55, 0.7],
+                                 label_names=["neg", "pos"])
+    html = viz.misclassified_table(answers, n=2)
+    assert html.count("<tr>") == 1 + 2  # header + two mistakes
+    assert "&lt;b&gt;bold" in html and "<b>bold" not in html
+    assert html.index("bold") < html.index("ok")  # 90% confident before 70%
+    assert "2 of 3 mistakes" in html and html._repr_html_() == str(html)
+
+
+def test_neighbours_and_mask_guess_tables_have_a_row_per_word_and_mask():
+    html = viz.neighbours_table({"king": [("queen", 0.81), ("prince", 0.7)], "river": [("lake", 0.6)]})
+    assert html.count("<tr>") == 3 and "queen (0.81)" in html
+    guess = probes.MaskGuess(position=2, tokens=["cat", "dog"], probs=[0.5, 0.25])
+    html = viz.mask_guesses_table("the [MASK] sat on the [MASK].", ["cat", "mat"],
+                                  {"before": [guess, guess], "after": [guess, guess]})
+    assert html.count("<tr>") == 3
+    assert html.count("cat 50.0%, dog 25.0%") == 4
+    assert html.index(">before</th>") < html.index(">after</th>")
+
+
+def test_attention_view_draws_one_head_and_explains_an_empty_text(tok):
+    from teachkit.config import preset
+    from teachkit.course import LearnerError
+    from teachkit.model import build_model
+
+    model = build_model(preset("tiny", vocab_size=tok.get_vocab_size(), n_layers=L, n_heads=H, d_model=40, d_ff=64))
+    assert viz.attention_view(model=model, tokenizer=tok, text="the film was great", layer=3, head=5) is None
+    (ax,) = _heatmaps(plt.gcf())
+    assert ax.get_title() == "Layer 3, head 5" and len(ax.get_xticklabels()) == 6
+    with pytest.raises(LearnerError, match="empty"):
+        viz.attention_view(model=model, tokenizer=tok, text="", layer=1, head=1)
+
+
+def test_accuracy_vs_budget_labels_every_point_without_overprinting_equal_values():
+    rows = [{"arm": arm, "budget": b, "test_accuracy": acc}
+            for arm, b, acc in [("scratch", 100, 0.553), ("pretrained", 100, 0.553), ("real BERT", 100, 0.556),
+                                ("scratch", 200, 0.617), ("pretrained", 200, 0.557), ("real BERT", 200, 0.70)]]
+    ax = viz.accuracy_vs_budget(rows).axes[0]
+    labels = [(t.get_text(), t.xy) for t in ax.texts]
+    assert sorted(text for text, _ in labels) == sorted(f"{100 * r['test_accuracy']:.1f}" for r in rows)
+    at_100 = sorted(xy[1] for _, xy in labels if xy[0] == 100)
+    assert len(at_100) == 3 and all(b - a > 0.5 for a, b in pairwise(at_100))  # pushed apart
