@@ -1,0 +1,314 @@
+"""The training playground's engine: settings, one run (pre-train, then fine-tune), and its record.
+
+This module knows nothing about widgets, so it can be tested and scripted on its own;
+`teachkit.widgets.Playground` puts controls and live figures on top of it.
+
+One run is the course's whole story in miniature:
+
+    unlabelled WikiText-2 --(masked-LM + next-sentence prediction)--> a small pre-trained BERT
+    a few labelled movie reviews --(fine-tuning)--> a sentiment classifier, scored on held-out reviews
+
+With pre-training off, the same classifier starts from random weights, so two runs side by side
+show what the pre-training was worth.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
+
+import torch
+
+from teachkit import data, finetune, tokenization
+from teachkit.config import PRESETS, ModelConfig
+from teachkit.model import build_model, count_parameters
+from teachkit.tasks import ClassificationTask, PretrainingTask
+from teachkit.train import History, TrainConfig, train
+
+# The model sizes on offer: the BERT presets of teachkit.config (GPT ones do not fine-tune for sentiment).
+SIZE_PRESETS = {name: cfg for name, cfg in PRESETS.items() if cfg.arch == "bert"}
+MAX_LEN = 64  # tokens per sequence: short enough for a CPU, long enough for most movie reviews
+VOCAB_SIZE = 4096  # one WordPiece vocabulary for every run, trained once per process
+VALIDATION_SIZE = 400  # held-out reviews scored after every epoch (quick to evaluate)
+N_CLASSES = 2  # rotten_tomatoes: negative / positive
+# Training runs on the CPU in fp32: predictable when many apps share a machine, and bf16 autocast's cached
+# weight copies and kernels cost about 250 MB more per app (measured at the default settings).
+LIMITS = {  # the ranges the controls offer; loaded settings are checked against them too
+    "budget": (1, 600), "mask_rate": (0.05, 0.8), "layers": (1, 8), "width": (16, 512), "heads": (1, 16),
+    "lr": (1e-5, 1e-1), "batch_size": (2, 256), "labels": (N_CLASSES, 8530), "epochs": (1, 20),
+    "seed": (0, 2**31 - 1),
+}
+
+
+@dataclass
+class Settings:
+    """Everything one playground run depends on; saved as a small JSON file to reproduce the run."""
+
+    pretrain: bool = True  # pre-train on unlabelled text first (False: fine-tune from random weights)
+    budget: int = 40  # how long to pre-train, in `budget_unit`
+    budget_unit: str = "seconds"  # "seconds" (wall clock) or "steps" (optimizer steps: repeatable)
+    mask_rate: float = 0.15  # fraction of tokens the masked-LM objective hides and predicts (BERT: 15%)
+    nsp: bool = True  # also train next-sentence prediction (the second objective of the BERT paper)
+    size: str = "tiny"  # a preset from teachkit.config, or "custom" to use layers / width / heads
+    layers: int = 2  # transformer layers
+    width: int = 64  # d_model: the size of every token's vector
+    heads: int = 2  # attention heads per layer; width must be divisible by heads
+    lr: float = 1e-3  # peak learning rate, for pre-training and fine-tuning
+    batch_size: int = 32  # examples per optimizer step
+    labels: int = 1000  # labelled reviews the classifier may learn from (the "label budget")
+    epochs: int = 5  # passes over those labelled reviews during fine-tuning
+    frozen: int = 0  # lowest transformer layers kept frozen while fine-tuning (0: all of them learn)
+    seed: int = 0  # fixes the initial weights, the data order and the masking
+
+    def problems(self) -> list[str]:
+        """What is impossible about these settings, each with what to change; empty when they can run."""
+        found = []
+        if self.budget_unit not in ("seconds", "steps"):
+            found.append(f"Budget unit {self.budget_unit!r} is not 'seconds' or 'steps'.")
+        if self.size != "custom" and self.size not in SIZE_PRESETS:
+            found.append(f"Model size {self.size!r} is not one of {sorted(SIZE_PRESETS)} or 'custom'.")
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                found.append(f"{_LABELS[name]} = {value} is outside {low:g} to {high:g}.")
+        if self.heads >= 1 and self.width % self.heads:
+            fits = [h for h in range(1, min(self.width, 16) + 1) if self.width % h == 0]
+            found.append(f"Width {self.width} is not divisible by {self.heads} heads (each head gets width / heads "
+                         f"dimensions): pick heads from {fits} or a width that is a multiple of {self.heads}.")
+        preset = SIZE_PRESETS.get(self.size)
+        if preset and (preset.n_layers, preset.d_model, preset.n_heads) != (self.layers, self.width, self.heads):
+            found.append(f"Model size {self.size!r} means {preset.n_layers} layers, width {preset.d_model}, "
+                         f"{preset.n_heads} heads; for other numbers choose size 'custom'.")
+        if self.frozen < 0 or self.frozen > self.layers:
+            found.append(f"Cannot freeze {self.frozen} layers of a {self.layers}-layer model: "
+                         f"choose 0 to {self.layers}.")
+        if self.frozen == self.layers and not self.pretrain:
+            found.append("All layers frozen and no pre-training: the frozen layers would stay random. "
+                         "Turn pre-training on or freeze fewer layers.")
+        if self.labels < N_CLASSES:
+            found.append(f"A label budget of {self.labels} is below the {N_CLASSES} classes: every class needs at "
+                         f"least one example. Use {N_CLASSES} or more.")
+        return found
+
+    def model_config(self, *, vocab_size: int) -> ModelConfig:
+        """The BERT this run trains (pre-LN, which tolerates the high learning rates of a short budget)."""
+        return ModelConfig(vocab_size=vocab_size, d_model=self.width, n_layers=self.layers, n_heads=self.heads,
+                           d_ff=4 * self.width, max_len=MAX_LEN, norm_first=True, pooling="mean")
+
+    def budget_text(self) -> str:
+        return f"{self.budget} s" if self.budget_unit == "seconds" else f"{self.budget} steps"
+
+    def describe(self) -> str:
+        """A short label for legends: what makes this run different."""
+        pre = f"pre-train {self.budget_text()}" if self.pretrain else "no pre-training"
+        return f"{pre}, {self.layers}L×{self.width}, {self.labels} labels"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Settings:
+        """Settings from a dict (e.g. a saved JSON file); unknown names are an error, missing ones default."""
+        if not isinstance(values, dict):
+            raise TypeError("A settings file holds one JSON object, like {\"pretrain\": true, \"budget\": 40}.")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"Unknown setting(s) {unknown}; the known ones are {sorted(known)}.")
+        cleaned = {}
+        for name, value in values.items():
+            kind = type(getattr(cls(), name))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not kind:
+                raise ValueError(f"Setting {name!r} should be a {kind.__name__}, got {value!r}.")
+            cleaned[name] = value
+        return cls(**cleaned)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"This is not valid JSON ({err.msg} at line {err.lineno}): "
+                             "load a file saved by the playground.") from None
+        return cls.from_dict(values)
+
+
+_LABELS = {"budget": "Pre-training budget", "mask_rate": "Mask rate", "layers": "Layers", "width": "Width",
+           "heads": "Heads", "lr": "Learning rate", "batch_size": "Batch size", "labels": "Label budget",
+           "epochs": "Fine-tuning epochs", "seed": "Seed"}
+
+
+@dataclass
+class Run:
+    """One run's record: its settings, both phases' histories and how it ended."""
+
+    number: int
+    settings: Settings
+    pretraining: History = field(default_factory=History)
+    finetuning: History = field(default_factory=History)
+    status: str = "waiting"  # "running", "finished", "stopped" or "error"
+    message: str = ""  # how it ended, in a sentence (the error's message when it failed)
+    error: str = ""  # the traceback, when it failed
+    parameters: int = 0
+    seconds: float = 0.0
+    model: object = field(default=None, repr=False)  # the classifier as training left it (latest run only)
+
+    def summary(self) -> dict:
+        """One row of the results table (and of the CSV export)."""
+        s = self.settings
+        pre, fine = self.pretraining.steps, self.finetuning.evals
+        return {  # the columns a lecture compares first, then the rest of the settings
+            "run": self.number, "pre-training": s.budget_text() if s.pretrain else "off", "labels": s.labels,
+            "val. accuracy": round(max(e["accuracy"] for e in fine), 4) if fine else None,
+            "MLM loss": round(pre[-1]["mlm"], 3) if pre else None, "status": self.status,
+            "model": f"{s.layers}L×{s.width}, {s.heads}h", "mask": s.mask_rate, "lr": s.lr, "batch": s.batch_size,
+            "epochs": s.epochs, "frozen": s.frozen, "seed": s.seed, "pre-train steps": len(pre),
+            "fine-tune steps": len(self.finetuning.steps), "seconds": round(self.seconds, 1),
+        }
+
+    def to_dict(self) -> dict:
+        return {"number": self.number, "settings": asdict(self.settings), "status": self.status,
+                "message": self.message, "parameters": self.parameters, "seconds": self.seconds,
+                "pretraining": asdict(self.pretraining), "finetuning": asdict(self.finetuning)}
+
+
+def export_json(runs: list[Run]) -> str:
+    """Every run in full (settings, step-by-step histories), as JSON."""
+    return json.dumps({"runs": [r.to_dict() for r in runs]}, indent=1)
+
+
+def export_csv(runs: list[Run]) -> str:
+    """One row per run: the results table, as CSV."""
+    rows = [r.summary() for r in runs]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["run"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------- data, cached per process
+
+
+@dataclass
+class Resources:
+    documents: list  # WikiText-2 articles as lists of sentences (pre-training)
+    train: data.LabelledSplit  # every rotten_tomatoes training review (the label budget samples from it)
+    validation: data.LabelledSplit  # a fixed subset of the validation reviews
+    tokenizer: object
+
+
+_resources_lock = threading.Lock()
+
+
+def resources() -> Resources:
+    """Data and tokenizer, loaded once per process so that the second run starts at once."""
+    with _resources_lock:  # two app instances in one kernel must not load twice at the same time
+        return _load_resources()
+
+
+@lru_cache(maxsize=1)
+def _load_resources() -> Resources:
+    documents = data.load_documents("wikitext-2")
+    train = data.load_labelled("rotten_tomatoes", split="train")
+    validation = data.load_labelled("rotten_tomatoes", split="validation", limit=VALIDATION_SIZE, seed=0)
+    texts = [s for doc in documents for s in doc] + train.texts
+    tokenizer = tokenization.train_wordpiece(texts, vocab_size=VOCAB_SIZE)
+    return Resources(documents, train, validation, tokenizer)
+
+
+# --------------------------------------------------------------------------- one run
+
+Listener = Callable[[dict], None]
+
+
+def run_experiment(settings: Settings, *, run: Run, on_event: Listener, stop: threading.Event) -> Run:
+    """Pre-train (if asked), then fine-tune; events go to `on_event` with a "phase" key added.
+
+    Stop keeps what was learned: the histories so far stay in `run`, and a stop during
+    pre-training skips fine-tuning. Errors are recorded in `run` (status "error"), not raised,
+    so the app can show them.
+    """
+    problems = settings.problems()
+    if problems:
+        raise ValueError(" ".join(problems))
+    start = time.perf_counter()
+    run.status = "running"
+    try:
+        on_event({"kind": "loading", "phase": "loading"})
+        res = resources()
+        torch.manual_seed(settings.seed)
+        cfg = settings.model_config(vocab_size=res.tokenizer.get_vocab_size())
+        classifier = build_model(cfg, task="classification", n_classes=N_CLASSES)
+        run.parameters, run.model = count_parameters(classifier), classifier
+        if settings.pretrain:
+            pretrained = pretrain(settings, cfg, res, run=run, on_event=on_event, stop=stop)
+            classifier.bert.load_state_dict(pretrained.bert.state_dict())  # the body carries over, heads do not
+        if not stop.is_set():
+            fine_tune(settings, classifier, res, run=run, on_event=on_event, stop=stop)
+        run.status = "stopped" if stop.is_set() else "finished"
+        run.message = _ending(run)
+    except Exception as err:  # noqa: BLE001 - shown in the app, with its traceback, instead of lost in a log
+        run.status, run.message, run.error = "error", f"{type(err).__name__}: {err}", traceback.format_exc()
+    run.seconds = time.perf_counter() - start
+    on_event({"kind": "run_end", "phase": "run", "status": run.status, "message": run.message})
+    return run
+
+
+def pretrain(settings: Settings, cfg: ModelConfig, res: Resources, *, run: Run, on_event: Listener,
+             stop: threading.Event):
+    """Masked-LM (+ next-sentence prediction) on WikiText-2 within the budget; returns the model."""
+    model = build_model(cfg)
+    task = PretrainingTask(res.documents, res.tokenizer, max_len=MAX_LEN, mask_prob=settings.mask_rate,
+                           nsp=settings.nsp, seed=settings.seed)
+    seconds = settings.budget_unit == "seconds"
+    config = TrainConfig(max_steps=None if seconds else settings.budget,
+                         max_seconds=float(settings.budget) if seconds else None,
+                         batch_size=settings.batch_size, lr=settings.lr, warmup=0.05, seed=settings.seed,
+                         device="cpu", precision="fp32", progress=False)
+    train(model, task, config, callbacks=[_recorder(run.pretraining, "pretraining", on_event)], stop=stop)
+    return model
+
+
+def fine_tune(settings: Settings, classifier, res: Resources, *, run: Run, on_event: Listener,
+              stop: threading.Event) -> None:
+    """Train the classifier on `labels` reviews, scoring the validation subset after every epoch."""
+    picked = finetune.subset(res.train, finetune.sample_budget(res.train.labels, budget=settings.labels,
+                                                               seed=settings.seed))
+    finetune.freeze(classifier, layers=settings.frozen)
+    task = ClassificationTask(picked, res.tokenizer, max_len=MAX_LEN, seed=settings.seed,
+                              eval_split=res.validation)
+    batch = min(settings.batch_size, len(picked))  # a tiny label budget is one batch
+    per_epoch = max(1, len(picked) // batch)
+    config = TrainConfig(max_steps=settings.epochs * per_epoch, batch_size=batch, lr=settings.lr, warmup=0.1,
+                         eval_every=per_epoch, seed=settings.seed, device="cpu", precision="fp32", progress=False)
+    train(classifier, task, config, callbacks=[_recorder(run.finetuning, "finetuning", on_event)], stop=stop)
+
+
+def _recorder(history: History, phase: str, on_event: Listener) -> Listener:
+    """Keeps each step and evaluation in the run's history (so an error mid-phase loses nothing), then passes it on."""
+    def callback(event: dict) -> None:
+        record = {k: v for k, v in event.items() if k != "kind"}
+        if event["kind"] == "step":
+            history.steps.append(record)
+        elif event["kind"] == "eval":
+            history.evals.append(record)
+        on_event({**event, "phase": phase})
+
+    return callback
+
+
+def _ending(run: Run) -> str:
+    best = run.summary()["val. accuracy"]
+    score = f"best validation accuracy {100 * best:.1f}%" if best is not None else "no fine-tuning evaluation yet"
+    verb = "Stopped" if run.status == "stopped" else "Finished"
+    return f"{verb}: {score}."
