@@ -4,8 +4,10 @@
 PYTHON_SYSTEM ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of PyTorch. Override to pick another build, e.g. make TORCH=torch demo
+# The CPU build of PyTorch, from PyTorch's own index: on Linux, PyPI's wheel is the multi-GB CUDA build.
+# Override to pick another build, e.g. make TORCH=torch TORCH_INDEX=https://pypi.org/simple demo
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 # Use the offline dataset mirror when it sits beside the repository (as in CI).
 SHARED_DATA := $(abspath ../shared/data)
@@ -14,14 +16,14 @@ export TEACHKIT_DATA_DIR ?= $(SHARED_DATA)
 endif
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo smoke test clean
+.PHONY: install demo smoke test app html strip clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet "$(TORCH)" --index-url "$(TORCH_INDEX)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -33,6 +35,25 @@ smoke: install
 
 test: install
 	$(PY) -m pytest
+
+# The training playground as a web app (Voila), on this machine only. APP_PORT=... picks another port.
+APP_PORT ?= 8866
+app: install
+	@echo "Training playground: open http://127.0.0.1:$(APP_PORT)/ in a browser (Ctrl-C here stops it)."
+	$(VENV)/bin/voila notebooks/playground.ipynb --no-browser --port=$(APP_PORT) --Voila.ip=127.0.0.1
+
+# Every course notebook executed top to bottom and exported to reports/html/, so an instructor can review
+# every figure without running anything (TEACHKIT_FAST=1 make html: the quick version). Live plots are
+# drawn as static figures there, and the widget state is dropped, so the page loads no widget script
+# from a CDN (the export works offline; sliders need a running notebook anyway).
+html: install
+	TEACHKIT_LIVE=static $(VENV)/bin/jupyter nbconvert --execute --to html --output-dir reports/html \
+		--ExecutePreprocessor.timeout=1800 --ClearMetadataPreprocessor.enabled=True \
+		notebooks/[0-9][0-9]_*.ipynb
+
+# Remove outputs and execution counts from the notebooks before committing (CI checks they are clean).
+strip: install
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) runs reports .pytest_cache

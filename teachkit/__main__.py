@@ -4,6 +4,7 @@
     teachkit pretrain   pre-train a BERT (MLM + NSP) on unlabelled text
     teachkit finetune   fine-tune a model on a labelled sentiment set
     teachkit smoke      a one-minute end-to-end check
+    teachkit data mirror DIR   every dataset and model of the course into DIR, for offline classrooms
 """
 
 from __future__ import annotations
@@ -70,7 +71,16 @@ def _smoke(args) -> None:
     smoke(steps=args.steps, seed=args.seed)
 
 
+def _data_mirror(args) -> None:
+    from teachkit.mirror import DEFAULT_MODELS, LocalSource, mirror
+
+    source = LocalSource(args.source) if args.source else None
+    mirror(args.dir, source=source, models=[*DEFAULT_MODELS, *args.model])
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from teachkit.experiments import DemoSettings  # its defaults are the CLI's defaults
+
     parser = argparse.ArgumentParser(
         prog="teachkit", description="Pre-train and fine-tune small language models, and measure the difference.",
         epilog="Datasets load from the Hugging Face hub, or from a local mirror folder named by TEACHKIT_DATA_DIR.")
@@ -89,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = commands.add_parser("pretrain", help="pre-train a BERT with masked-LM and next-sentence prediction",
                               description="Pre-train a BERT on unlabelled text within a time budget.")
-    pre.add_argument("--corpus", nargs="+", default=["wikitext-2", "movie_reviews"],
-                     help="datasets to read (default: wikitext-2 movie_reviews)")
+    pre.add_argument("--corpus", nargs="+", default=list(DemoSettings.corpus),
+                     help="datasets to read; a labelled set gives its training texts without labels "
+                          f"(default: {' '.join(DemoSettings.corpus)})")
     pre.add_argument("--seconds", type=float, default=300, help="time budget (default 300)")
     pre.add_argument("--layers", type=int, default=2)
     pre.add_argument("--width", type=int, default=128, help="d_model (default 128)")
@@ -124,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--steps", type=int, default=20, help="optimisation steps of the tiny BERT (default 20)")
     smoke.add_argument("--seed", type=int, default=0)
     smoke.set_defaults(run=_smoke)
+
+    data_cmd = commands.add_parser("data", help="datasets and models for classrooms without network",
+                                   description="Prepare the course's datasets and models for offline use.")
+    actions = data_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    mirror = actions.add_parser(
+        "mirror", help="download every dataset and model of the course into a folder",
+        description="Download every dataset and model the course uses into DIR (skipping what is already "
+                    "there and verified). Afterwards, export TEACHKIT_DATA_DIR=DIR and teachkit needs no network.")
+    mirror.add_argument("dir", metavar="DIR", help="the mirror folder (created if needed)")
+    mirror.add_argument("--from", dest="source", metavar="FOLDER",
+                        help="copy from this mirror folder instead of downloading (e.g. a USB stick)")
+    mirror.add_argument("--model", action="append", default=[], metavar="HUB_ID",
+                        help="also mirror this hub model, e.g. google/bert_uncased_L-4_H-256_A-4 (repeatable)")
+    mirror.set_defaults(run=_data_mirror)
     return parser
 
 

