@@ -66,7 +66,7 @@ def _label_values(ax, points: Sequence[tuple[float, float, str]]) -> None:
         for _, y, colour in column:
             at = max(y, placed[-1] + gap) if placed else y
             placed.append(at)
-            ax.annotate(f"{y:.1f}", (x, at), textcoords="offset points", xytext=(9, 0), ha="left", va="center",
+            ax.annotate(f"{y:.1f}", (x, at), textcoords="offset points", xytext=(9, 0), ha="left", va="center", zorder=5,
                         fontsize=9, color=colour, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
                                                         "alpha": 0.85})  # readable where a line passes
 
