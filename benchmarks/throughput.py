@@ -269,7 +269,7 @@ def explicit_attention_forward(self, x, *, mask=None, causal=False, need_weights
     return out, weights if need_weights else None
 
 
-def fp32_softmax_attention_with_weights(q, k, v, *, mask, causal, dropout):
+def fp32_softmax_attention_with_weights(q, k, v, *, mask, causal, dropout_p):
     """The spelled-out attention with its softmax in fp32 under autocast, as SDPA's math path and flash kernels do."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
     if causal:
@@ -277,7 +277,21 @@ def fp32_softmax_attention_with_weights(q, k, v, *, mask, causal, dropout):
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1, dtype=torch.float32)
-    return F.dropout(weights, p=dropout) @ v, weights
+    return tk_model.dropout(weights, dropout_p) @ v, weights
+
+
+_dropout = F.dropout
+
+
+def fast_dropout(input, p=0.5, training=True, inplace=False):
+    """Dropout from 16-bit random integers: one 64-bit draw gives four, a quarter of the generator calls.
+    Keeps a value with probability 1 - p to within 1/65536."""
+    if not training or p == 0.0:
+        return input
+    n = input.numel()
+    bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=input.device)
+    keep = bits.view(torch.int16)[:n].view(input.shape) >= round(-32768 + p * 65536)
+    return input * keep / (1 - p)
 
 
 VARIANTS = {  # name -> what changes; join names with "+" to combine them
@@ -289,6 +303,7 @@ VARIANTS = {  # name -> what changes; join names with "+" to combine them
     "explicit-attention": {"patches": [(tk_model.Attention, "forward", explicit_attention_forward)]},
     "fp32-softmax": {"patches": [(tk_model, "_attention_with_weights", fp32_softmax_attention_with_weights)]},
     "attn-dropout-0": {"cfg": {"attn_dropout": 0.0}},  # a recipe change (both sides), not an implementation one
+    "fast-dropout": {"patches": [(F, "dropout", fast_dropout)]},
 }
 DEFAULT_VARIANTS = ("fused-adamw,foreach-clip,no-float,index-select,no-mask,explicit-attention,"
                     "explicit-attention+fp32-softmax,explicit-attention+fused-adamw,attn-dropout-0")

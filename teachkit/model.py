@@ -36,6 +36,32 @@ def _activation(name: str) -> nn.Module:
     return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
 
 
+def dropout(x: torch.Tensor, p: float, *, training: bool = True) -> torch.Tensor:
+    """`F.dropout` (keep each value with probability 1 - p, scale by 1 / (1 - p)), cheaper on a CPU.
+
+    Drawing one random number per value is a large share of a CPU training step. Here one 64-bit
+    draw gives four 16-bit numbers, a quarter of the generator calls: the pre-training benchmark
+    step measured 1.20x faster. p is rounded to a multiple of 1/65536. GPUs keep PyTorch's kernel.
+    """
+    if not training or p == 0.0 or x.device.type != "cpu":
+        return F.dropout(x, p=p, training=training)
+    n = x.numel()
+    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)  # 4 x 16 random bits each
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= round(-32768 + p * 65536)  # int16 is uniform on [-32768, 32767]
+    return x * keep / (1 - p)
+
+
+class Dropout(nn.Module):
+    """`nn.Dropout`, through teachkit's `dropout` (cheaper on a CPU)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, training=self.training)
+
+
 class Embeddings(nn.Module):
     """Token + position (+ segment) embeddings. BERT normalises the sum, GPT does not."""
 
@@ -46,7 +72,7 @@ class Embeddings(nn.Module):
         self.positions = nn.Embedding(cfg.max_len, cfg.d_model)
         self.segments = nn.Embedding(cfg.n_segments, cfg.d_model) if cfg.n_segments else None
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.arch == "bert" else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor, *, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         _check_ids(input_ids, self.cfg)
@@ -97,7 +123,7 @@ class Attention(nn.Module):
         # 1.2-1.45x faster per training step. In fp32 without dropout, SDPA was ~9% faster.
         spelled_out_is_faster = x.device.type == "cpu" and self.training and (dropout > 0 or q.dtype == torch.bfloat16)
         if need_weights or spelled_out_is_faster:
-            out, weights = _attention_with_weights(q, k, v, mask=mask, causal=causal, dropout=dropout)
+            out, weights = _attention_with_weights(q, k, v, mask=mask, causal=causal, dropout_p=dropout)
             weights = weights if need_weights else None
         else:
             # Fast path: PyTorch's fused kernel; is_causal avoids building a (T, T) mask.
@@ -114,7 +140,7 @@ def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()  # (T, T): query t sees keys <= t
 
 
-def _attention_with_weights(q, k, v, *, mask, causal, dropout):
+def _attention_with_weights(q, k, v, *, mask, causal, dropout_p):
     """The same computation as scaled_dot_product_attention, spelled out so the weights can be returned."""
     T = q.shape[-2]
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
@@ -123,7 +149,7 @@ def _attention_with_weights(q, k, v, *, mask, causal, dropout):
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)  # each row sums to 1 over the keys
-    out = F.dropout(weights, p=dropout) @ v  # (B, H, T, T) @ (B, H, T, D) -> (B, H, T, D)
+    out = dropout(weights, dropout_p) @ v  # (B, H, T, T) @ (B, H, T, D) -> (B, H, T, D)
     return out, weights
 
 
@@ -135,7 +161,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff)
         self.act = _activation(cfg.activation)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.down(self.act(self.up(x))))  # (B, T, C) -> (B, T, F) -> (B, T, C)
@@ -157,7 +183,7 @@ class TransformerLayer(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.ff = FeedForward(cfg)
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self, x: torch.Tensor, *, mask: torch.Tensor | None = None, need_weights: bool = False
@@ -309,7 +335,7 @@ class BertForSequenceClassification(nn.Module):
         self.cfg = cfg
         self.n_classes = n_classes
         self.bert = BertModel(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.d_model, n_classes)
         init_weights(self, n_layers=cfg.n_layers, scale_residual=False)
 
