@@ -10,7 +10,7 @@ also runs on machines without `datasets`.
     DATA=../shared/data OUT=/tmp WORKERS=8 python benchmarks/lesson_sweep.py            # all settings
     SMOKE=1 DEV=cpu CPU_SECONDS=2 WORKERS=2 python benchmarks/lesson_sweep.py D_rt   # quick check
 """
-import sys, types, os, json, time, multiprocessing as mp
+import sys, types, os, json, time, tempfile, multiprocessing as mp
 sys.modules.setdefault("datasets", types.ModuleType("datasets"))  # not installed on the GPU image; unused here
 sys.path.insert(0, os.getcwd())
 import pyarrow.parquet as pq, torch
@@ -20,6 +20,7 @@ from teachkit.model import build_model
 from teachkit.tasks import PretrainingTask, ClassificationTask
 from teachkit.train import train, TrainConfig
 from teachkit.finetune import sample_budget, subset, classifier, freeze
+OUT = os.environ.get("OUT", tempfile.gettempdir())  # where results and checkpoints go
 D = os.environ.get("DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 def col(path, c): return pq.read_table(path).column(c).to_pylist()
 WIKI = data.documents_from_texts(col(f"{D}/wikitext/wikitext-2-raw-v1/validation-00000-of-00001.parquet","text") + col(f"{D}/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet","text"), layout="wikitext")
@@ -65,7 +66,7 @@ def run(c):
     L, W = c["layers"], c["width"]
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), d_model=W, n_layers=L, n_heads=max(2, W//64), d_ff=4*W, max_len=64, norm_first=True, dropout=0.0, attn_dropout=0.0)
     steps = int(c.get("time_mult",1) * CPU_SECONDS * CPU_TPS[(L,W)] / (64*50))
-    ck = f"/tmp/ck_{name}"
+    ck = os.path.join(OUT, f"ck_{name}")
     task = PretrainingTask(docs, tok, max_len=64, mask_prob=c["mask"], nsp=c.get("nsp", False))
     r = train(build_model(cfg), task, TrainConfig(max_steps=steps, batch_size=64, lr=c["lr"], warmup=0.05, progress=False, device=DEV, checkpoint_dir=ck), tokenizer=tok)
     mlm = sum(s["mlm"] for s in r.history.steps[-50:]) / len(r.history.steps[-50:])
@@ -84,7 +85,7 @@ def run(c):
                 vals.append(v); tests.append(t)
             row = dict(cfg=name, corpus=c["corpus"], steps=steps, mlm=mlm, budget=budget or len(TR.labels), arm=arm, pooling=pooling, lr=lr, frozen=frozen, epochs=epochs, val=sum(vals)/len(vals), test=sum(tests)/len(tests), tests=tests)
             out.append(row); print(json.dumps(row), flush=True)
-            with open(os.environ.get("OUT", "/tmp") + "/sweep.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
+            with open(os.path.join(OUT, "sweep.jsonl"), "a") as f: f.write(json.dumps(row) + "\n")
     print(f"## {name} done in {time.time()-t0:.0f}s", flush=True)
     return out
 
@@ -112,5 +113,5 @@ if __name__ == "__main__":
     ctx = mp.get_context("spawn")
     with ctx.Pool(int(os.environ.get("WORKERS", 6))) as pool:
         rows = [r for rs in pool.imap_unordered(run, cs) for r in rs]
-    out = os.environ.get("OUT", "/tmp")
+    out = OUT
     json.dump(rows, open(f"{out}/sweep.json", "w"), indent=1)

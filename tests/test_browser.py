@@ -5,7 +5,7 @@ Python package, launched on that binary: no `playwright install`, no browser dow
 the test is skipped when either is missing; in CI (CI=true) it fails instead.
 
 Screenshots go to the test's tmp folder and the last ones are copied to $TEACHKIT_APP_SHOTS
-(default /tmp/app_shots) for a person to look at.
+(default: app_shots in the temporary folder) for a person to look at.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(os.environ.get("TEACHKIT_APP_SHOTS", "/tmp/app_shots"))
+SHOTS = Path(os.environ.get("TEACHKIT_APP_SHOTS") or Path(tempfile.gettempdir()) / "app_shots")
 # Voila's page links Font Awesome from a CDN; the same styles are bundled with it, so offline it is
 # answered with an empty stylesheet. Any other request off this machine fails the test.
 CDN_STYLES = "https://cdn.jsdelivr.net/npm/@fortawesome/"
