@@ -35,21 +35,33 @@ class NotACheckpointError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_folder(target: str | Path):
-    """Yield a temporary folder; on success it replaces `target`, on failure it is removed."""
+def atomic_folder(target: str | Path, *, prefix: str | None = None):
+    """Yield a temporary folder; on success it replaces `target`, on failure it is removed.
+
+    The old `target` is kept under another name until the new one is in place, and put back if that
+    fails. prefix names the temporary folders (default ".NAME.tmp-"), so that a caller can find and
+    remove any that a killed process left behind (the dataset mirror does).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    prefix = prefix or f".{target.name}.tmp-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = target.with_name(f".{target.name}.old")
+    old = target.with_name(f"{prefix}old-{target.name}")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:
+        if old.exists():
+            old.rename(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -32,6 +32,7 @@ import datasets
 import yaml  # installed with datasets, which reads dataset cards with it
 
 from teachkit import data, pretrained
+from teachkit.checkpoint import atomic_folder
 from teachkit.data import DataUnavailableError
 
 MANIFEST = ".teachkit-mirror.json"  # hidden, so `datasets` never takes it for a data file
@@ -219,19 +220,16 @@ def _mirror_item(item: Item, dest: Path, source: Source) -> Outcome:
         problem = _manifest_problem(final)
         if problem is None:
             return Outcome(item, "skipped", "already there; checksums match its manifest")
-    staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=dest))
     try:
-        staged = staging / "item"
-        staged.mkdir()
-        origin = _fetch(item, staged, source)
-        rows = _verify(item, staged, scratch=staging / "verify-cache")
-        _write_manifest(staged, item=item, origin=origin, rows=rows)
-        _move_into_place(staged, final)
+        # The verification's datasets cache stays outside the folder that becomes the mirror's copy.
+        with tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX, dir=dest) as scratch, \
+                atomic_folder(final, prefix=PARTIAL_PREFIX) as staged:  # no half folder survives, even Ctrl-C
+            origin = _fetch(item, staged, source)
+            rows = _verify(item, staged, scratch=Path(scratch))
+            _write_manifest(staged, item=item, origin=origin, rows=rows)
     except Exception as err:  # noqa: BLE001 (any failure of one item is reported; the others go on)
         detail = f"{err}" if isinstance(err, MirrorError) else f"{type(err).__name__}: {err}"
         return Outcome(item, "failed", detail, error=err)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # also on Ctrl-C: no half folder survives
     status, why = ("replaced", f" (the copy there was replaced: {problem})") if problem else ("fetched", "")
     return Outcome(item, status, f"from {origin}{why}", rows=rows)
 
@@ -273,21 +271,6 @@ def _verify(item: Item, folder: Path, *, scratch: Path) -> dict[str, int]:
                               "the download looks incomplete or the source changed its layout.")
         rows[name] = len(split)
     return rows
-
-
-def _move_into_place(staged: Path, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if not final.exists():
-        staged.rename(final)
-        return
-    old = final.with_name(f"{PARTIAL_PREFIX}old-{final.name}")
-    final.rename(old)  # keep the old copy until the new one is in place
-    try:
-        staged.rename(final)
-    except OSError:
-        old.rename(final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _remove_interrupted(dest: Path, *, log: Callable[[str], None]) -> None:
