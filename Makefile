@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of PyTorch, from PyTorch's own index: on Linux, PyPI's wheel is the multi-GB CUDA build.
 # Override to pick another build, e.g. make TORCH=torch TORCH_INDEX=https://pypi.org/simple demo
+# Few retries: where that index is unreachable, pip falls back at once to the wheels its own config lists.
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
@@ -23,7 +24,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)" --index-url "$(TORCH_INDEX)"
+	$(PY) -m pip install --quiet --retries 1 --timeout 20 "$(TORCH)" --index-url "$(TORCH_INDEX)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 

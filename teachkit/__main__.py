@@ -1,6 +1,6 @@
 """Command line: `python -m teachkit COMMAND --help` (also installed as `teachkit`).
 
-    teachkit demo       pre-train, fine-tune three ways, write a report (the README's main job)
+    teachkit demo       pre-train, fine-tune five starting points, write a report (the README's main job)
     teachkit pretrain   pre-train a BERT (MLM + NSP) on unlabelled text
     teachkit finetune   fine-tune a model on a labelled sentiment set
     teachkit smoke      a one-minute end-to-end check
@@ -23,7 +23,8 @@ FAST_ENV = "TEACHKIT_FAST"  # set to 1 to shrink every budget (CI); the same cod
 
 
 def _demo(args) -> None:
-    from teachkit.experiments import DemoSettings, run_demo
+    from teachkit.demo import run_demo
+    from teachkit.experiments import DemoSettings
 
     settings = DemoSettings(out_dir=args.out, seed=args.seed, device=args.device)
     if args.pretrain_seconds is not None:
@@ -41,26 +42,28 @@ def _pretrain(args) -> None:
     settings = DemoSettings(out_dir=args.out, corpus=tuple(args.corpus), pretrain_seconds=args.seconds,
                             layers=args.layers, width=args.width, heads=args.heads, max_len=args.max_len,
                             vocab_size=args.vocab_size, pretrain_lr=args.lr, mask_prob=args.mask_prob,
-                            nsp=args.nsp, seed=args.seed, device=args.device)
+                            nsp=args.nsp, seed=args.seed, device=args.device, pretrain_batch=args.batch,
+                            pretrain_eval_every=args.eval_every, snapshot_seconds=tuple(args.snapshot_seconds))
     folder, _, _ = pretrain_bert(settings)
     print(f"Checkpoint: {folder}  (fine-tune it with: teachkit finetune --from {folder})")
 
 
 def _finetune(args) -> None:
     from teachkit.checkpoint import model_config
-    from teachkit.experiments import DemoSettings, Labelled, finetune_arm
+    from teachkit.compare import Labelled, Protocol, finetune_fair
     from teachkit.tokenization import load_tokenizer
 
-    settings = DemoSettings(sentiment=args.dataset, max_len=args.max_len, seed=args.seed, device=args.device,
-                            pooling=args.pooling)
     config = tokenizer = None
     if args.source == "scratch":
         if not args.like:
             raise ValueError("--from scratch needs --like CHECKPOINT: the pre-training run whose model size and "
                              "tokenizer to copy, so that the comparison is fair.")
         config, tokenizer = model_config(args.like), load_tokenizer(args.like)
-    row = finetune_arm(str(args.source), args.source, tokenizer, Labelled.load(args.dataset), settings,
-                       budget=args.labels, config=config, lr=args.lr, epochs=args.epochs or settings.epochs(args.labels))
+    protocol = Protocol(grid=((args.lr, args.body_lr_scale),), pooling=args.pooling, max_len=args.max_len,
+                        **({"epochs_few": args.epochs, "epochs_many": args.epochs} if args.epochs else {}))
+    row = finetune_fair(str(args.source), args.source, tokenizer=tokenizer, config=config,
+                        labelled=Labelled.load(args.dataset), budget=args.labels, seed=args.seed, protocol=protocol,
+                        device=args.device)
     print(f"validation accuracy {100 * row['validation_accuracy']:.1f}%, test accuracy "
           f"{100 * row['test_accuracy']:.1f}% with {row['budget']} labels in {row['seconds']:.0f} s")
 
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Datasets load from the Hugging Face hub, or from a local mirror folder named by TEACHKIT_DATA_DIR.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="pre-train, fine-tune three ways, and write a report (about 12 minutes)",
+    demo = commands.add_parser("demo", help="pre-train, fine-tune five starting points, and write a report",
                                description="Pre-train a small BERT, fine-tune it, the same model from scratch and a "
                                            "real pretrained BERT on a sentiment set, and write a report with plots.")
     demo.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
@@ -103,14 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="datasets to read; a labelled set gives its training texts without labels "
                           f"(default: {' '.join(DemoSettings.corpus)})")
     pre.add_argument("--seconds", type=float, default=300, help="time budget (default 300)")
-    pre.add_argument("--layers", type=int, default=2)
-    pre.add_argument("--width", type=int, default=128, help="d_model (default 128)")
-    pre.add_argument("--heads", type=int, default=2)
-    pre.add_argument("--max-len", type=int, default=64, help="tokens per sequence (default 64)")
+    pre.add_argument("--layers", type=int, default=DemoSettings.layers)
+    pre.add_argument("--width", type=int, default=DemoSettings.width, help=f"d_model (default {DemoSettings.width})")
+    pre.add_argument("--heads", type=int, default=DemoSettings.heads)
+    pre.add_argument("--max-len", type=int, default=DemoSettings.max_len,
+                     help=f"tokens per sequence (default {DemoSettings.max_len})")
     pre.add_argument("--vocab-size", type=int, default=8192)
     pre.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     pre.add_argument("--mask-prob", type=float, default=0.4, help="share of tokens to predict (default 0.4; BERT used 0.15)")
     pre.add_argument("--nsp", action="store_true", help="add next-sentence prediction to masked-LM")
+    pre.add_argument("--batch", type=int, default=DemoSettings.pretrain_batch, help="sequences per step")
+    pre.add_argument("--eval-every", type=int, default=None, help="held-out MLM loss every N steps")
+    pre.add_argument("--snapshot-seconds", type=float, nargs="*", default=[], metavar="S",
+                     help="also save the model after S seconds (several values: a compute ladder)")
     pre.add_argument("--out", default="runs", help="folder for the checkpoint (default runs)")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
@@ -121,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--from", dest="source", required=True,
                      help="a pre-training checkpoint folder, 'minilm', a hub id, or 'scratch'")
     fin.add_argument("--like", help="with --from scratch: the checkpoint whose model size and tokenizer to use")
-    fin.add_argument("--dataset", default="rotten_tomatoes", choices=["rotten_tomatoes", "sst2"])
+    fin.add_argument("--dataset", default="rotten_tomatoes", choices=["rotten_tomatoes", "sst2", "imdb"])
     fin.add_argument("--labels", type=int, default=None, help="label budget (default: all)")
     fin.add_argument("--epochs", type=float, default=None, help="passes over the labels (default 5 for <= 2000 labels, else 2)")
     fin.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; use 1e-4 for a real BERT)")
+    fin.add_argument("--body-lr-scale", type=float, default=1.0,
+                     help="the pre-trained body learns at lr x this (default 1; e.g. 0.3 protects what it learned)")
     fin.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="how the classifier reads the text")
     fin.add_argument("--max-len", type=int, default=64)
     fin.add_argument("--seed", type=int, default=0)

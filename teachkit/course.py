@@ -3,18 +3,17 @@
 Fast mode (``TEACHKIT_FAST=1``) is read here and nowhere else: CI runs every notebook with it, so the
 same code path runs with smaller budgets. A notebook writes ``steps = course.budget(2000, fast=20)``.
 
-Several notebooks (masking, next-sentence prediction, attention, fine-tuning) show what "our
-pre-trained model" does. They share one small BERT, pre-trained once with MLM + NSP on WikiText-2
-and kept in the course cache (``TEACHKIT_CACHE``, default ``~/.cache/teachkit``); Binder builds it
-into the image, and elsewhere the first notebook that needs it trains it (a few minutes, with a
-progress bar) and the others reuse it.
+Several notebooks (masking, attention, pre-training, fine-tuning) show what "our pre-trained model"
+does. They share the course BERT, a small BERT pre-trained with masked-LM and shipped with teachkit
+(`teachkit/assets/course_bert/`, with its MODEL_CARD.md). Notebook 03 needs a model that also learned
+next-sentence prediction: it is pre-trained once, in three minutes, and kept in the course cache
+(``TEACHKIT_CACHE``, default ``~/.cache/teachkit``; Binder builds it into the image).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 
 FAST = os.environ.get("TEACHKIT_FAST", "").strip().lower() not in ("", "0", "false", "no")
@@ -54,44 +53,63 @@ def require(namespace: Mapping, *names: str, cell: str) -> None:
         )
 
 
-# --------------------------------------------------------------------------- the course's BERT
+# --------------------------------------------------------------------------- the course's BERTs
 
-def course_bert_settings():
-    """The course's small BERT: MLM + NSP on WikiText-2, 2 layers x 128 wide, 4 heads (to look at).
+COURSE_BERT = Path(__file__).parent / "assets" / "course_bert"  # shipped: see MODEL_CARD.md there
 
-    It masks 40% of the tokens, not BERT's 15%: in a budget of minutes more predictions per
-    sequence learn faster (Wettig et al., 2023, "Should You Mask 15% in Masked Language Modeling?").
+
+def course_bert() -> Path:
+    """The folder of the course BERT: a small BERT pre-trained with masked-LM, shipped with teachkit.
+
+    It was pre-trained once, for as long as more pre-training kept helping (its MODEL_CARD.md says how
+    long, on what, and the exact command that reproduces it), so no notebook has to wait for it.
     """
+    from teachkit.checkpoint import is_checkpoint
+
+    if not is_checkpoint(COURSE_BERT):
+        raise LearnerError(f"The course BERT is missing from {COURSE_BERT}: reinstall teachkit from a full copy "
+                           "of the repository (the folder holds model.safetensors, config.json and tokenizer.json).")
+    return COURSE_BERT
+
+
+def course_bert_info() -> dict:
+    """How the course BERT was made, as recorded by its pre-training run (tokens seen, steps, time, loss)."""
+    import json
+
+    return json.loads((course_bert() / "training.json").read_text())
+
+
+def load_course_bert():
+    """(model, tokenizer) of the course BERT with its masked-LM head, in eval mode."""
+    from teachkit.checkpoint import load_model
+    from teachkit.tokenization import load_tokenizer
+
+    folder = course_bert()
+    return load_model(folder).eval(), load_tokenizer(folder / "tokenizer.json")
+
+
+def nsp_bert_settings():
+    """A small BERT that also learns next-sentence prediction (notebook 03): MLM + NSP on WikiText-2,
+    2 layers x 128 wide, 4 heads, three minutes. The course BERT skips NSP, as RoBERTa does."""
     from teachkit.experiments import DemoSettings
 
     settings = DemoSettings(
-        out_dir=str(cache_dir() / ("course-bert-fast" if FAST else "course-bert")),
-        corpus=("wikitext-2",), layers=2, width=128, heads=4, mask_prob=0.4, nsp=True,
-        pretrain_seconds=180.0, real_bert=None,
+        out_dir=str(cache_dir() / ("nsp-bert-fast" if FAST else "nsp-bert")), corpus=("wikitext-2",), max_len=64,
+        layers=2, width=128, heads=4, mask_prob=0.4, nsp=True, pretrain_seconds=180.0, real_bert=None,
     )
     return settings.fast() if FAST else settings
 
 
-def course_bert(*, retrain: bool = False, log=print) -> Path:
-    """The folder of the course's pre-trained BERT checkpoint; trains it first if it is not there yet."""
-    from teachkit.checkpoint import is_checkpoint
+def load_nsp_bert(*, retrain: bool = False, log=print):
+    """(model, tokenizer) of the MLM + NSP BERT, in eval mode; pre-trains it first (once) if it is not cached."""
+    from teachkit.checkpoint import is_checkpoint, load_model
     from teachkit.experiments import pretrain_bert
-
-    settings = course_bert_settings()
-    folder = Path(settings.out_dir) / "pretrained"
-    if is_checkpoint(folder) and not retrain:
-        return folder
-    log(f"The course's small BERT is not in {folder} yet: pre-training it now "
-        f"({settings.pretrain_seconds:.0f} s, once; later notebooks reuse it).")
-    folder, _, _ = pretrain_bert(replace(settings), log=log)
-    return folder
-
-
-def load_course_bert(*, retrain: bool = False, log=print):
-    """(model, tokenizer) of the course's pre-trained BERT, with its MLM and NSP heads, in eval mode."""
-    from teachkit.checkpoint import load_model
     from teachkit.tokenization import load_tokenizer
 
-    folder = course_bert(retrain=retrain, log=log)
-    model = load_model(folder).eval()
-    return model, load_tokenizer(folder / "tokenizer.json")
+    settings = nsp_bert_settings()
+    folder = Path(settings.out_dir) / "pretrained"
+    if retrain or not is_checkpoint(folder):
+        log(f"The MLM + NSP BERT is not in {folder} yet: pre-training it now "
+            f"({settings.pretrain_seconds:.0f} s, once; it is kept for next time).")
+        folder, _, _ = pretrain_bert(settings, log=log)
+    return load_model(folder).eval(), load_tokenizer(folder / "tokenizer.json")

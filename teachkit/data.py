@@ -36,6 +36,7 @@ MOVIE_REVIEWS_URL = (
 )
 SPLIT_ORDER = ("train", "validation", "test")  # documents come out in this order of splits
 LAYOUTS = ("rows", "wikitext")
+WIKIPEDIA_ARTICLES = 5487  # online, the first this many articles of the dump: the size of the offline sample
 
 
 class DataUnavailableError(RuntimeError):
@@ -53,6 +54,7 @@ class DatasetSpec:
     kind: str  # "corpus" (pre-training text) or "labelled" (fine-tuning examples)
     description: str
     layout: str = "rows"  # "rows": each row is a document; "wikitext": rows are lines of articles
+    mirror_config: str | None = "hub"  # config name in a mirror folder; "hub": the same as `config`
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -76,6 +78,21 @@ DATASETS: dict[str, DatasetSpec] = {
             mirror_path="rotten_tomatoes", text_field="text", label_field="label", kind="labelled",
             description="Rotten Tomatoes snippets (Pang & Lee 2005), lower-cased, neg (0) / pos "
             "(1). Rows are stored all positive first, then all negative.",
+        ),
+        DatasetSpec(
+            name="imdb", hub_id="stanfordnlp/imdb", config="plain_text",
+            mirror_path="imdb", text_field="text", label_field="label", kind="labelled",
+            description="IMDB reviews (Maas et al. 2011): train and test 25,000 labelled full reviews "
+            "each, neg (0) / pos (1), and 50,000 unlabelled ('unsupervised'). The text keeps the site's "
+            "<br /> tags; teachkit turns them into spaces.",
+        ),
+        DatasetSpec(
+            name="wikipedia", hub_id="wikimedia/wikipedia", config="20231101.en",
+            mirror_path="wikipedia_sample", text_field="text", label_field=None, kind="corpus",
+            mirror_config=None,
+            description="English Wikipedia articles (general text). Online: the first "
+            f"{WIKIPEDIA_ARTICLES:,} articles of the hub's dump, streamed (the whole dump is ~20 GB); "
+            "offline: a mirror folder of articles with the same columns (id, url, title, text).",
         ),
         DatasetSpec(
             name="movie_reviews", hub_id=None, config=None,
@@ -176,11 +193,14 @@ def _load_mirror(spec: DatasetSpec, folder: Path) -> datasets.DatasetDict:
             f"it contains: {', '.join(present)}. Add the mirror there, point {DATA_DIR_ENV} / "
             f"data_dir at the right folder, or unset {DATA_DIR_ENV} to use the network."
         )
-    return datasets.load_dataset(str(path), spec.config)
+    return datasets.load_dataset(str(path), spec.config if spec.mirror_config == "hub" else spec.mirror_config)
 
 
 def _load_hub(spec: DatasetSpec) -> datasets.DatasetDict:
     try:
+        if spec.name == "wikipedia":  # stream a slice: the whole dump is far too big for a lesson
+            rows = datasets.load_dataset(spec.hub_id, spec.config, split="train", streaming=True)
+            return datasets.DatasetDict({"train": datasets.Dataset.from_list(list(rows.take(WIKIPEDIA_ARTICLES)))})
         return datasets.load_dataset(spec.hub_id, spec.config)
     except Exception as err:  # ConnectionError, OSError, DatasetNotFoundError...: all "not here"
         raise _unavailable(spec, f"the Hugging Face hub ({spec.hub_id})", err) from err
@@ -367,7 +387,7 @@ def load_labelled(
     if any(x < 0 for x in labels):
         raise ValueError(f"Split {split!r} of {name!r} has rows without labels (-1): use another.")
     return LabelledSplit(
-        texts=[t.strip() for t in rows[spec.text_field]],
+        texts=[clean_text(t) for t in rows[spec.text_field]],
         labels=labels,
         label_names=list(rows.features[spec.label_field].names),
     )
@@ -396,6 +416,14 @@ def corpus_documents(name: str, *, data_dir: str | Path | None = None) -> list[l
     if spec_for(name).kind == "labelled":
         return unlabelled_documents(name, data_dir=data_dir)
     return load_documents(name, data_dir=data_dir)
+
+
+def clean_text(text: str) -> str:
+    """A row's text as a learner should read it: IMDB's HTML line breaks become spaces, ends stripped."""
+    return _HTML_BREAK.sub(" ", text).strip()
+
+
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------- WikiText and sentences

@@ -68,15 +68,22 @@ def freeze(model: nn.Module, *, embeddings: bool = False, layers: int = 0) -> li
     return frozen
 
 
+RANDOM_PREFIX = "random:"  # "random:minilm": MiniLM's architecture with fresh weights (the clean control)
+
+
 def classifier(source: str | Path, *, n_classes: int = 2, config: ModelConfig | None = None, **changes):
     """A BERT classifier and its tokenizer (None when the source has none).
 
     source: "scratch" (random weights, needs `config`), a teachkit checkpoint folder (e.g. a
-    pre-training run), or a real pretrained BERT: "minilm", a hub id, or a Hugging Face folder.
+    pre-training run), a real pretrained BERT: "minilm", a hub id, or a Hugging Face folder, or
+    "random:" + one of those: the same architecture and tokenizer with random weights.
     changes: config fields to override that keep weight shapes, e.g. dropout=0.1, pooling="mean".
     """
     if "dropout" in changes:
         changes.setdefault("attn_dropout", changes["dropout"])
+    if str(source).startswith(RANDOM_PREFIX):  # a real BERT's architecture and tokenizer, weights never trained
+        cfg, tokenizer = pretrained.architecture(str(source)[len(RANDOM_PREFIX):])
+        return build_model(cfg.replace(**changes), task="classification", n_classes=n_classes), tokenizer
     if str(source) == "scratch":
         if config is None:
             raise ValueError("source='scratch' needs config=... (the model size to build).")

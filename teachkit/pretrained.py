@@ -312,6 +312,13 @@ def load_hf(source: str | Path = "minilm", *, task: str = "base", n_classes: int
     return Pretrained(model=model, tokenizer=_tokenizer_in(folder), report=report)
 
 
+def architecture(source: str | Path = "minilm"):
+    """(config, tokenizer) of a real checkpoint without its weights: its architecture, to train from scratch."""
+    folder = resolve_source(source)
+    cfg, _ = read_checkpoint(folder)
+    return cfg, _tokenizer_in(folder)
+
+
 def _tokenizer_in(folder: Path):
     if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
         return None

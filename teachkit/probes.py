@@ -12,6 +12,7 @@ the figures (layer 1 is the one nearest the input).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,17 @@ def masking_draws(shape: tuple[int, ...], *, seed: int) -> tuple[torch.Tensor, t
     return pick, how
 
 
+@contextmanager
+def _eval_mode(model):
+    """Dropout off while a probe looks (the weights the model really uses), then the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def _to_model(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch on the model's device (a notebook may have trained it on a GPU)."""
     return move(batch, _device(model))
@@ -111,8 +123,8 @@ def _to_model(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def nsp_probability(model, tokenizer, first: str, second: str) -> float:
     """The model's probability that `second` really follows `first` (IsNext), from its NSP head."""
     batch = _to_model(model, encode_pairs(tokenizer, [(first, second)], max_len=model.cfg.max_len))
-    model.eval()
-    out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
+    with _eval_mode(model):
+        out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
     if out.nsp_logits is None:
         raise ValueError("this model has no NSP head: load a BertForPreTraining (task='pretraining')")
     return float(out.nsp_logits.softmax(-1)[0, NSP_IS_NEXT])
@@ -134,10 +146,10 @@ def generate_text(model, tokenizer, prompt: str, *, max_new_tokens: int = 30, te
     ids = tokenizer.encode(prompt).ids
     if not ids:
         raise ValueError("the prompt is empty: give the model a few words to continue")
-    model.eval()
     device = next(model.parameters()).device
-    out = model.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_k=top_k, generator=torch.Generator().manual_seed(seed))
+    with _eval_mode(model):
+        out = model.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(seed))
     return tokenizer.decode(out[0].tolist())
 
 
@@ -194,11 +206,9 @@ def attention_maps(model, tokenizer, text: str, *, second: str | None = None, ma
     max_len = min(max_len, bert.cfg.max_len)
     batch = (encode_pairs(tokenizer, [(text, second)], max_len=max_len) if second
              else encode(tokenizer, [text], max_len=max_len))
-    was_training = model.training
-    model.eval()  # attention dropout off: the weights are the ones the model really uses
     ids, segments = batch["input_ids"].to(_device(model)), batch["token_type_ids"].to(_device(model))
-    out = bert(ids, token_type_ids=segments, output_attentions=True)
-    model.train(was_training)
+    with _eval_mode(model):  # attention dropout off: the weights are the ones the model really uses
+        out = bert(ids, token_type_ids=segments, output_attentions=True)
     weights = torch.stack([w[0] for w in out.attentions]).float().cpu()  # L x (H, T, T) -> (L, H, T, T)
     tokens = [tokenizer.id_to_token(int(i)) for i in batch["input_ids"][0]]
     return AttentionMaps(tokens=tokens, weights=weights)
@@ -277,11 +287,9 @@ def mask_guesses(model, tokenizer, text: str, *, k: int = 5, max_len: int = 64) 
     if not at.any():
         raise ValueError(f"There is no [MASK] in {text!r}: write [MASK] (capitals, square brackets) where a "
                          "word should be guessed, e.g. 'The capital of France is [MASK].'")
-    was_training = model.training
-    model.eval()
     device = _device(model)
-    out = model(batch["input_ids"].to(device), token_type_ids=batch["token_type_ids"].to(device))
-    model.train(was_training)
+    with _eval_mode(model):
+        out = model(batch["input_ids"].to(device), token_type_ids=batch["token_type_ids"].to(device))
     probs = out.logits[0, at.to(device)].float().softmax(dim=-1).cpu()  # (T, V) -> (M, V) at the masks
     guesses = []
     for position, row in zip(at.nonzero().flatten().tolist(), probs):
@@ -351,10 +359,8 @@ def classify(model, tokenizer, split, *, max_len: int = 64) -> Predictions:
     data = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
             "lengths": batch["attention_mask"].sum(1), "labels": torch.tensor(list(split.labels))}
     device = _device(model)
-    was_training = model.training
-    model.eval()
-    probs = predict(model, data, to_device=lambda b: {k: v.to(device) for k, v in b.items()})["logits"].softmax(-1)
-    model.train(was_training)
+    with _eval_mode(model):
+        probs = predict(model, data, to_device=lambda b: {k: v.to(device) for k, v in b.items()})["logits"].softmax(-1)
     confidence, predicted = probs.max(dim=-1)
     return Predictions(texts=list(split.texts), labels=list(split.labels), predicted=predicted.tolist(),
                        confidence=confidence.tolist(), label_names=list(split.label_names))

@@ -22,6 +22,7 @@ from teachkit.objectives import (
     causal_lm_labels,
     chunk_token_stream,
     make_nsp_pairs,
+    mask_tokens,
     pretraining_batch,
 )
 from teachkit.tokenization import encode, special_ids
@@ -140,6 +141,58 @@ class PretrainingTask:
         return metrics
 
     primary_metric = ("mlm_loss", "min")
+
+
+class PackedMLMTask:
+    """BERT pre-training on rows packed full of running text (see `teachkit.corpus`): masked-LM only.
+
+    The rows are already token ids, so a step only picks rows and masks them (afresh every step, from
+    the step's seed). The last `n_eval` rows are held out to measure the MLM loss on unseen text.
+    """
+
+    kind = "pretraining"
+    primary_metric = ("mlm_loss", "min")
+
+    def __init__(self, rows: torch.Tensor, tokenizer, *, mask_prob: float = 0.15, seed: int = 0, n_eval: int = 256):
+        if len(rows) < 2 * n_eval:
+            n_eval = len(rows) // 10  # a small corpus keeps 90% of its rows for training
+        self.rows, self.eval_rows = rows[: len(rows) - n_eval], rows[len(rows) - n_eval :]
+        self.mask_prob, self.seed = mask_prob, seed
+        ids = special_ids(tokenizer)
+        self._mask_args = {"mask_id": ids.mask, "vocab_size": tokenizer.get_vocab_size(), "special_ids": ids.all}
+        self.n_examples = len(self.rows)
+        self.sampler = EpochSampler(self.n_examples, seed=seed)
+
+    def batch(self, indices: Sequence[int], *, step: int, epoch: int = 0) -> dict[str, torch.Tensor]:
+        return self._mask(self.rows[list(indices)], step_generator(self.seed, step))
+
+    def _mask(self, rows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        masked = mask_tokens(rows.long(), mask_prob=self.mask_prob, generator=generator, **self._mask_args)
+        # No attention mask: every position is text, and attention without a mask takes the fastest kernel.
+        return {"input_ids": masked.input_ids, "mlm_labels": masked.labels}
+
+    def counts(self, batch) -> dict[str, int]:
+        return {"mlm": int((batch["mlm_labels"] != IGNORE_INDEX).sum())}
+
+    def loss_sums(self, model, batch) -> dict[str, torch.Tensor]:
+        predict_at = batch["mlm_labels"] != IGNORE_INDEX
+        out = model(batch["input_ids"], predict_at=predict_at)
+        return {"mlm": F.cross_entropy(out.logits.float(), batch["mlm_labels"][predict_at], reduction="sum")}
+
+    @torch.no_grad()
+    def evaluate(self, model, *, to_device) -> dict[str, float]:
+        if not len(self.eval_rows):
+            return {}
+        loss = correct = n = 0.0
+        for start in range(0, len(self.eval_rows), 64):
+            batch = to_device(self._mask(self.eval_rows[start : start + 64], step_generator(self.seed, -1 - start)))
+            at = batch["mlm_labels"] != IGNORE_INDEX
+            logits = model(batch["input_ids"], predict_at=at).logits.float()
+            labels = batch["mlm_labels"][at]
+            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            correct += float((logits.argmax(-1) == labels).sum())
+            n += len(labels)
+        return {"mlm_loss": loss / max(n, 1), "mlm_acc": correct / max(n, 1)}
 
 
 class CausalLMTask:

@@ -269,3 +269,49 @@ def mask_guesses_table(text: str, answers: Sequence[str], guesses: Mapping[str, 
         cells = [", ".join(f"{t} {100 * p:.1f}%" for t, p in zip(g[m].tokens, g[m].probs)) for g in guesses.values()]
         rows.append((m + 1, answer, *cells))
     return html_table(header, rows, caption=text)
+
+
+def ladder_figure(rows: Sequence[Mapping], *, highlight: Sequence[Mapping] = (),
+                  title: str = "What pre-training is worth, by tokens seen") -> plt.Figure:
+    """The compute ladder: test accuracy (left) and paired gain over scratch (right) against pre-training tokens.
+
+    rows: results of `benchmarks/lesson_ladder.py` / `teachkit.compare` with arm ("scratch" or "pretrained"),
+    tokens_seen, dataset, budget, seed and test_accuracy. Scratch (0 tokens) is a dashed line, since a log
+    axis has no zero. highlight: this run's own points, drawn on top as stars.
+    """
+    fig, (acc_ax, gain_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    settings = sorted({(r["dataset"], r["budget"]) for r in rows}, key=lambda s: (s[0], s[1]))
+    for i, (dataset, budget) in enumerate(settings):
+        colour = _FALLBACK[i % len(_FALLBACK)]
+        these = [r for r in rows if (r["dataset"], r["budget"]) == (dataset, budget)]
+        scratch = {r["seed"]: r["test_accuracy"] for r in these if r["arm"] == "scratch"}
+        tokens = sorted({r["tokens_seen"] for r in these if r["arm"] != "scratch"})
+        means, gains, spreads = [], [], []
+        for t in tokens:
+            at = [r for r in these if r["arm"] != "scratch" and r["tokens_seen"] == t]
+            means.append(100 * np.mean([r["test_accuracy"] for r in at]))
+            paired = [100 * (r["test_accuracy"] - scratch[r["seed"]]) for r in at if r["seed"] in scratch]
+            gains.append(np.mean(paired) if paired else np.nan)
+            spreads.append(np.std(paired) if paired else 0.0)
+        label = f"{dataset}, {budget:,} labels"
+        acc_ax.plot(tokens, means, "o-", color=colour, label=label)
+        if scratch:
+            acc_ax.axhline(100 * np.mean(list(scratch.values())), color=colour, linestyle="--", linewidth=1)
+        gain_ax.errorbar(tokens, gains, yerr=spreads, fmt="o-", color=colour, capsize=3, label=label)
+    for r in highlight:
+        if r["arm"] != "scratch" and r.get("tokens_seen"):
+            acc_ax.plot([r["tokens_seen"]], [100 * r["test_accuracy"]], "*", color="black", markersize=12)
+    acc_ax.set(xscale="log", xlabel="tokens seen in pre-training (log scale)", ylabel="test accuracy (%)",
+               title="Accuracy (dashed: the same model from scratch)")
+    gain_ax.axhline(0, color="black", linewidth=1)
+    gain_ax.set(xscale="log", xlabel="tokens seen in pre-training (log scale)",
+                ylabel="gain over scratch (points)", title="Paired gain over scratch (mean ± sd over seeds)")
+    for ax in (acc_ax, gain_ax):
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=9, loc="lower right")
+    if highlight:
+        acc_ax.plot([], [], "*", color="black", markersize=10, label="this run")
+        acc_ax.legend(fontsize=9, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -10,24 +10,29 @@ import matplotlib
 matplotlib.use("Agg")
 
 from teachkit import viz  # noqa: E402
-from teachkit.experiments import DemoSettings, run_demo  # noqa: E402
+from teachkit.demo import run_demo  # noqa: E402
+from teachkit.experiments import DemoSettings  # noqa: E402
 from teachkit.train import History  # noqa: E402
 
 
 def test_fast_demo_writes_a_measured_report(tmp_path, mirror_dir, monkeypatch):
     monkeypatch.setenv("TEACHKIT_DATA_DIR", str(mirror_dir))
+    monkeypatch.setenv("TEACHKIT_CACHE", str(tmp_path / "cache"))
     settings = dataclasses.replace(DemoSettings(out_dir=str(tmp_path), real_bert=None).fast(),
-                                   pretrain_seconds=4.0, budgets=(40, 80))
+                                   pretrain_seconds=4.0, budget=60, grid=((1e-3, 1.0), (3e-4, 0.3)))
     results = run_demo(settings, log=lambda *_: None)
     rows = results["rows"]
-    assert [(r["arm"], r["budget"]) for r in rows] == [("scratch", 40), ("pretrained", 40), ("scratch", 80),
-                                                      ("pretrained", 80)]
-    assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["seconds"] > 0 for r in rows)
+    assert [(r["arm"], r["budget"], r["seed"]) for r in rows] == [("scratch", 60, 0), ("my pre-training", 60, 0),
+                                                                  ("course BERT", 60, 0)]
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["seconds"] > 0 and len(r["grid"]) == 2 for r in rows)
+    assert rows[0]["tokens_seen"] == 0 < rows[1]["tokens_seen"] < rows[2]["tokens_seen"]
     report = (tmp_path / "report.md").read_text()
-    for r in rows:  # every number in the table comes from the run
-        assert f"| {r['arm']} | {r['budget']} | {100 * r['validation_accuracy']:.1f}% |" in report
-    assert "With 40 labels, our pre-trained BERT" in report
-    for name in ("pretraining_loss.png", "accuracy_vs_labels.png", "finetuning_loss_40.png", "finetuning_loss_80.png"):
+    summary = results["summary"]
+    for arm, t in summary.items():  # every number in the table comes from the run
+        assert f"| {arm} | " in report and f"{100 * t['test']:.1f}% ± {100 * t['test_sd']:.1f}" in report
+    gain = summary["course BERT"]["gain"]
+    assert f"{100 * abs(gain):.1f} points" in report or gain == 0
+    for name in ("pretraining_worth.png", "pretraining_loss.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
     assert (tmp_path / "pretrained" / "model.safetensors").is_file()
@@ -53,3 +58,18 @@ def test_accuracy_vs_budget_has_a_point_per_result():
     assert len(data_lines) == 2
     assert list(data_lines[1].get_ydata()) == [65.0, 72.0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["100", "1,000"]
+
+
+def test_ladder_figure_draws_accuracy_and_the_paired_gain_per_setting():
+    rows = [{"arm": "scratch", "tokens_seen": 0, "dataset": "rt", "budget": 1000, "seed": s, "test_accuracy": 0.60 + s / 100}
+            for s in (0, 1)]
+    rows += [{"arm": "pretrained", "tokens_seen": t, "dataset": "rt", "budget": 1000, "seed": s,
+              "test_accuracy": 0.60 + s / 100 + gain} for t, gain in ((1e6, 0.01), (1e7, 0.05)) for s in (0, 1)]
+    fig = viz.ladder_figure(rows)
+    acc_ax, gain_ax = fig.axes
+    acc_line = [line for line in acc_ax.get_lines() if len(line.get_xdata()) == 2][0]
+    assert list(acc_line.get_xdata()) == [1e6, 1e7] and list(acc_line.get_ydata()) == [61.5, 65.5]
+    assert any(list(line.get_ydata()) == [60.5, 60.5] for line in acc_ax.get_lines())  # scratch, dashed
+    gain_line = [line for line in gain_ax.get_lines() if len(line.get_xdata()) == 2][0]
+    assert [round(y, 6) for y in gain_line.get_ydata()] == [1.0, 5.0]  # paired by seed, in points
+    assert acc_ax.get_xscale() == "log"

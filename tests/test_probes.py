@@ -134,3 +134,23 @@ def test_predictions_count_confusions_and_order_mistakes_by_confidence():
     assert answers.confusion().tolist() == [[1, 1], [2, 1]]
     assert answers.accuracy == pytest.approx(2 / 5)
     assert answers.mistakes() == [4, 3, 1]
+
+
+def test_every_probe_leaves_the_model_in_the_mode_it_found(bert, tok):
+    """nsp_probability and generate_text used to leave a training model in eval mode."""
+    from teachkit.config import preset
+    from teachkit.model import build_model
+    from teachkit.tokenization import train_bpe
+
+    bert.train()
+    probes.nsp_probability(bert, tok, "the cat sat .", "it was tired .")
+    probes.mask_guesses(bert, tok, "the cat [MASK] on the mat")
+    probes.attention_maps(bert, tok, "the cat sat")
+    assert bert.training
+    bpe = train_bpe(["the cat sat on the mat"] * 20, vocab_size=300)
+    gpt = build_model(preset("gpt-tiny", vocab_size=bpe.get_vocab_size())).train()
+    probes.generate_text(gpt, bpe, "the cat", max_new_tokens=3)
+    assert gpt.training
+    bert.eval()
+    probes.nsp_probability(bert, tok, "the cat sat .", "it was tired .")
+    assert not bert.training

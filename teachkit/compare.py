@@ -1,0 +1,108 @@
+"""What is pre-training worth? Fine-tune several starting points the same, fair way and compare them.
+
+The fair protocol, the same for every arm (scratch, our pre-trained BERT, a real BERT, ...):
+- every arm gets the same small grid of fine-tuning settings: learning rate x body learning-rate scale
+  (a body that learns slower than its new head is how ULMFiT protects pre-trained features);
+- the same seeded label sample, the same tokenizer for a model and its scratch twin, the same epochs;
+- validation accuracy picks the setting (and the best epoch); only that one is scored on the test set.
+So no arm wins because it happened to be run at a learning rate that suits it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from teachkit import data, finetune
+from teachkit.config import ModelConfig
+from teachkit.devices import move
+from teachkit.tasks import ClassificationTask
+from teachkit.train import TrainConfig, train
+
+VALIDATION_CARVE = 2000  # rows held out of `train` as validation when a dataset has no validation split
+
+
+@dataclass
+class Labelled:
+    """The three labelled splits of a sentiment set."""
+
+    train: data.LabelledSplit
+    validation: data.LabelledSplit
+    test: data.LabelledSplit
+
+    @classmethod
+    def load(cls, name: str, *, seed: int = 0) -> "Labelled":
+        """train / validation / test; a set without a validation split (IMDB) gets one carved out of train."""
+        if "validation" in data.available_splits(name):
+            return cls(*(data.load_labelled(name, split=split) for split in ("train", "validation", "test")))
+        train_all = data.load_labelled(name, split="train")
+        order = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(seed)).tolist()
+        held, kept = sorted(order[:VALIDATION_CARVE]), sorted(order[VALIDATION_CARVE:])
+        return cls(finetune.subset(train_all, kept), finetune.subset(train_all, held),
+                   data.load_labelled(name, split="test"))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The fine-tuning grid and budget every arm gets."""
+
+    # (peak learning rate, body scale) pairs: the new head learns at lr, the body at lr x scale
+    grid: tuple[tuple[float, float], ...] = ((1e-3, 1.0), (1e-3, 0.3), (3e-4, 1.0), (3e-4, 0.3))
+    epochs_few: float = 5.0  # passes over the labels when there are at most 2,000 of them
+    epochs_many: float = 2.0  # ... and when there are more
+    batch: int = 32
+    pooling: str = "mean"  # classifier input: the mean of the token vectors
+    dropout: float = 0.1
+    max_len: int = 64  # tokens per text (IMDB's long reviews want 128)
+
+    def epochs(self, n_labels: int) -> float:
+        return self.epochs_few if n_labels <= 2000 else self.epochs_many
+
+
+
+def finetune_once(source, *, tokenizer, config: ModelConfig | None, labelled: Labelled, indices: list[int],
+                  protocol: Protocol, lr: float, body_lr_scale: float, seed: int, device: str = "auto"):
+    """One fine-tuning run; returns (model, task, result). Validation picks the best epoch."""
+    torch.manual_seed(seed)
+    model, own_tokenizer = finetune.classifier(source, n_classes=len(labelled.train.label_names), config=config,
+                                              dropout=protocol.dropout, pooling=protocol.pooling)
+    picked = finetune.subset(labelled.train, indices)
+    task = ClassificationTask(picked, own_tokenizer or tokenizer, max_len=protocol.max_len, seed=seed,
+                              eval_split=labelled.validation)
+    batch = min(protocol.batch, len(picked))
+    per_epoch = max(1, len(picked) // batch)
+    cfg = TrainConfig(max_steps=max(1, round(protocol.epochs(len(picked)) * per_epoch)), batch_size=batch, lr=lr,
+                      warmup=0.1, eval_every=per_epoch, keep_best=True, seed=seed, device=device,
+                      body_lr_scale=body_lr_scale, progress=False)
+    return model, task, train(model, task, cfg)
+
+
+def finetune_fair(arm: str, source, *, tokenizer=None, config: ModelConfig | None = None, labelled: Labelled,
+                  budget: int | None, seed: int, protocol: Protocol = Protocol(), device: str = "auto",
+                  log=print) -> dict:
+    """Run the protocol's grid for one arm, label budget and seed; test only the setting validation picked."""
+    t0 = time.perf_counter()
+    indices = finetune.sample_budget(labelled.train.labels, budget=budget, seed=seed)
+    best = None
+    tried = []
+    for lr, scale in protocol.grid:
+        model, task, result = finetune_once(source, tokenizer=tokenizer, config=config, labelled=labelled,
+                                            indices=indices, protocol=protocol, lr=lr, body_lr_scale=scale,
+                                            seed=seed, device=device)
+        tried.append({"lr": lr, "body_lr_scale": scale, "validation_accuracy": result.best["accuracy"]})
+        if best is None or result.best["accuracy"] > best[2].best["accuracy"]:
+            best = (model, task, result, lr, scale)
+        else:
+            del model
+    model, task, result, lr, scale = best
+    device_ = next(model.parameters()).device
+    test = task.evaluate(model, to_device=partial(move, device=device_), split=task.encode(labelled.test))
+    row = {"arm": arm, "budget": len(indices), "seed": seed, "lr": lr, "body_lr_scale": scale,
+           "validation_accuracy": result.best["accuracy"], "test_accuracy": test["accuracy"], "grid": tried,
+           "seconds": time.perf_counter() - t0}
+    log(f"  {arm:<22} {len(indices):>5} labels, seed {seed}: validation {100 * row['validation_accuracy']:.1f}%, "
+        f"test {100 * row['test_accuracy']:.1f}% (lr {lr:g}, body x{scale:g}; {row['seconds']:.0f} s)")
+    return {**row, "history": result.history}
