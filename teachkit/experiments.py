@@ -17,7 +17,8 @@ from teachkit.devices import move
 from teachkit.model import build_model, count_parameters
 from teachkit.objectives import ROLE_NAMES, make_nsp_pairs, pretraining_batch
 from teachkit.tasks import ClassificationTask, PretrainingTask
-from teachkit.train import TrainConfig, train
+from teachkit.interrupts import TrainingStopped
+from teachkit.train import TrainConfig, check_resumable, train
 
 
 def smoke(*, steps: int = 20, seed: int = 0, log=print) -> dict:
@@ -75,7 +76,8 @@ class DemoSettings:
     layers: int = 2
     width: int = 128
     heads: int = 2
-    pretrain_seconds: float = 300.0  # wall-clock budget of pre-training (the demo stays under 15 minutes)
+    pretrain_seconds: float | None = 300.0  # wall-clock budget of pre-training (the demo stays under 15 minutes)
+    pretrain_steps: int | None = None  # ... or a step budget: the same seed then gives the same losses on a CPU
     pretrain_lr: float = 2e-3  # pre-LN tolerates a high learning rate; 5e-3 diverged to a worse model
     pretrain_batch: int = 64
     mask_prob: float = 0.4  # more predictions per sequence than BERT's 15%: better in a short budget
@@ -96,7 +98,7 @@ class DemoSettings:
 
     def fast(self) -> "DemoSettings":
         """The same code path with tiny budgets, for CI and a first try."""
-        return replace(self, pretrain_seconds=min(self.pretrain_seconds, 20.0), width=64, vocab_size=2048,
+        return replace(self, pretrain_seconds=min(self.pretrain_seconds or 20.0, 20.0), width=64, vocab_size=2048,
                        budgets=(200, 400))
 
 
@@ -105,25 +107,47 @@ def _tokens_per_s(history) -> float:
     return sum(values) / max(len(values), 1)
 
 
-def pretrain_bert(s: DemoSettings, *, log=print) -> tuple[Path, object, object]:
-    """Train a tokenizer and pre-train a BERT (masked-LM, plus NSP if asked) within the time budget."""
+# Settings that only fine-tuning reads, or that do not change the result: a resumed pre-training may differ in them.
+_NOT_PRETRAINING = ("out_dir", "device", "sentiment", "pooling", "budgets", "finetune_lr", "finetune_batch",
+                    "real_bert", "real_bert_lr", "real_bert_full_epochs")
+
+
+def pretrain_bert(s: DemoSettings, *, log=print, resume: bool = False, save_minutes: float | None = None,
+                  tokenizer: str | Path | None = None) -> tuple[Path, object, object]:
+    """Train a tokenizer and pre-train a BERT (masked-LM, plus NSP if asked) within the time budget.
+
+    resume: continue the run saved in out_dir/pretrained, with its tokenizer; it must have these settings.
+    save_minutes: also save every this many minutes, so that a killed run loses at most that much.
+    tokenizer: a tokenizer.json to use instead of training one (the WordPiece trainer breaks ties
+    differently in every process, so two runs compare exactly only with the same tokenizer).
+    Raises TrainingStopped when the run diverged or a signal (Ctrl-C, SIGTERM) stopped it; it is saved.
+    """
+    folder = Path(s.out_dir) / "pretrained"
+    config = TrainConfig(max_steps=s.pretrain_steps, max_seconds=s.pretrain_seconds, batch_size=s.pretrain_batch,
+                         lr=s.pretrain_lr, warmup=0.05, seed=s.seed, checkpoint_dir=str(folder),
+                         device=s.device, save_minutes=save_minutes,
+                         run_info={k: v for k, v in asdict(s).items() if k not in _NOT_PRETRAINING})
+    if resume:
+        check_resumable(folder, config)  # before minutes of data loading
     docs = [doc for name in s.corpus for doc in data.corpus_documents(name)]
     log(f"Pre-training corpus: {describe_corpus(s.corpus)}: {len(docs)} documents, {sum(map(len, docs))} sentences")
-    tok = tokenization.train_wordpiece((x for d in docs for x in d), vocab_size=s.vocab_size)
+    if resume or tokenizer:
+        tok = tokenization.load_tokenizer(folder if resume else tokenizer)
+    else:
+        tok = tokenization.train_wordpiece((x for d in docs for x in d), vocab_size=s.vocab_size)
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), d_model=s.width, n_layers=s.layers, n_heads=s.heads,
                       d_ff=4 * s.width, max_len=s.max_len, norm_first=True, dropout=0.0, attn_dropout=0.0)
     task = PretrainingTask(docs, tok, max_len=s.max_len, mask_prob=s.mask_prob, nsp=s.nsp, seed=s.seed)
-    folder = Path(s.out_dir) / "pretrained"
-    config = TrainConfig(max_steps=None, max_seconds=s.pretrain_seconds, batch_size=s.pretrain_batch,
-                         lr=s.pretrain_lr, warmup=0.05, seed=s.seed, checkpoint_dir=str(folder),
-                         device=s.device)
     torch.manual_seed(s.seed)  # the initial weights, too, come from the seed
     model = build_model(cfg)
-    log(f"Pre-training a {count_parameters(model) / 1e6:.1f}M-parameter BERT for {s.pretrain_seconds:.0f} s")
-    result = train(model, task, config, tokenizer=tok)
-    log(f"  {result.message}; MLM loss {result.history.steps[-1]['mlm']:.2f}")
-    if result.stopped in ("diverged", "interrupted"):
-        raise RuntimeError(f"Pre-training did not finish: {result.message}")
+    budget = " and ".join(([f"{s.pretrain_steps} steps"] if s.pretrain_steps else []) +
+                          ([f"{s.pretrain_seconds:.0f} s"] if s.pretrain_seconds else []))
+    log(f"Pre-training a {count_parameters(model) / 1e6:.1f}M-parameter BERT for {budget}" +
+        (f", resuming {folder}" if resume else ""))
+    result = train(model, task, config, tokenizer=tok, resume=resume)
+    log(f"  {result.message}" + (f"; MLM loss {result.history.steps[-1]['mlm']:.2f}" if result.history.steps else ""))
+    if result.stopped in ("diverged", "interrupted") or result.signal is not None:
+        raise TrainingStopped(result, what="Pre-training")
     return folder, tok, result
 
 
@@ -154,6 +178,8 @@ def finetune_arm(arm: str, source, tokenizer, labelled: Labelled, s: DemoSetting
                           eval_every=steps_per_epoch, keep_best=True, seed=s.seed,
                           device=s.device)
     result = train(model, task, config_)
+    if result.stopped in ("diverged", "interrupted") or result.signal is not None or result.best is None:
+        raise TrainingStopped(result, what=f"Fine-tuning ({arm}, {len(picked)} labels)")
     device = next(model.parameters()).device
     test = task.evaluate(model, to_device=partial(move, device=device), split=task.encode(labelled.test))
     row = {"arm": arm, "budget": len(picked), "validation_accuracy": result.best["accuracy"],
