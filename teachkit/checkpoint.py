@@ -14,14 +14,20 @@ interrupted save leaves the previous checkpoint intact rather than half a new on
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import os
+import re
+import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from teachkit.config import ModelConfig
@@ -34,25 +40,35 @@ class NotACheckpointError(ValueError):
     """A folder that does not hold a teachkit checkpoint, or one that does not fit the model."""
 
 
+class SaveError(OSError):
+    """A checkpoint that cannot be written where it was asked for (a file in the way, no permission, a full disk)."""
+
+
+HEADS = ("mlm", "nsp", "classifier")  # task heads: the only tensors a load may leave freshly initialised
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | Path, *, prefix: str | None = None):
     """Yield a temporary folder; on success it replaces `target`, on failure it is removed.
 
     The old `target` is kept under another name until the new one is in place, and put back if that
-    fails. prefix names the temporary folders (default ".NAME.tmp-"), so that a caller can find and
-    remove any that a killed process left behind (the dataset mirror does).
+    fails, or by the next save or load when the process was killed in between. prefix names the
+    temporary folders (default ".NAME.tmp-"); those that a killed process left behind are removed.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = prefix or f".{target.name}.tmp-"
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    recover_folder(target, prefix=prefix)
+    _remove_stale(target.parent, prefix)
+    # Not mkdtemp: its folders are private (0700), and this one becomes the checkpoint that a class shares.
+    tmp = target.parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()  # permissions from the umask, like any folder the user makes
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = target.with_name(f"{prefix}old-{target.name}")
-    shutil.rmtree(old, ignore_errors=True)
+    old = _old_copy(target, prefix)
     if target.exists():
         target.rename(old)
     try:
@@ -63,6 +79,75 @@ def atomic_folder(target: str | Path, *, prefix: str | None = None):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _old_copy(target: Path, prefix: str) -> Path:
+    return target.with_name(f"{prefix}old-{target.name}")
+
+
+def recover_folder(target: str | Path, *, prefix: str | None = None) -> bool:
+    """Put back the previous copy of `target` that a save killed between its two renames left aside.
+
+    Returns True when it did. When `target` is there, the leftover copy is out of date and removed.
+    """
+    target = Path(target)
+    old = _old_copy(target, prefix or f".{target.name}.tmp-")
+    if not old.is_dir():
+        return False
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        return False
+    old.rename(target)
+    return True
+
+
+def _remove_stale(parent: Path, prefix: str) -> None:
+    """Remove temporary folders of saves whose process no longer runs (killed mid-save)."""
+    for path in parent.glob(f"{glob.escape(prefix)}*"):
+        found = re.fullmatch(r"(\d+)-[0-9a-f]+", path.name[len(prefix):])
+        if found and path.is_dir() and not _running(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows, os.kill(pid, 0) would stop the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def check_writable(folder: str | Path, *, need_bytes: int = 0) -> None:
+    """Fail now, not after the run, when a checkpoint could not be saved to `folder`."""
+    target = Path(folder)
+    advice = "Pick a folder you can write to (--out, or checkpoint_dir=...)."
+    blocking = next((p for p in [target, *target.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise SaveError(f"Cannot save a checkpoint to {target}: {blocking} is a file, not a folder. {advice}")
+    probe = target.parent / f".{target.name}.tmp-{os.getpid()}-0"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe.mkdir()
+        (probe / "probe").write_bytes(b"teachkit")
+    except OSError as err:
+        raise SaveError(f"Cannot save a checkpoint to {target}: {err.strerror or err} "
+                        f"({err.filename or target.parent}). {advice}") from err
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    free = shutil.disk_usage(target.parent).free
+    if free < need_bytes:
+        raise SaveError(f"Cannot save a checkpoint to {target}: it needs about {need_bytes / 1e6:,.0f} MB and "
+                        f"that disk has {free / 1e6:,.0f} MB free. Free some space, or {advice[0].lower()}{advice[1:]}")
+
+
+def checkpoint_bytes(model: nn.Module, *, best: bool = False) -> int:
+    """About what a training checkpoint takes on disk: weights, AdamW's two moments (and the best weights)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return int(weights * (4 if best else 3) * 1.1)
 
 
 def task_of(model: nn.Module) -> str:
@@ -96,6 +181,22 @@ def save_checkpoint(folder: str | Path, *, model: nn.Module, tokenizer=None, opt
     return Path(folder)
 
 
+def save_or_rescue(folder: str | Path, **parts) -> tuple[Path, str]:
+    """save_checkpoint(folder, **parts), or, when `folder` cannot be written (a full disk, a removed drive),
+    into the system's temporary folder. Returns where it went, and a sentence saying so when not `folder`."""
+    try:
+        return save_checkpoint(folder, **parts), ""
+    except OSError as err:
+        rescue = Path(tempfile.gettempdir()) / "teachkit-rescue" / f"{Path(folder).name}-{os.getpid()}"
+        try:
+            saved = save_checkpoint(rescue, **parts)
+        except OSError as again:
+            raise SaveError(f"Could not save the checkpoint to {folder} ({err}), nor to {rescue} ({again}). Free "
+                            "some disk space and train again.") from err
+        return saved, (f"The checkpoint could not be written to {folder} ({err}), so it was saved to {rescue} "
+                       "instead: move it where you want it.")
+
+
 def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], list]:
     sd = optimizer.state_dict()
     tensors = {}
@@ -115,9 +216,35 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict
 
 
 def is_checkpoint(folder: str | Path) -> bool:
-    config = Path(folder) / "config.json"
-    return config.is_file() and (Path(folder) / "model.safetensors").is_file() and \
-        json.loads(config.read_text()).get("format") == FORMAT
+    folder = Path(folder)
+    recover_folder(folder)  # a save killed between its renames left the checkpoint aside
+    config = folder / "config.json"
+    return config.is_file() and (folder / "model.safetensors").is_file() and \
+        read_json(config).get("format") == FORMAT
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of a checkpoint; a damaged one is named, with what to do."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        values, why = None, f"it is not valid JSON ({err})"
+    else:
+        why = f"it holds a {type(values).__name__}, not a JSON object"
+    if not isinstance(values, dict):
+        raise NotACheckpointError(f"{path} is damaged: {why}. The save that wrote it was probably cut short, or "
+                                  "the file was edited: save the checkpoint again, or copy it again from where it "
+                                  "came from.")
+    return values
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of a checkpoint; a damaged one is named, with what to do."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise NotACheckpointError(f"{path} is damaged or is not a safetensors file ({err}). Save the checkpoint "
+                                  "again, or copy it again from where it came from.") from err
 
 
 def read_config(folder: str | Path) -> dict:
@@ -128,7 +255,7 @@ def read_config(folder: str | Path) -> dict:
             f"{folder} is not a teachkit checkpoint (it needs config.json with format {FORMAT!r} and "
             f"model.safetensors; found: {found}). Pass the folder a training run saved to, e.g. runs/pretrain."
         )
-    return json.loads((folder / "config.json").read_text())
+    return read_json(folder / "config.json")
 
 
 def model_config(folder: str | Path) -> ModelConfig:
@@ -136,10 +263,12 @@ def model_config(folder: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(read_config(folder)["model"])
 
 
-def load_model(folder: str | Path, *, task: str | None = None, n_classes: int | None = None, **changes) -> nn.Module:
-    """Rebuild the saved model. With another `task`, the shared body is loaded and new heads are fresh.
+def load_model(folder: str | Path, *, task: str | None = None, n_classes: int | None = None,
+               log: Callable[[str], None] | None = print, **changes) -> nn.Module:
+    """Rebuild the saved model. With another `task`, the shared body is loaded and the new head is fresh.
 
     E.g. `load_model("runs/pretrain", task="classification")` starts fine-tuning from pre-trained weights.
+    log: told which tensors start from random weights (a new head), if any.
     changes: config fields that do not change weight shapes, e.g. dropout=0.1 or pooling="mean".
     """
     config = read_config(folder)
@@ -147,35 +276,86 @@ def load_model(folder: str | Path, *, task: str | None = None, n_classes: int | 
     n_classes = n_classes or config["n_classes"] or 2
     model = build_model(cfg, task=task or config["task"], n_classes=n_classes)
     same_head = task in (None, config["task"]) and n_classes == (config["n_classes"] or n_classes)
-    load_weights(model, folder, strict_heads=same_head)
+    fresh = load_weights(model, folder, strict_heads=same_head)
+    if fresh and log is not None:
+        log(f"Loaded {folder}; new head, starting from random weights: {', '.join(fresh)}")
     return model
 
 
 def load_weights(model: nn.Module, folder: str | Path, *, strict_heads: bool = True) -> list[str]:
-    """Load saved weights into `model`; returns the names it had to leave freshly initialised."""
+    """Load saved weights into `model`; returns the names it left freshly initialised.
+
+    Every tensor of the model's body must be in the file, with its shape and a fitting dtype, and the
+    file may hold no body tensor that the model lacks: else NotACheckpointError names them. Only a task
+    head may differ, and only with strict_heads=False (another task or number of classes): then the
+    model's head starts fresh and the file's head is left unused.
+    """
     config = read_config(folder)
-    saved_cfg = ModelConfig.from_dict(config["model"])
-    if _shape_fields(saved_cfg) != _shape_fields(model.cfg):
-        diff = {k: (v, _shape_fields(model.cfg)[k]) for k, v in _shape_fields(saved_cfg).items()
-                if _shape_fields(model.cfg)[k] != v}
-        raise NotACheckpointError(
-            f"The checkpoint in {folder} is from a different model size: " +
-            ", ".join(f"{k} is {a} there but {b} here" for k, (a, b) in diff.items()) +
-            ". Build the model from the checkpoint's own config (teachkit.checkpoint.load_model) or start a new run."
-        )
-    saved = load_file(str(Path(folder) / "model.safetensors"))
+    _check_same_size(ModelConfig.from_dict(config["model"]), model.cfg, folder)
+    path = Path(folder) / "model.safetensors"
     own = model.state_dict()
-    usable = {k: v for k, v in saved.items() if k in own and v.shape == own[k].shape}
-    resized = sorted(k for k in saved if k in own and k not in usable)  # e.g. a head for another number of classes
-    fresh = sorted(set(own) - set(usable))
+    saved = _to_layout(read_tensors(path), own)
+    problems = _body_problems(saved, own)
+    if problems:
+        raise NotACheckpointError(f"Cannot load {path} into this {type(model).__name__}: " + "; ".join(problems) +
+                                  ". The file does not match its config.json, or was damaged: save the checkpoint "
+                                  "again, or load it with the config it was saved with (teachkit.checkpoint."
+                                  "load_model).")
+    heads = [k for k in own if _is_head(k)]
+    resized = [k for k in heads if k in saved and saved[k].shape != own[k].shape]
+    fresh = sorted(k for k in heads if k not in saved or k in resized)
     if resized and strict_heads:
         shapes = "; ".join(f"{k}: {tuple(saved[k].shape)} there, {tuple(own[k].shape)} here" for k in resized[:3])
         raise NotACheckpointError(f"The head saved in {folder} does not fit this model ({shapes}), e.g. another "
                                   "number of classes. Start a new run, or load only the body with task=... .")
     if fresh and strict_heads:
         raise NotACheckpointError(f"{folder} lacks tensors this model needs: {fresh[:5]}")
-    model.load_state_dict(usable, strict=False)
+    model.load_state_dict({k: v for k, v in saved.items() if k in own and k not in fresh}, strict=False)
     return fresh
+
+
+def _is_head(name: str) -> bool:
+    return name.split(".")[0] in HEADS
+
+
+def _to_layout(saved: dict[str, torch.Tensor], own: dict) -> dict[str, torch.Tensor]:
+    """The saved names as the model spells them: a bare BertModel has no 'bert.' in front of its body."""
+    bare_model, bare_file = not any(k.startswith("bert.") for k in own), not any(k.startswith("bert.") for k in saved)
+    if bare_model and not bare_file:
+        return {k.removeprefix("bert."): v for k, v in saved.items()}
+    if bare_file and not bare_model:
+        return {k if _is_head(k) else f"bert.{k}": v for k, v in saved.items()}
+    return saved
+
+
+def _body_problems(saved: dict[str, torch.Tensor], own: dict) -> list[str]:
+    body = [k for k in own if not _is_head(k)]
+    missing = [k for k in body if k not in saved]
+    unexpected = [k for k in saved if not _is_head(k) and k not in own]
+    shaped = [f"{k} {tuple(saved[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+              for k in body if k in saved and saved[k].shape != own[k].shape]
+    typed = [f"{k} {saved[k].dtype} in the file, {own[k].dtype} in the model" for k in own
+             if k in saved and not _same_kind(saved[k].dtype, own[k].dtype)]
+    problems = [(missing, "tensors of the model are missing from the file"),
+                (unexpected, "tensors in the file have no place in the model"),
+                (shaped, "tensors have another shape"), (typed, "tensors have another dtype")]
+    return [f"{len(names)} {what}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+            for names, what in problems if names]
+
+
+def _same_kind(saved: torch.dtype, own: torch.dtype) -> bool:
+    """Any float loads into a float (e.g. a bf16 copy); anything else must be the very same dtype."""
+    return saved == own or (saved.is_floating_point and own.is_floating_point)
+
+
+def _check_same_size(saved: ModelConfig, ours: ModelConfig, folder) -> None:
+    theirs, mine = _shape_fields(saved), _shape_fields(ours)
+    if theirs != mine:
+        raise NotACheckpointError(
+            f"The checkpoint in {folder} is from a different model size: " +
+            ", ".join(f"{k} is {v} there but {mine[k]} here" for k, v in theirs.items() if mine[k] != v) +
+            ". Build the model from the checkpoint's own config (teachkit.checkpoint.load_model) or start a new run."
+        )
 
 
 def _shape_fields(cfg: ModelConfig) -> dict:
@@ -196,7 +376,7 @@ def load_training_state(folder: str | Path) -> TrainingState:
     if not path.is_file():
         raise NotACheckpointError(f"{folder} holds a model but no training state, so a run cannot resume from it; "
                                   "use it as a starting point instead (init_from=...).")
-    state = json.loads(path.read_text())
-    tensors = load_file(str(Path(folder) / "optimizer.safetensors"))
+    state = read_json(path)
+    tensors = read_tensors(Path(folder) / "optimizer.safetensors")
     return TrainingState(state=state, optimizer=_unflatten_optimizer(tensors, state.pop("param_groups")),
                          rng=tensors["rng.torch"])

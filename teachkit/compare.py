@@ -19,6 +19,7 @@ import torch
 from teachkit import data, finetune
 from teachkit.config import ModelConfig
 from teachkit.devices import move
+from teachkit.interrupts import TrainingStopped
 from teachkit.tasks import ClassificationTask
 from teachkit.train import TrainConfig, train
 
@@ -77,7 +78,10 @@ def finetune_once(source, *, tokenizer, config: ModelConfig | None, labelled: La
     cfg = TrainConfig(max_steps=max(1, round(protocol.epochs(len(picked)) * per_epoch)), batch_size=batch, lr=lr,
                       warmup=0.1, eval_every=per_epoch, keep_best=True, seed=seed, device=device,
                       body_lr_scale=body_lr_scale, progress=False)
-    return model, task, train(model, task, cfg)
+    result = train(model, task, cfg)
+    if result.stopped in ("diverged", "interrupted") or result.signal is not None or result.best is None:
+        raise TrainingStopped(result, what=f"Fine-tuning ({len(picked)} labels, lr {lr:g}, body x{body_lr_scale:g})")
+    return model, task, result
 
 
 def finetune_fair(arm: str, source, *, tokenizer=None, config: ModelConfig | None = None, labelled: Labelled,

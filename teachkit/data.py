@@ -193,7 +193,42 @@ def _load_mirror(spec: DatasetSpec, folder: Path) -> datasets.DatasetDict:
             f"it contains: {', '.join(present)}. Add the mirror there, point {DATA_DIR_ENV} / "
             f"data_dir at the right folder, or unset {DATA_DIR_ENV} to use the network."
         )
-    return datasets.load_dataset(str(path), spec.config if spec.mirror_config == "hub" else spec.mirror_config)
+    try:
+        return datasets.load_dataset(str(path), spec.config if spec.mirror_config == "hub" else spec.mirror_config,
+                                     cache_dir=str(_mirror_cache(path)))
+    except Exception as err:  # pyarrow's and datasets' own errors: find the file to blame, if one is
+        damaged = _damaged_parquet(path)
+        if damaged is None:
+            raise
+        raise DataUnavailableError(
+            f"{damaged[0]} is damaged, so dataset {spec.name!r} cannot be read ({damaged[1]}). Copy that folder "
+            f"again from where it came from, or re-create it with `teachkit data mirror {folder}` (it checks every "
+            f"file against its checksums and fetches what does not match)."
+        ) from err
+
+
+def _mirror_cache(path: Path) -> Path:
+    """A datasets cache folder for this mirror folder as it is now: its path, and each file's size and time.
+
+    `datasets` names the cache of a local folder after the folder's name only, so another folder of the
+    same name (a copy with other labels) or a changed file would be served from the old cache.
+    """
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    stamp = [str(path.resolve())] + [f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
+    return Path(datasets.config.HF_DATASETS_CACHE) / "teachkit-mirrors" / f"{path.name}-{key}"
+
+
+def _damaged_parquet(path: Path) -> tuple[Path, str] | None:
+    """The first parquet file in `path` whose footer cannot be read, and why; None if all read."""
+    import pyarrow.parquet as pq
+
+    for file in sorted(path.rglob("*.parquet")):
+        try:
+            pq.read_metadata(file)
+        except Exception as err:  # ArrowInvalid, OSError: any failure means the file is unusable
+            return file, f"{type(err).__name__}: {err}"
+    return None
 
 
 def _load_hub(spec: DatasetSpec) -> datasets.DatasetDict:

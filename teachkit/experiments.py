@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -13,8 +13,9 @@ from teachkit import checkpoint, corpus, course, data, tokenization
 from teachkit.config import ModelConfig, preset
 from teachkit.model import build_model, count_parameters
 from teachkit.objectives import ROLE_NAMES, make_nsp_pairs, pretraining_batch
+from teachkit.interrupts import TrainingStopped
 from teachkit.tasks import PackedMLMTask, PretrainingTask
-from teachkit.train import TrainConfig, train
+from teachkit.train import TrainConfig, check_resumable, train
 
 
 def smoke(*, steps: int = 20, seed: int = 0, log=print) -> dict:
@@ -70,7 +71,8 @@ class DemoSettings:
     layers: int = 2
     width: int = 128
     heads: int = 4
-    pretrain_seconds: float = 300.0  # wall-clock budget of pre-training (the demo stays under 15 minutes)
+    pretrain_seconds: float | None = 300.0  # wall-clock budget of pre-training (the demo stays under 15 minutes)
+    pretrain_steps: int | None = None  # ... or a step budget: the same seed then gives the same losses on a CPU
     pretrain_eval_every: int | None = None  # held-out MLM loss every N steps (None: at the end only)
     snapshot_seconds: tuple[float, ...] = ()  # also save the model after these many seconds (a compute ladder)
     pretrain_lr: float = 2e-3  # pre-LN tolerates a high learning rate; 5e-3 diverged to a worse model
@@ -88,7 +90,7 @@ class DemoSettings:
 
     def fast(self) -> "DemoSettings":
         """The same code path with tiny budgets, for CI and a first try."""
-        return replace(self, corpus=("rotten_tomatoes",), pretrain_seconds=min(self.pretrain_seconds, 20.0),
+        return replace(self, corpus=("rotten_tomatoes",), pretrain_seconds=min(self.pretrain_seconds or 20.0, 20.0),
                        width=64, vocab_size=2048, budget=200, seeds=(0,))
 
 
@@ -97,41 +99,64 @@ def tokens_per_s(history) -> float:
     return sum(values) / max(len(values), 1)
 
 
-def _pretraining_task(s: DemoSettings, *, log=print):
-    """The tokenizer and the task: packed rows of running text for MLM alone, sentence pairs with NSP."""
+# Settings that only fine-tuning reads, or that do not change the result: a resumed pre-training may differ in them.
+_NOT_PRETRAINING = ("out_dir", "device", "sentiment", "finetune_len", "budget", "grid", "seeds", "real_bert",
+                    "real_bert_seeds", "pretrain_eval_every", "snapshot_seconds")
+
+
+def _pretraining_task(s: DemoSettings, *, log=print, tokenizer=None):
+    """The tokenizer and the task: packed rows of running text for MLM alone, sentence pairs with NSP.
+
+    tokenizer: use this one instead of training one (a resumed run keeps its own).
+    """
     if s.nsp:  # next-sentence prediction needs documents split into sentences
         docs = [doc for name in s.corpus for doc in data.corpus_documents(name)]
         log(f"Pre-training corpus: {describe_corpus(s.corpus)}: {len(docs)} documents, {sum(map(len, docs))} sentences")
-        tok = tokenization.train_wordpiece((x for d in docs for x in d), vocab_size=s.vocab_size)
+        tok = tokenizer or tokenization.train_wordpiece((x for d in docs for x in d), vocab_size=s.vocab_size)
         return tok, PretrainingTask(docs, tok, max_len=s.max_len, mask_prob=s.mask_prob, nsp=True, seed=s.seed)
     texts = corpus.pretraining_texts(s.corpus)
     words = sum(t.count(" ") + 1 for t in texts)
     log(f"Pre-training corpus: {describe_corpus(s.corpus)}: {len(texts):,} texts, {words / 1e6:.1f}M words")
-    tok = corpus.train_tokenizer(texts, vocab_size=s.vocab_size, seed=s.seed)
+    tok = tokenizer or corpus.train_tokenizer(texts, vocab_size=s.vocab_size, seed=s.seed)
     packed = corpus.packed_rows(texts, tok, max_len=s.max_len, cache_dir=course.cache_dir() / "corpora")
     log(f"  {len(packed.rows):,} rows of {s.max_len} tokens "
         f"({'read from the cache' if packed.from_cache else 'encoded once and cached'}: {packed.cache_file})")
     return tok, PackedMLMTask(packed.rows, tok, mask_prob=s.mask_prob, seed=s.seed)
 
 
-def pretrain_bert(s: DemoSettings, *, log=print, callbacks=()) -> tuple[Path, object, object]:
-    """Train a tokenizer and pre-train a BERT (masked-LM, plus NSP if asked) within the time budget."""
-    tok, task = _pretraining_task(s, log=log)
+def pretrain_bert(s: DemoSettings, *, log=print, callbacks=(), resume: bool = False,
+                  save_minutes: float | None = None, tokenizer: str | Path | None = None) -> tuple[Path, object, object]:
+    """Train a tokenizer and pre-train a BERT (masked-LM, plus NSP if asked) within the budget.
+
+    resume: continue the run saved in out_dir/pretrained, with its tokenizer; it must have these settings.
+    save_minutes: also save every this many minutes, so that a killed run loses at most that much.
+    tokenizer: a tokenizer.json to use instead of training one (the WordPiece trainer breaks ties
+    differently in every process, so two runs compare exactly only with the same tokenizer).
+    Raises TrainingStopped when the run diverged or a signal (Ctrl-C, SIGTERM) stopped it; it is saved.
+    """
+    folder = Path(s.out_dir) / "pretrained"
+    config = TrainConfig(max_steps=s.pretrain_steps, max_seconds=s.pretrain_seconds, batch_size=s.pretrain_batch,
+                         lr=s.pretrain_lr, warmup=0.05, seed=s.seed, checkpoint_dir=str(folder),
+                         device=s.device, eval_every=s.pretrain_eval_every, save_minutes=save_minutes,
+                         run_info={k: v for k, v in asdict(s).items() if k not in _NOT_PRETRAINING})
+    if resume:
+        check_resumable(folder, config)  # before minutes of data loading
+    given = tokenization.load_tokenizer(folder if resume else tokenizer) if (resume or tokenizer) else None
+    tok, task = _pretraining_task(s, log=log, tokenizer=given)
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), d_model=s.width, n_layers=s.layers, n_heads=s.heads,
                       d_ff=4 * s.width, max_len=s.max_len, norm_first=True, dropout=0.0, attn_dropout=0.0)
-    folder = Path(s.out_dir) / "pretrained"
-    config = TrainConfig(max_steps=None, max_seconds=s.pretrain_seconds, batch_size=s.pretrain_batch,
-                         lr=s.pretrain_lr, warmup=0.05, seed=s.seed, checkpoint_dir=str(folder),
-                         device=s.device, eval_every=s.pretrain_eval_every)
     torch.manual_seed(s.seed)  # the initial weights, too, come from the seed
     model = build_model(cfg)
-    log(f"Pre-training a {count_parameters(model) / 1e6:.1f}M-parameter BERT for {s.pretrain_seconds:.0f} s")
+    budget = " and ".join(([f"{s.pretrain_steps} steps"] if s.pretrain_steps else []) +
+                          ([f"{s.pretrain_seconds:.0f} s"] if s.pretrain_seconds else []))
+    log(f"Pre-training a {count_parameters(model) / 1e6:.1f}M-parameter BERT for {budget}" +
+        (f", resuming {folder}" if resume else ""))
     snapshots = [SnapshotSaver(model, tok, Path(s.out_dir) / "snapshots", s.snapshot_seconds,
                                tokens_per_step=s.pretrain_batch * s.max_len)] if s.snapshot_seconds else []
-    result = train(model, task, config, tokenizer=tok, callbacks=[*snapshots, *callbacks])
-    log(f"  {result.message}; MLM loss {result.history.steps[-1]['mlm']:.2f}")
-    if result.stopped in ("diverged", "interrupted"):
-        raise RuntimeError(f"Pre-training did not finish: {result.message}")
+    result = train(model, task, config, tokenizer=tok, resume=resume, callbacks=[*snapshots, *callbacks])
+    log(f"  {result.message}" + (f"; MLM loss {result.history.steps[-1]['mlm']:.2f}" if result.history.steps else ""))
+    if result.stopped in ("diverged", "interrupted") or result.signal is not None:
+        raise TrainingStopped(result, what="Pre-training")
     return folder, tok, result
 
 

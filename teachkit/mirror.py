@@ -32,7 +32,7 @@ import datasets
 import yaml  # installed with datasets, which reads dataset cards with it
 
 from teachkit import data, pretrained
-from teachkit.checkpoint import atomic_folder
+from teachkit.checkpoint import atomic_folder, recover_folder
 from teachkit.data import DataUnavailableError
 
 MANIFEST = ".teachkit-mirror.json"  # hidden, so `datasets` never takes it for a data file
@@ -135,7 +135,27 @@ class LocalSource:
         origin = self.root / item.path
         if not origin.is_dir():
             raise MirrorError(f"{self.description} has no folder {item.path!r} for {item.name}.")
-        shutil.copytree(origin, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST, ".cache"))
+        # A teachkit mirror lists its checksums: a copy that no longer matches them is not passed on.
+        problem = _manifest_problem(origin) if (origin / MANIFEST).is_file() else None
+        if problem:
+            raise MirrorError(f"the source's copy of {item.name} does not match its own checksums ({problem}): it was "
+                              f"changed or damaged after it was mirrored. Mirror {item.name} into the source "
+                              "again from the hub, or copy it from another source.")
+        _copy_files(origin, dest)
+        if problem is None and (origin / MANIFEST).is_file():
+            problem = _manifest_problem(dest, manifest=origin / MANIFEST)  # the copy itself, e.g. a failing USB stick
+            if problem:
+                raise MirrorError(f"the copy of {item.name} differs from the source's checksums ({problem}).")
+
+
+def _copy_files(origin: Path, dest: Path) -> None:
+    """Copy the files of `origin` into `dest` with the umask's permissions, not the source's: a read-only
+    USB stick or shared folder must not make the classroom's copy read-only (or private)."""
+    for file in sorted(origin.rglob("*")):
+        rel = file.relative_to(origin)
+        if file.is_file() and file.name != MANIFEST and ".cache" not in rel.parts:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, dest / rel)
 
 
 def _offline_hint() -> str:
@@ -274,7 +294,11 @@ def _verify(item: Item, folder: Path, *, scratch: Path) -> dict[str, int]:
 
 
 def _remove_interrupted(dest: Path, *, log: Callable[[str], None]) -> None:
-    # A killed run (power cut, kill -9) can leave a temporary folder; it never holds a finished item.
+    # A killed run (power cut, kill -9) can leave a temporary folder; it never holds a finished item,
+    # except the previous copy of an item that was being replaced: that one is put back first.
+    for old in list(dest.rglob(f"{PARTIAL_PREFIX}old-*")):
+        if recover_folder(old.with_name(old.name[len(f"{PARTIAL_PREFIX}old-"):]), prefix=PARTIAL_PREFIX):
+            log(f"Put back {old.name[len(PARTIAL_PREFIX) + 4:]}, which an interrupted run had set aside.")
     for leftover in list(dest.rglob(f"{PARTIAL_PREFIX}*")):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -302,9 +326,10 @@ def _write_manifest(folder: Path, *, item: Item, origin: str, rows: dict[str, in
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def _manifest_problem(folder: Path) -> str | None:
-    """None when every file listed in the folder's manifest is there with its checksum; else why not."""
-    path = folder / MANIFEST
+def _manifest_problem(folder: Path, *, manifest: Path | None = None) -> str | None:
+    """None when every file listed in the folder's manifest (or in `manifest`) is there with its checksum;
+    else why not."""
+    path = manifest or folder / MANIFEST
     if not path.is_file():
         return "it has no manifest"
     try:

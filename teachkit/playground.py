@@ -121,25 +121,44 @@ class Settings:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"Unknown setting(s) {unknown}; the known ones are {sorted(known)}.")
+            raise ValueError(f"Unknown setting(s) {_short(unknown)}; the known ones are {sorted(known)}.")
         cleaned = {}
         for name, value in values.items():
             kind = type(getattr(cls(), name))
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if type(value) is not kind:
-                raise ValueError(f"Setting {name!r} should be a {kind.__name__}, got {value!r}.")
+                raise ValueError(f"Setting {name!r} should be a {kind.__name__}, got {_short(value)}.")
             cleaned[name] = value
         return cls(**cleaned)
 
     @classmethod
-    def from_json(cls, text: str) -> Settings:
+    def from_json(cls, text: str | bytes) -> Settings:
+        """Settings from the text (or the bytes, as uploaded) of a file saved by the playground."""
+        if len(text) > MAX_SETTINGS_FILE:  # a saved file is well under 1 kB; a huge one is the wrong file
+            raise ValueError(f"This file is {len(text):,} bytes, too big for a settings file (at most "
+                             f"{MAX_SETTINGS_FILE:,}): load a .json file saved by the playground.")
         try:
-            values = json.loads(text)
+            values = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"This file is not text (byte {err.start} is not UTF-8): load a .json file saved by "
+                             "the playground.") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"This is not valid JSON ({err.msg} at line {err.lineno}): "
                              "load a file saved by the playground.") from None
+        except RecursionError:
+            raise ValueError("This JSON is nested too deeply to be a settings file: load a file saved by the "
+                             "playground.") from None
         return cls.from_dict(values)
+
+
+MAX_SETTINGS_FILE = 64_000  # bytes
+
+
+def _short(value, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: an error message never echoes a whole huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 _LABELS = {"budget": "Pre-training budget", "mask_rate": "Mask rate", "layers": "Layers", "width": "Width",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from teachkit.checkpoint import atomic_folder
@@ -89,6 +90,7 @@ MINILM_HUB_ID = MINILM_ALIASES[-1]
 # The files of a checkpoint that teachkit reads; downloads and mirrors take only these.
 HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json"]
 MIRROR_MODELS = "models"  # models in a TEACHKIT_DATA_DIR mirror: models/<hub id>/ (teachkit data mirror)
+GPT2_VOCAB = 50257  # GPT-2's vocabulary; its last id is <|endoftext|>
 # Buffers some checkpoints carry that are not parameters (recomputed by the model).
 _IGNORED_SUFFIXES = ("position_ids", "attn.bias", "attn.masked_bias")
 
@@ -158,6 +160,9 @@ def from_hf_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, sour
         if tensor.shape != ours[rule.ours].shape:
             mismatched.append(f"{'+'.join(rule.theirs)}: checkpoint {tuple(tensor.shape)}, "
                               f"model {tuple(ours[rule.ours].shape)}")
+        elif not tensor.is_floating_point():  # e.g. a header edited to I32: the bits are not weights
+            mismatched.append(f"{'+'.join(rule.theirs)}: checkpoint dtype {tensor.dtype}, "
+                              f"model {ours[rule.ours].dtype}")
         new[rule.ours] = tensor
     if missing or mismatched:
         raise CheckpointError(_describe_problems(source, missing, mismatched))
@@ -173,7 +178,7 @@ def _describe_problems(source: str, missing: list[str], mismatched: list[str]) -
     if missing:
         lines.append(f"  {len(missing)} tensors are missing, e.g. {', '.join(missing[:4])}")
     if mismatched:
-        lines.append(f"  {len(mismatched)} tensors have the wrong shape, e.g. " + "; ".join(mismatched[:3]))
+        lines.append(f"  {len(mismatched)} tensors have the wrong shape or dtype, e.g. " + "; ".join(mismatched[:3]))
     lines.append("Check that config.json belongs to model.safetensors (same layers, width and vocabulary), "
                  "or re-export the checkpoint with transformers' save_pretrained().")
     return "\n".join(lines)
@@ -216,15 +221,34 @@ def save_hf(model: nn.Module, folder: str | Path, *, tokenizer=None) -> Path:
     Written to a temporary folder first and renamed, so an interrupted save never leaves half a checkpoint.
     """
     folder = Path(folder)
+    if isinstance(model, BertForSequenceClassification) and model.cfg.pooling != "cls":
+        raise CheckpointError(
+            f"This classifier reads a text by pooling={model.cfg.pooling!r}, but transformers' "
+            "BertForSequenceClassification always reads the [CLS] vector through the pooler, so the exported "
+            "model would give other predictions. Export the body and keep the head in teachkit "
+            "(save_hf(model.bert, folder)), or fine-tune with pooling='cls' to export the whole classifier."
+        )
     hf_config = {**model.cfg.to_hf(), "architectures": [_hf_architecture(model)]}
     if isinstance(model, BertForSequenceClassification):
         hf_config["num_labels"] = model.n_classes
+    if isinstance(model, GPT):  # else transformers assumes GPT-2's 50256, outside a small vocabulary
+        hf_config["bos_token_id"] = hf_config["eos_token_id"] = _end_of_text_id(model, tokenizer)
     with atomic_folder(folder) as tmp:
         save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
     return folder
+
+
+def _end_of_text_id(model: nn.Module, tokenizer) -> int:
+    """<|endoftext|>: from the tokenizer when given; else id 0 (teachkit's BPE), or GPT-2's 50256 in its vocabulary."""
+    from teachkit.tokenization import GPT_SPECIALS
+
+    found = tokenizer.token_to_id(GPT_SPECIALS[0]) if tokenizer is not None else None
+    if found is not None:
+        return found
+    return GPT2_VOCAB - 1 if model.cfg.vocab_size == GPT2_VOCAB else 0
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -285,8 +309,15 @@ def read_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
             "Checkpoints with only pytorch_model.bin are not loaded because that format runs pickled code; "
             "convert them with transformers: AutoModel.from_pretrained(...).save_pretrained(folder)."
         )
-    cfg = ModelConfig.from_hf(json.loads(config_file.read_text()))
-    return cfg, load_file(str(weights_file))
+    try:
+        cfg = ModelConfig.from_hf(json.loads(config_file.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as err:  # bad JSON (JSONDecodeError), or values ModelConfig refuses
+        raise CheckpointError(f"{config_file} cannot be read ({err}). Copy or download the checkpoint again.") from err
+    try:
+        return cfg, load_file(str(weights_file))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights_file} is damaged or is not a safetensors file ({err}). Copy or download "
+                              "the checkpoint again.") from err
 
 
 @dataclass
@@ -309,6 +340,7 @@ def load_hf(source: str | Path = "minilm", *, task: str = "base", n_classes: int
     cfg = cfg.replace(**changes)
     model = build_model(cfg, task=task, n_classes=n_classes)
     report = from_hf_state_dict(model, state, source=str(source))
+    model.eval()  # as transformers' from_pretrained: dropout off until training switches it on
     return Pretrained(model=model, tokenizer=_tokenizer_in(folder), report=report)
 
 
@@ -324,4 +356,8 @@ def _tokenizer_in(folder: Path):
         return None
     from teachkit.tokenization import load_tokenizer
 
-    return load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder)
+    # Some tokenizer.json files (MiniLM's) pad and cut every text to 128 pieces; teachkit pads per batch.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer

@@ -9,15 +9,18 @@
 
 The loop knows nothing about widgets: notebooks and the playground listen through `callbacks`,
 each called with an event dict ({"kind": "step" | "eval" | "end", ...}), and stop it with a
-`threading.Event`. Ctrl-C stops it the same way: the history is kept and a checkpoint saved.
+`threading.Event`. Ctrl-C and SIGTERM stop it the same way: the history is kept and a checkpoint
+saved, from which `resume=True` continues exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,10 +31,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from safetensors.torch import load_file
-
-from teachkit.checkpoint import is_checkpoint, load_training_state, load_weights, save_checkpoint
+from teachkit.checkpoint import TrainingState, check_writable, checkpoint_bytes, is_checkpoint, \
+    load_training_state, load_weights, read_tensors, save_or_rescue
 from teachkit.devices import autocast, move, pick_device, pick_precision, release_freed_memory
+from teachkit.interrupts import Signals, check_same_settings
 
 
 @dataclass
@@ -53,18 +56,24 @@ class TrainConfig:
     body_lr_scale: float = 1.0  # the pre-trained body learns at lr x this; a new head always at lr (ULMFiT's idea)
     save_every: int | None = None  # save a checkpoint every N steps (and always at the end)
     progress: bool = True  # show a tqdm progress bar
+    save_minutes: float | None = None  # also save every N minutes, so that a killed run loses at most that much
+    run_info: dict = field(default_factory=dict)  # what else defines the run (corpus, masking): checked on resume
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_seconds is None:
             raise ValueError("Give a budget: max_steps, max_seconds or both (e.g. max_seconds=180 for 3 minutes).")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps} must be at least 1 (or None to use only max_seconds).")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ValueError(f"max_seconds={self.max_seconds} must be positive (or None to use only max_steps).")
+        if self.max_seconds is not None and not 0 < self.max_seconds < math.inf:  # nan fails this too
+            raise ValueError(f"max_seconds={self.max_seconds} must be positive and finite (or None to use only "
+                             "max_steps).")
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size={self.batch_size} must be a positive multiple of grad_accum={self.grad_accum}.")
-        if not self.lr > 0 or not 0 <= self.warmup < 1:
-            raise ValueError(f"lr={self.lr} must be positive and warmup={self.warmup} a fraction in [0, 1).")
+        if not 0 < self.lr < math.inf or not 0 <= self.warmup < 1:
+            raise ValueError(f"lr={self.lr} must be positive and finite, and warmup={self.warmup} a fraction in "
+                             "[0, 1).")
+        if self.save_minutes is not None and not 0 < self.save_minutes < math.inf:
+            raise ValueError(f"save_minutes={self.save_minutes} must be positive and finite (or None: no timed saves).")
         if not 0 < self.body_lr_scale <= 1:
             raise ValueError(f"body_lr_scale={self.body_lr_scale} must be in (0, 1]: to stop the body learning, "
                              "freeze it (teachkit.finetune.freeze) instead.")
@@ -88,6 +97,7 @@ class TrainResult:
     seconds: float
     best: dict | None = None  # the best evaluation, when there was one
     checkpoint: Path | None = None
+    signal: int | None = None  # the signal that stopped the run (SIGINT for Ctrl-C, SIGTERM), if one did
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -143,40 +153,20 @@ def train(
         raise ValueError(f"batch_size={config.batch_size} must divide evenly over {world} processes x "
                          f"{config.grad_accum} micro-batches.")
     task.sampler.indices(0, config.batch_size)  # fails early if the batch is larger than the data
+    if config.checkpoint_dir and rank == 0:  # a folder that cannot be written fails now, not after the run
+        check_writable(config.checkpoint_dir, need_bytes=checkpoint_bytes(model, best=config.keep_best))
     model.to(device)
     optimizer = make_optimizer(model, config)
     saved = _resume(model, optimizer, config) if resume else _Resumed()
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    signals = Signals(stop or threading.Event())
     run = _Run(net, task, config, device, precision, rank, world, optimizer, saved.history, tokenizer,
-               list(callbacks))
+               list(callbacks), signals)
     run.best, run.best_weights = saved.best, saved.best_weights
-    stop = stop or threading.Event()
-    with _ctrl_c_sets(stop):
-        return run.loop(saved.step, saved.elapsed, stop)
-
-
-@contextlib.contextmanager
-def _ctrl_c_sets(stop: threading.Event):
-    """While training, a first Ctrl-C asks the loop to stop after the current step (nothing is lost
-    mid-update); a second one interrupts at once. Only the main thread can install the handler."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nStopping after this step (Ctrl-C again to stop at once)...", flush=True)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with signals.installed():
+        return run.loop(saved.step, saved.elapsed, signals.stop)
 
 
 @dataclass
@@ -190,15 +180,26 @@ class _Resumed:
     best_weights: dict | None = None  # its weights, saved when keep_best is on
 
 
+def check_resumable(folder: str | Path, config: TrainConfig) -> TrainingState:
+    """The saved state of the run in `folder`, if it was started with the settings in `config`.
+
+    Otherwise NotACheckpointError names each difference: a resumed run must be the run that was stopped.
+    """
+    saved = load_training_state(folder)
+    check_same_settings(folder, saved.state.get("train_config", {}), json.loads(json.dumps(asdict(config))))
+    return saved
+
+
 def _resume(model, optimizer, config: TrainConfig) -> _Resumed:
     if not config.checkpoint_dir:
         raise ValueError("resume=True needs config.checkpoint_dir: the folder of the run to continue.")
-    saved = load_training_state(config.checkpoint_dir)
-    load_weights(model, config.checkpoint_dir)
+    load_training_state(config.checkpoint_dir)  # a folder with no run in it is named first,
+    load_weights(model, config.checkpoint_dir)  # then a model of another size,
+    saved = check_resumable(config.checkpoint_dir, config)  # then other settings
     optimizer.load_state_dict(saved.optimizer)
     torch.set_rng_state(saved.rng)
     best_file = Path(config.checkpoint_dir) / "best.safetensors"
-    best_weights = load_file(str(best_file)) if config.keep_best and best_file.is_file() else None
+    best_weights = read_tensors(best_file) if config.keep_best and best_file.is_file() else None
     return _Resumed(step=saved.state["step"], elapsed=saved.state["elapsed"],
                     history=History(**saved.state["history"]), best=saved.state.get("best"),
                     best_weights=best_weights)
@@ -207,13 +208,16 @@ def _resume(model, optimizer, config: TrainConfig) -> _Resumed:
 class _Run:
     """The state of one call to `train`; its methods are the steps of the loop."""
 
-    def __init__(self, net, task, cfg, device, precision, rank, world, optimizer, history, tokenizer, callbacks):
+    def __init__(self, net, task, cfg, device, precision, rank, world, optimizer, history, tokenizer, callbacks,
+                 signals):
         self.net, self.model = net, getattr(net, "module", net)
         self.task, self.cfg, self.device, self.precision = task, cfg, device, precision
         self.rank, self.world, self.optimizer, self.history = rank, world, optimizer, history
-        self.tokenizer, self.callbacks = tokenizer, callbacks
+        self.tokenizer, self.callbacks, self.signals = tokenizer, callbacks, signals
         self.best: dict | None = None
         self.best_weights: dict | None = None
+        self.last_save = time.perf_counter()
+        self.rescued = ""  # a sentence, when the last save had to go to a rescue folder
 
     def to_device(self, batch: dict) -> dict:
         return move(batch, self.device)
@@ -236,33 +240,50 @@ class _Run:
                     break
                 record = self.train_step(step, elapsed)
                 if record is None:
-                    stopped, message = "diverged", self._diverged_message(step)
+                    stopped = "diverged"
                     break
                 step += 1
+                self.history.steps.append(record)
+                self.signals.release()  # the update is counted: a second Ctrl-C during it acts now
                 if step % 10 == 0 and self.device.type == "cpu":
                     release_freed_memory()
-                self.history.steps.append(record)
                 self.emit({"kind": "step", **record})
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}")
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     self.evaluate(step)
-                if cfg.save_every and step % cfg.save_every == 0:
+                if (cfg.save_every and step % cfg.save_every == 0) or self.save_is_due():
                     self.save(step, elapsed_before + time.perf_counter() - start)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C: the step in progress is dropped, its update never began
+            self.optimizer.zero_grad(set_to_none=True)
             stopped, message = "interrupted", "Interrupted: the history so far is kept"
         finally:
             bar.close()
         seconds = elapsed_before + time.perf_counter() - start
-        if stopped != "diverged" and (not self.history.evals or self.history.evals[-1]["step"] != step):
+        received = self.signals.received
+        # A final evaluation, unless the run diverged or was told to stop at once (a second Ctrl-C, SIGTERM).
+        if stopped not in ("diverged", "interrupted") and received != signal.SIGTERM and \
+                (not self.history.evals or self.history.evals[-1]["step"] != step):
             self.evaluate(step)
-        checkpoint = self.last_good_checkpoint() if stopped == "diverged" else self.save(step, seconds)
+        if stopped == "diverged":
+            checkpoint = self.last_good_checkpoint()
+            message = self._diverged_message(step, checkpoint)
+        else:
+            checkpoint = self.save(step, seconds, final=True)
         if self.cfg.keep_best and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
-        message = message or f"Stopped after {step} steps ({stopped.replace('_', ' ')} reached) in {seconds:.0f} s"
-        result = TrainResult(self.history, step, stopped, message, seconds, self.best, checkpoint)
+        message = self._ending(message, stopped, step, seconds, received, checkpoint)
+        result = TrainResult(self.history, step, stopped, message, seconds, self.best, checkpoint, received)
         self.emit({"kind": "end", "step": step, "stopped": stopped, "message": message, "seconds": seconds})
         return result
+
+    def _ending(self, message: str, stopped: str, step: int, seconds: float, received, checkpoint) -> str:
+        if received is not None and stopped != "diverged":
+            message = f"Stopped by {signal.Signals(received).name} after {step} steps in {seconds:.0f} s"
+            if checkpoint is not None:
+                message += f"; saved to {checkpoint}, from where resume=True continues it exactly"
+        message = message or f"Stopped after {step} steps ({stopped.replace('_', ' ')} reached) in {seconds:.0f} s"
+        return f"{message}. {self.rescued}" if self.rescued else message
 
     def _budget_spent(self, step: int, elapsed: float, stop: threading.Event) -> str | None:
         reason = None
@@ -312,6 +333,7 @@ class _Run:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         lr = cfg.lr * lr_factor(self.progress(step, elapsed), cfg.warmup)
+        self.signals.hold()  # until the loop has counted this update (a second Ctrl-C must not split the two)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.step()
@@ -353,21 +375,31 @@ class _Run:
                 self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.emit({"kind": "eval", **record})
 
-    def save(self, step: int, elapsed: float) -> Path | None:
+    def save_is_due(self) -> bool:
+        minutes = self.cfg.save_minutes
+        return bool(minutes) and time.perf_counter() - self.last_save >= 60 * minutes
+
+    def save(self, step: int, elapsed: float, *, final: bool = False) -> Path | None:
         if not self.cfg.checkpoint_dir or self.rank != 0:
             return None
         state = {"step": step, "elapsed": elapsed, "history": asdict(self.history), "train_config": asdict(self.cfg),
                  "best": self.best}
         extra = {"best.safetensors": self.best_weights} if self.best_weights is not None else {}
-        return save_checkpoint(self.cfg.checkpoint_dir, model=self.model, tokenizer=self.tokenizer,
-                               optimizer=self.optimizer, state=state, extra=extra)
+        parts = dict(model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, state=state, extra=extra)
+        with self.signals.held(interrupt=not final):  # more Ctrl-C cannot cut a save short
+            folder, self.rescued = save_or_rescue(self.cfg.checkpoint_dir, **parts)
+        if self.rescued:  # a full disk, a removed drive: the run is kept elsewhere, and the user told now
+            print(self.rescued, file=sys.stderr, flush=True)
+        self.last_save = time.perf_counter()
+        return folder
 
     def last_good_checkpoint(self) -> Path | None:
         folder = self.cfg.checkpoint_dir
         return Path(folder) if folder and is_checkpoint(folder) else None
 
-    def _diverged_message(self, step: int) -> str:
-        saved = f" The last good checkpoint is in {self.cfg.checkpoint_dir}." if self.cfg.checkpoint_dir else ""
+    def _diverged_message(self, step: int, checkpoint: Path | None) -> str:
+        saved = f" The last good checkpoint is in {checkpoint}." if checkpoint else \
+            (" No checkpoint was saved before that." if self.cfg.checkpoint_dir else "")
         clip = "" if self.cfg.clip_norm else ", or clip_norm=1.0"
         return (f"The loss or its gradient stopped being a finite number at step {step + 1}, so training stopped "
                 f"before the update could spoil the weights. The usual cause is a learning rate that is too high "

@@ -198,7 +198,7 @@ class Playground:
             self._syncing = False
         self._check()
 
-    def load_settings(self, text: str) -> Settings:
+    def load_settings(self, text: str | bytes) -> Settings:
         """Apply settings from the JSON text of a saved file, and show what was wrong if it cannot."""
         try:
             settings = Settings.from_json(text)
@@ -213,8 +213,8 @@ class Playground:
         files = change["new"]
         if files:
             try:
-                self.load_settings(bytes(files[0]["content"]).decode("utf-8"))
-            except (ValueError, TypeError, UnicodeDecodeError):
+                self.load_settings(bytes(files[0]["content"]))  # from_json decodes it, or says why not
+            except (ValueError, TypeError):
                 pass  # load_settings has put the reason on the page
 
     def _changed(self, name: str) -> None:
