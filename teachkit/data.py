@@ -161,12 +161,7 @@ def load(
     """
     spec = spec_for(name)
     folder = _resolve_dir(data_dir)
-    if folder is not None:
-        splits = _load_mirror(spec, folder)
-    elif spec.hub_id is None:
-        splits = _load_movie_reviews_online()
-    else:
-        splits = _load_hub(spec)
+    splits = _load_mirror(spec, folder) if folder is not None else load_online(name)
     if split is None:
         return splits
     if split not in splits:
@@ -229,6 +224,12 @@ def _damaged_parquet(path: Path) -> tuple[Path, str] | None:
         except Exception as err:  # ArrowInvalid, OSError: any failure means the file is unusable
             return file, f"{type(err).__name__}: {err}"
     return None
+
+
+def load_online(name: str) -> datasets.DatasetDict:
+    """A dataset from its online source: the hub (Wikipedia: a streamed slice of it), or NLTK for movie_reviews."""
+    spec = spec_for(name)
+    return _load_movie_reviews_online() if spec.hub_id is None else _load_hub(spec)
 
 
 def _load_hub(spec: DatasetSpec) -> datasets.DatasetDict:

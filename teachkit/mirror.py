@@ -38,6 +38,7 @@ from teachkit.data import DataUnavailableError
 MANIFEST = ".teachkit-mirror.json"  # hidden, so `datasets` never takes it for a data file
 PARTIAL_PREFIX = ".partial-"  # temporary folders inside DIR; removed on failure and on the next run
 DEFAULT_MODELS = (pretrained.MINILM_HUB_ID,)  # the real pretrained BERT the course compares with
+SLICED = ("wikipedia",)  # hub datasets far larger than the course needs: a slice of their rows is mirrored
 
 
 class MirrorError(DataUnavailableError):
@@ -76,9 +77,10 @@ def course_items(*, models: Sequence[str] = DEFAULT_MODELS) -> list[Item]:
     items = []
     for spec in data.DATASETS.values():
         # Only the parquet files of the one config we use: the hub repos hold other configs too.
-        prefix = f"{spec.config}/" if spec.config else ""
+        config = spec.config if spec.mirror_config == "hub" else spec.mirror_config  # as the mirror folder holds it
+        prefix = f"{config}/" if config else ""
         items.append(Item(name=spec.name, kind="dataset", path=spec.mirror_path, hub_id=spec.hub_id,
-                          config=spec.config, patterns=(f"{prefix}*.parquet", "README.md")))
+                          config=config, patterns=(f"{prefix}*.parquet", "README.md")))
     hub_ids = [pretrained.MINILM_HUB_ID if m in pretrained.MINILM_ALIASES else m for m in models]
     for hub_id in dict.fromkeys(hub_ids):  # each once, in the order given
         items.append(Item(name=hub_id, kind="model", path=f"{pretrained.MIRROR_MODELS}/{hub_id}",
@@ -103,8 +105,8 @@ class HubSource:
     description = "the Hugging Face hub"
 
     def fetch(self, item: Item, dest: Path) -> None:
-        if item.hub_id is None:
-            _movie_reviews_from_nltk(dest)
+        if item.hub_id is None or item.name in SLICED:
+            _rows_from_online_source(item, dest)
             return
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import RepositoryNotFoundError
@@ -166,18 +168,17 @@ def _offline_hint() -> str:
             f"THAT_FOLDER`, or simply export {data.DATA_DIR_ENV}=THAT_FOLDER.")
 
 
-def _movie_reviews_from_nltk(dest: Path) -> None:
-    # The same rows `teachkit.data` reads online, written in the shared mirror's layout.
+def _rows_from_online_source(item: Item, dest: Path) -> None:
+    """The rows `teachkit.data` reads online (NLTK's movie_reviews, a slice of Wikipedia), in the mirror's layout."""
     try:
-        splits = data._load_movie_reviews_online()
+        splits = data.load_online(item.name)
     except DataUnavailableError as err:
-        raise SourceUnreachable(f"cannot download {data.MOVIE_REVIEWS_URL} ({type(err.__cause__).__name__})") from err
+        raise SourceUnreachable(f"cannot download {item.name} ({type(err.__cause__).__name__})") from err
     (dest / "data").mkdir(parents=True, exist_ok=True)
     splits["train"].to_parquet(str(dest / "data" / "train-00000-of-00001.parquet"))
     (dest / "README.md").write_text(
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n\n"
-        "# movie_reviews\n\nPang & Lee's polarity dataset v2.0 (2,000 reviews, one sentence per line), from\n"
-        f"{data.MOVIE_REVIEWS_URL}: one row per review, neg files then pos files, sorted by name.\n"
+        f"# {item.name}\n\n{data.spec_for(item.name).description}\n"
     )
 
 
@@ -275,7 +276,7 @@ def _verify(item: Item, folder: Path, *, scratch: Path) -> dict[str, int]:
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # the report's lines are all the progress needed here
     try:
-        splits = datasets.load_dataset(str(folder), spec.config, cache_dir=str(scratch))
+        splits = datasets.load_dataset(str(folder), item.config, cache_dir=str(scratch))
     except Exception as err:  # pyarrow, datasets and OS errors alike mean "not usable"
         raise MirrorError(f"the downloaded files do not load ({type(err).__name__}: {str(err)[:200]}); the "
                           "download was probably cut short, or a proxy sent an error page instead") from err

@@ -19,6 +19,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import datasets
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -282,7 +283,7 @@ def test_a_download_that_does_not_load_is_not_kept(tmp_path, mirror_dir):
             for parquet in dest.rglob("*.parquet"):
                 parquet.write_bytes(b"<html>503 Service Unavailable</html>")  # what a proxy may hand back
 
-    with pytest.raises(mirror.MirrorError, match="4 of 4 items failed"):
+    with pytest.raises(mirror.MirrorError, match=f"{len(data.DATASETS)} of {len(data.DATASETS)} items failed"):
         mirror.mirror(tmp_path / "m", source=Garbled(mirror_dir), models=(), log=lambda _: None)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == []
 
@@ -318,8 +319,17 @@ def fake_hub(mirror_dir: Path, tmp_path: Path, monkeypatch) -> list[tuple]:
     with zipfile.ZipFile(archive, "w") as zf:
         for i, (text, label) in enumerate(zip(rows["text"], rows["label"], strict=True)):
             zf.writestr(f"movie_reviews/{['neg', 'pos'][label]}/cv{i:04d}.txt", text)
+    load_dataset = datasets.load_dataset
+
+    def streamed(path, *args, streaming=False, **kwargs):  # the hub's Wikipedia dump, streamed: the local sample
+        if path == "wikimedia/wikipedia" and streaming:
+            calls.append((path, "stream"))
+            return load_dataset(str(mirror_dir / "wikipedia_sample"), split="train", streaming=True)
+        return load_dataset(path, *args, streaming=streaming, **kwargs)
+
     monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
     monkeypatch.setattr(data, "_download", lambda url: archive)
+    monkeypatch.setattr(datasets, "load_dataset", streamed)
     return calls
 
 
@@ -327,7 +337,7 @@ def test_the_hub_source_writes_the_mirror_layout_and_teachkit_reads_it(tmp_path,
     calls = fake_hub(mirror_dir, tmp_path, monkeypatch)
     dest = tmp_path / "mirror"
     outcomes = mirror.mirror(dest, models=(), log=lambda _: None)
-    assert [o.status for o in outcomes] == ["fetched"] * 4
+    assert [o.status for o in outcomes] == ["fetched"] * len(data.DATASETS)
     assert ("Salesforce/wikitext", "dataset", ("wikitext-2-raw-v1/*.parquet", "README.md")) in calls
     assert not list(dest.rglob(".cache"))
     for name in dataset_names():
