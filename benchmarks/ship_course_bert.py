@@ -106,7 +106,10 @@ def model_card(info: dict, cfg, rows: list[dict]) -> str:
            if info["held_out_mlm_loss"] is not None else "."),
         f"- Hardware and wall time: {info['hardware']}; {info['seconds'] / 60:.0f} minutes "
         f"(torch {info['torch']}, Python {info['python']}).", "",
-        "Reproduce it (the same command, on a 2-core laptop, about the same time; a GPU is faster):", "",
+        "Reproduce it with the same command. Its budget is wall-clock time, so another machine runs another number",
+        f"of steps: replace `--seconds ...` with `--steps {info['steps']}` for the same schedule and step count. (The",
+        "WordPiece trainer breaks ties differently in every process, so the vocabulary, and with it every number,",
+        "differs a little from run to run.)", "",
         "```bash", info["command"], "python benchmarks/ship_course_bert.py runs/course_bert --command \"...\"", "```", "",
         "## What it is worth (the compute ladder)", "",
         "Fine-tuned with `teachkit.compare`'s fair protocol (the same grid of settings for every arm, validation",

@@ -32,14 +32,15 @@ LADDER = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lesso
 def demo_arms(s: DemoSettings, own: Path) -> list[dict]:
     """The arms: name, where the weights come from, tokens of pre-training, and the seeds to run."""
     course_info = course.course_bert_info()
-    arms = [{"arm": "scratch", "source": "scratch", "tokens": 0, "seeds": s.seeds},
-            {"arm": "my pre-training", "source": str(own), "tokens": own_tokens(own), "seeds": s.seeds},
+    arms = [{"arm": "scratch", "source": "scratch", "tokens": 0, "seeds": s.seeds, "grid": s.grid},
+            {"arm": "my pre-training", "source": str(own), "tokens": own_tokens(own), "seeds": s.seeds, "grid": s.grid},
             {"arm": "course BERT", "source": str(course.course_bert()), "tokens": course_info["tokens_seen"],
-             "seeds": s.seeds}]
+             "seeds": s.seeds, "grid": s.grid}]
     if s.real_bert:
-        arms += [{"arm": f"{s.real_bert}", "source": s.real_bert, "tokens": None, "seeds": s.real_bert_seeds},
+        arms += [{"arm": f"{s.real_bert}", "source": s.real_bert, "tokens": None, "seeds": s.real_bert_seeds,
+                  "grid": s.real_bert_grid},
                  {"arm": f"{s.real_bert}, random weights", "source": RANDOM_PREFIX + s.real_bert, "tokens": 0,
-                  "seeds": s.real_bert_seeds}]
+                  "seeds": s.real_bert_seeds, "grid": s.real_bert_grid}]
     return arms
 
 
@@ -58,11 +59,11 @@ def run_demo(s: DemoSettings, *, log=print) -> dict:
     own, tok, pre = pretrain_bert(s, log=log)
     labelled = compare.Labelled.load(s.sentiment)
     config = checkpoint.model_config(own)
-    protocol = compare.Protocol(grid=s.grid, max_len=s.finetune_len)
-    log(f"Fine-tuning on {s.sentiment} with {s.budget} labels; every arm tries {len(s.grid)} settings "
+    log(f"Fine-tuning on {s.sentiment} with {s.budget} labels; each small arm tries {len(s.grid)} settings "
         "and validation picks one")
     rows = []
     for arm in demo_arms(s, own):
+        protocol = compare.Protocol(grid=arm["grid"], max_len=s.finetune_len)
         for seed in arm["seeds"]:
             row = compare.finetune_fair(arm["arm"], arm["source"], tokenizer=tok, config=config, labelled=labelled,
                                         budget=s.budget, seed=seed, protocol=protocol, device=s.device, log=log)
@@ -156,9 +157,10 @@ def write_report(out: Path, s: DemoSettings, pre, rows: list[dict], *, seconds: 
         f"Pre-training (my pre-training): {describe_corpus(s.corpus)}; {s.layers} layers x {s.width} wide, "
         f"{pre.step} steps in {pre.seconds:.0f} s ({tokens_per_s(pre.history):.0f} tokens/s); "
         f"final MLM loss {last['mlm']:.2f}.",
-        f"Fine-tuning: {s.sentiment}, {s.budget} labels; every arm tried the same settings "
-        f"({', '.join(f'lr {lr:g}, body x{b:g}' for lr, b in s.grid)}), validation accuracy picked one, "
-        "and only that one was scored on the test set.", "",
+        f"Fine-tuning: {s.sentiment}, {s.budget} labels; the small arms each tried the same settings "
+        f"({_settings(s.grid)}), validation accuracy picked one, and only that one was scored on the test set."
+        + (f" {s.real_bert} and its random twin, slow on a CPU, each ran one setting ({_settings(s.real_bert_grid)})."
+           if s.real_bert else ""), "",
         "![what pre-training is worth](pretraining_worth.png)", "", *lines, "", "## What this run shows", "",
         *verdicts(table, s), "", "![pre-training loss](pretraining_loss.png)", "",
         f"Total time: {seconds:.0f} s.",
@@ -172,6 +174,10 @@ def write_report(out: Path, s: DemoSettings, pre, rows: list[dict], *, seconds: 
                "pretraining": {"steps": pre.step, "seconds": pre.seconds, "final": last}, "seconds": seconds}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _settings(grid) -> str:
+    return ", ".join(f"lr {lr:g} with the body at x{scale:g}" for lr, scale in grid)
 
 
 def _save(fig, path: Path) -> None:
