@@ -73,9 +73,10 @@ def _repeats_note(info: dict) -> list[str]:
         return ["  Training texts that repeat an evaluation text word for word are dropped too (a test asserts it)."]
     said = ", ".join(f"{k:,} {n}" for n, k in repeats.items())
     return ["- **Known issue:** this run read its corpus before teachkit dropped training texts that repeat an",
-            f"  evaluation text word for word: {said} training texts (out of its corpus) are verbatim copies of test",
-            "  reviews, so the model saw those texts (never their labels) during pre-training. Runs of the same command",
-            "  today drop them."]
+            f"  evaluation text word for word: {said} training texts are verbatim copies of evaluation texts (IMDB's",
+            "  test reviews; SST-2's validation and test phrases, cut from the same reviews as rotten_tomatoes), so the",
+            "  model saw those texts (never their labels) in pre-training. rotten_tomatoes' own validation and test",
+            "  sentences were never read. Runs of the same command today drop all of them."]
 
 
 def model_card(info: dict, cfg, rows: list[dict]) -> str:

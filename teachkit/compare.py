@@ -65,7 +65,8 @@ class Protocol:
 
 
 def finetune_once(source, *, tokenizer, config: ModelConfig | None, labelled: Labelled, indices: list[int],
-                  protocol: Protocol, lr: float, body_lr_scale: float, seed: int, device: str = "auto"):
+                  protocol: Protocol, lr: float, body_lr_scale: float, seed: int, device: str = "auto",
+                  arm: str = "model"):
     """One fine-tuning run; returns (model, task, result). Validation picks the best epoch."""
     torch.manual_seed(seed)
     model, own_tokenizer = finetune.classifier(source, n_classes=len(labelled.train.label_names), config=config,
@@ -80,7 +81,7 @@ def finetune_once(source, *, tokenizer, config: ModelConfig | None, labelled: La
                       body_lr_scale=body_lr_scale, progress=False)
     result = train(model, task, cfg)
     if result.stopped in ("diverged", "interrupted") or result.signal is not None or result.best is None:
-        raise TrainingStopped(result, what=f"Fine-tuning ({len(picked)} labels, lr {lr:g}, body x{body_lr_scale:g})")
+        raise TrainingStopped(result, what=f"Fine-tuning ({arm}, {len(picked)} labels)")
     return model, task, result
 
 
@@ -95,7 +96,7 @@ def finetune_fair(arm: str, source, *, tokenizer=None, config: ModelConfig | Non
     for lr, scale in protocol.grid:
         model, task, result = finetune_once(source, tokenizer=tokenizer, config=config, labelled=labelled,
                                             indices=indices, protocol=protocol, lr=lr, body_lr_scale=scale,
-                                            seed=seed, device=device)
+                                            seed=seed, device=device, arm=arm)
         tried.append({"lr": lr, "body_lr_scale": scale, "validation_accuracy": result.best["accuracy"]})
         if best is None or result.best["accuracy"] > best[2].best["accuracy"]:
             best = (model, task, result, lr, scale)

@@ -19,6 +19,7 @@ import hashlib
 import os
 import random
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,14 @@ HELD_OUT_SPLITS: dict[str, tuple[str, ...]] = {
     "rotten_tomatoes": ("validation", "test"),
     "sst2": ("validation", "test"),
 }
+# Sets cut from the same reviews: SST-2's phrases come from rotten_tomatoes' sentences, so one set's training
+# text can be the other's test text. Pre-training on one keeps the evaluation texts of all of its group out.
+SAME_SOURCE: dict[str, tuple[str, ...]] = {
+    "rotten_tomatoes": ("rotten_tomatoes", "sst2"),
+    "sst2": ("sst2", "rotten_tomatoes"),
+    "movie_reviews": ("movie_reviews", "rotten_tomatoes", "sst2"),
+    "imdb": ("imdb",),
+}
 CACHE_FORMAT = "packed-v1"  # bump when the packing changes, so old cache files are never read
 
 
@@ -60,7 +69,7 @@ def corpus_texts(name: str, *, data_dir: str | Path | None = None) -> list[str]:
             continue  # e.g. the hub's wikitext has a train split the local mirror lacks, and vice versa
         rows = dataset[split][spec.text_field]
         texts += data.wikitext_articles(rows) if spec.layout == "wikitext" else [data.clean_text(t) for t in rows]
-    held_out = _held_out_texts(name, dataset)
+    held_out = held_out_texts(SAME_SOURCE.get(name, (name,)), data_dir=data_dir)
     return [t for t in texts if t and t not in held_out]
 
 
@@ -68,15 +77,29 @@ def held_out_repeats(name: str, *, data_dir: str | Path | None = None) -> int:
     """How many training texts of `name` repeat an evaluation text word for word (what corpus_texts drops)."""
     spec = data.spec_for(name)
     dataset = data.load(name, data_dir=data_dir)
-    held_out = _held_out_texts(name, dataset)
+    held_out = held_out_texts(SAME_SOURCE.get(name, (name,)), data_dir=data_dir)
     return sum(data.clean_text(t) in held_out for split in PRETRAINING_SPLITS.get(name, ()) if split in dataset
                for t in dataset[split][spec.text_field])
 
 
-def _held_out_texts(name: str, dataset) -> set[str]:
-    field = data.spec_for(name).text_field
-    return {data.clean_text(t) for split in HELD_OUT_SPLITS.get(name, ()) if split in dataset
-            for t in dataset[split][field]}
+def held_out_texts(names, *, data_dir: str | Path | None = None) -> set[str]:
+    """The evaluation texts of the named sets (those of them that have any), to keep out of pre-training.
+
+    A set missing from the mirror is skipped with a warning: its test texts cannot be checked against.
+    """
+    texts = set()
+    for name in names:
+        if name not in HELD_OUT_SPLITS:
+            continue
+        try:
+            dataset = data.load(name, data_dir=data_dir)
+        except (FileNotFoundError, data.DataUnavailableError) as err:
+            warnings.warn(f"Could not load {name!r} to keep its test texts out of pre-training: {err}", stacklevel=2)
+            continue
+        field = data.spec_for(name).text_field
+        texts |= {data.clean_text(t) for split in HELD_OUT_SPLITS[name] if split in dataset
+                  for t in dataset[split][field]}
+    return texts
 
 
 def pretraining_texts(names: tuple[str, ...] | list[str], *, data_dir: str | Path | None = None) -> list[str]:

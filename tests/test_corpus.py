@@ -46,8 +46,11 @@ def test_no_test_or_validation_text_enters_pre_training(mirror):
             rows = data.load(name, split=split)[data.spec_for(name).text_field]
             held_out = {data.clean_text(t) for t in rows}
             assert not texts & held_out, f"{name} {split} text in the pre-training corpus"
-    # ... and what is read is the training text: every rotten_tomatoes training sentence is there
-    assert set(data.load_labelled("rotten_tomatoes", split="train").texts) - {""} <= texts
+    # ... and what is read is the training text: every rotten_tomatoes training sentence that is not also an
+    # SST-2 evaluation phrase (the two sets come from the same reviews)
+    train = set(data.load_labelled("rotten_tomatoes", split="train").texts) - {""}
+    kept = train - corpus.held_out_texts(("rotten_tomatoes", "sst2"))
+    assert kept <= texts and len(kept) > 0.8 * len(train)
 
 
 # --------------------------------------------------------------------------- packing and the cache

@@ -93,7 +93,7 @@ def test_unknown_name_lists_the_known_ones_and_a_close_match():
     with pytest.raises(ValueError, match="Did you mean 'sst2'.*Known datasets: wikitext-2, sst2"):
         data.load("sst-2")
     with pytest.raises(ValueError, match="Known datasets"):
-        data.load_documents("imdb")
+        data.load_documents("imbd")
 
 
 def test_offline_without_mirror_says_how_to_get_the_data(offline):

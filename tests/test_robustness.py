@@ -29,7 +29,7 @@ from ddp_worker import classification, pretraining, sentiment
 from teachkit import checkpoint, finetune
 from teachkit.checkpoint import NotACheckpointError, atomic_folder, load_model, load_training_state, load_weights, \
     save_checkpoint
-from teachkit.experiments import DemoSettings, Labelled, finetune_arm
+from teachkit.compare import Labelled, Protocol, finetune_fair
 from teachkit.model import build_model
 from teachkit.train import TrainConfig, train
 
@@ -339,10 +339,10 @@ def test_a_diverged_fine_tuning_says_so(tok):
 
     labelled = Labelled(sentiment(48), sentiment(24, offset=100), sentiment(24, offset=200))
     model, _ = classification(tok)
-    settings = DemoSettings(max_len=32, device="cpu", finetune_batch=16)
+    protocol = Protocol(grid=((1e6, 1.0),), max_len=32, batch=16, epochs_few=2)
     with pytest.raises(TrainingStopped, match=r"Fine-tuning \(scratch, 48 labels\) did not finish.*learning rate"):
-        finetune_arm("scratch", "scratch", tok, labelled, settings, budget=None, config=model.cfg, lr=1e6,
-                     epochs=2, log=lambda _: None)
+        finetune_fair("scratch", "scratch", tokenizer=tok, config=model.cfg, labelled=labelled, budget=None, seed=0,
+                      protocol=protocol, device="cpu", log=lambda _: None)
 
 
 @pytest.mark.parametrize("changes", [dict(max_seconds=math.nan), dict(max_seconds=math.inf),
