@@ -91,7 +91,7 @@ def model_card(info: dict, cfg, rows: list[dict]) -> str:
         f"(the masked-LM head included; its NSP head was never trained).",
         f"- Tokenizer: WordPiece, {cfg.vocab_size:,} tokens, lower-cased, trained on a seeded sample of the corpus.", "",
         "## Data", "",
-        f"- Corpus: {' + '.join(info['corpus'])}: {info['corpus_words'] / 1e6:.1f}M words. Only training text: IMDB's",
+        f"- Corpus: {' + '.join(info['corpus'])}: {info['corpus_words'] / 1e6:.1f}M words as teachkit reads it today. Only training text: IMDB's",
         "  `unsupervised` and `train` reviews (labels dropped) and rotten_tomatoes' `train` sentences (labels dropped).",
         "  No validation or test split was read (`teachkit.corpus.PRETRAINING_SPLITS`).",
         *_repeats_note(info),
