@@ -27,6 +27,7 @@ from teachkit.experiments import DemoSettings, describe_corpus, pretrain_bert, t
 from teachkit.finetune import RANDOM_PREFIX
 
 LADDER = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lesson_ladder.jsonl"
+RANDOM_SUFFIX = ", random weights"  # a real BERT's random-weight twin is named "<real BERT>, random weights"
 
 
 def demo_arms(s: DemoSettings, own: Path) -> list[dict]:
@@ -39,7 +40,7 @@ def demo_arms(s: DemoSettings, own: Path) -> list[dict]:
     if s.real_bert:
         arms += [{"arm": f"{s.real_bert}", "source": s.real_bert, "tokens": None, "seeds": s.real_bert_seeds,
                   "grid": s.real_bert_grid},
-                 {"arm": f"{s.real_bert}, random weights", "source": RANDOM_PREFIX + s.real_bert, "tokens": 0,
+                 {"arm": f"{s.real_bert}{RANDOM_SUFFIX}", "source": RANDOM_PREFIX + s.real_bert, "tokens": 0,
                   "seeds": s.real_bert_seeds, "grid": s.real_bert_grid}]
     return arms
 
@@ -73,13 +74,23 @@ def run_demo(s: DemoSettings, *, log=print) -> dict:
     return report
 
 
+def control_of(arm: str, arms) -> str | None:
+    """The arm to measure `arm`'s pre-training against: the same network with random weights."""
+    if arm == "scratch" or arm.endswith(RANDOM_SUFFIX):
+        return None
+    return arm + RANDOM_SUFFIX if arm + RANDOM_SUFFIX in arms else "scratch"
+
+
+
 def summary(rows: list[dict]) -> dict[str, dict]:
-    """Per arm: mean and spread of test accuracy over seeds, and the paired gain over scratch."""
-    scratch = {r["seed"]: r["test_accuracy"] for r in rows if r["arm"] == "scratch"}
+    """Per arm: mean and spread of test accuracy over seeds, and the paired gain over its random-weight control
+    (scratch for our small BERTs, the random twin for a real BERT)."""
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
     out = {}
-    for arm in dict.fromkeys(r["arm"] for r in rows):
+    for arm in arms:
         at = [r for r in rows if r["arm"] == arm]
-        paired = [r["test_accuracy"] - scratch[r["seed"]] for r in at if r["seed"] in scratch]
+        control = {r["seed"]: r["test_accuracy"] for r in rows if r["arm"] == control_of(arm, arms)}
+        paired = [r["test_accuracy"] - control[r["seed"]] for r in at if r["seed"] in control]
         out[arm] = {"test": float(np.mean([r["test_accuracy"] for r in at])),
                     "test_sd": float(np.std([r["test_accuracy"] for r in at])),
                     "validation": float(np.mean([r["validation_accuracy"] for r in at])),
@@ -101,7 +112,7 @@ def verdicts(table: dict[str, dict], s: DemoSettings) -> list[str]:
             lines.append(f"- **{arm}** ({t['tokens_seen'] / 1e6:.1f}M tokens of pre-training) {said(t['gain'])} "
                          f"(mean of {t['seeds']} paired seeds: {100 * t['test']:.1f}% vs "
                          f"{100 * table['scratch']['test']:.1f}% test accuracy).")
-    real, control = s.real_bert, f"{s.real_bert}, random weights"
+    real, control = s.real_bert, f"{s.real_bert}{RANDOM_SUFFIX}"
     if real in table and control in table:
         gap = table[real]["test"] - table[control]["test"]
         lines.append(f"- **{real}**, pre-trained by others on billions of words, reached {100 * table[real]['test']:.1f}%; "
@@ -120,7 +131,7 @@ def headline_figure(table: dict[str, dict], ladder_rows: list[dict], s: DemoSett
         means = [100 * np.mean([r["test_accuracy"] for r in behind if r["tokens_seen"] == t]) for t in tokens]
         ax.plot(tokens, means, "o-", color="#9ecae1", label="the committed ladder (course BERT's run, 3 seeds)")
     lines = {"scratch": ("#7f7f7f", "--"), s.real_bert: ("#d62728", "-."),
-             f"{s.real_bert}, random weights": ("#ff9896", ":")}
+             f"{s.real_bert}{RANDOM_SUFFIX}": ("#ff9896", ":")}
     for arm, t in table.items():
         if t["tokens_seen"]:
             ax.errorbar([t["tokens_seen"]], [100 * t["test"]], yerr=[100 * t["test_sd"]], fmt="*", markersize=14,
@@ -144,11 +155,12 @@ def read_ladder(path: Path = LADDER) -> list[dict]:
 def write_report(out: Path, s: DemoSettings, pre, rows: list[dict], *, seconds: float) -> dict:
     """report.md (a table and verdicts), results.json and PNG plots; every number comes from this run."""
     table = summary(rows)
-    lines = ["| arm | pre-training tokens | test accuracy (mean ± sd) | validation | gain over scratch | seeds |",
+    lines = ["| arm | pre-training tokens | test accuracy (mean ± sd) | validation | gain over random weights | seeds |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for arm, t in table.items():
-        tokens = "billions (by others)" if t["tokens_seen"] is None else f"{t['tokens_seen'] / 1e6:.1f}M"
-        gain = "" if t["gain"] is None or arm == "scratch" else f"{100 * t['gain']:+.1f}"
+        tokens = "billions (by others)" if t["tokens_seen"] is None else (
+            f"{t['tokens_seen'] / 1e6:.1f}M" if t["tokens_seen"] else "none")
+        gain = "" if t["gain"] is None else f"{100 * t['gain']:+.1f} (vs {control_of(arm, table)})"
         lines.append(f"| {arm} | {tokens} | {100 * t['test']:.1f}% ± {100 * t['test_sd']:.1f} | "
                      f"{100 * t['validation']:.1f}% | {gain} | {t['seeds']} |")
     last = pre.history.steps[-1]
