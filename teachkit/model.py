@@ -172,7 +172,9 @@ class TransformerLayer(nn.Module):
 
     Post-LN (BERT, 2018) normalises after adding the residual: x = LN(x + f(x)).
     Pre-LN (GPT-2, 2019) normalises the input of each block: x = x + f(LN(x)); it trains more
-    stably without careful warm-up, which is why later models use it.
+    stably without careful warm-up, which is why later models use it. The course's own BERTs are
+    pre-LN (`norm_first=True`) because a budget of minutes needs a high learning rate; real BERT
+    checkpoints such as MiniLM are post-LN, and load with `norm_first=False`.
     """
 
     def __init__(self, cfg: ModelConfig, *, causal: bool):
