@@ -70,6 +70,16 @@ def sentiment(n: int, *, offset: int = 0) -> Split:
     return Split(texts, labels, ["neg", "pos"])
 
 
+def cfg(**changes) -> TrainConfig:
+    """A small, exact training config for tests: CPU, fp32, no progress bar."""
+    return TrainConfig(**{"max_steps": 6, "batch_size": 8, "lr": 1e-3, "device": "cpu", "precision": "fp32",
+                          "progress": False, **changes})
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def make_tokenizer():
     """A WordPiece tokenizer holding every word of these texts, built from a sorted vocab.txt.
 

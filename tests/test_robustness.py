@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ddp_worker import classification, pretraining, sentiment
+from ddp_worker import cfg, classification, pretraining, sentiment, weights
 from teachkit import checkpoint, finetune
 from teachkit.checkpoint import NotACheckpointError, atomic_folder, load_model, load_training_state, load_weights, \
     save_checkpoint
@@ -34,15 +34,6 @@ from teachkit.model import build_model
 from teachkit.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cfg(**changes) -> TrainConfig:
-    return TrainConfig(**{"max_steps": 6, "batch_size": 8, "lr": 1e-3, "device": "cpu", "precision": "fp32",
-                          "progress": False, **changes})
-
-
-def weights(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 # ------------------------------------------------------------------ 1. a load gives the saved body or fails

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ddp_worker import classification, pretraining
+from ddp_worker import cfg, classification, pretraining, weights
 from teachkit import checkpoint
 from teachkit.checkpoint import NotACheckpointError, atomic_folder, load_training_state, load_weights, \
     save_checkpoint
@@ -35,15 +35,6 @@ CHECKPOINT_FILES = {"config.json", "model.safetensors", "optimizer.safetensors",
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cfg(**changes) -> TrainConfig:
-    return TrainConfig(**{"max_steps": 6, "batch_size": 8, "lr": 1e-3, "device": "cpu", "precision": "fp32",
-                          "progress": False, **changes})
-
-
-def weights(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def assert_same_weights(actual: dict, expected: dict) -> None:
