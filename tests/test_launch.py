@@ -246,7 +246,7 @@ def leftovers(folder: Path) -> list[Path]:
 def test_a_broken_download_leaves_no_folder_and_a_rerun_fetches_only_what_is_missing(tmp_path, mirror_dir):
     dest = tmp_path / "mirror"
     broken = RecordingSource(mirror_dir, break_on="sst2")
-    with pytest.raises(mirror.MirrorError, match=r"1 of 4 items failed \(sst2\)"):
+    with pytest.raises(mirror.MirrorError, match=rf"1 of {len(data.DATASETS)} items failed \(sst2\)"):
         mirror.mirror(dest, source=broken, models=(), log=lambda _: None)
     assert not (dest / "sst2").exists() and not leftovers(dest)
     for name in dataset_names():
