@@ -301,6 +301,8 @@ def _fmt(key: str, value) -> str:
         return f"{value:.0e}".replace("e-0", "e-")
     if key == "seconds":
         return f"{value:.0f} s"
+    if key == "MLM loss":
+        return f"{value:.2f}"
     return str(value)
 
 
