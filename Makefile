@@ -17,7 +17,7 @@ export TEACHKIT_DATA_DIR ?= $(SHARED_DATA)
 endif
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo smoke test app html strip clean
+.PHONY: install demo smoke test app html export-html strip clean
 
 install: $(VENV)/.installed
 
@@ -44,13 +44,22 @@ app: install
 	$(VENV)/bin/voila notebooks/playground.ipynb --no-browser --port=$(APP_PORT) --Voila.ip=127.0.0.1
 
 # Every course notebook executed top to bottom and exported to reports/html/, so an instructor can review
-# every figure without running anything (TEACHKIT_FAST=1 make html: the quick version). Live plots are
-# drawn as static figures there, and the widget state is dropped, so the page loads no widget script
-# from a CDN (the export works offline; sliders need a running notebook anyway).
+# every figure without running anything (TEACHKIT_FAST=1 make html: the quick version). The pages open
+# offline and show what a learner saw (docs/html_export/nbconvert_config.json): live plots are drawn as
+# static figures, each explorer leaves a snapshot of its view, the widget state is not kept, progress bars
+# are plain text that shows where they ended (a widget bar would be frozen at 0%), and the template loads
+# no script from a CDN. export-html does the same without `install`, with any jupyter:
+#   make export-html JUPYTER="python -m jupyter" HTML_NOTEBOOKS=notebooks/02_masked_language_modelling.ipynb
+HTML_DIR ?= reports/html
+HTML_NOTEBOOKS ?= notebooks/[0-9][0-9]_*.ipynb
+JUPYTER ?= $(VENV)/bin/jupyter
 html: install
-	TEACHKIT_LIVE=static $(VENV)/bin/jupyter nbconvert --execute --to html --output-dir reports/html \
-		--ExecutePreprocessor.timeout=1800 --ClearMetadataPreprocessor.enabled=True \
-		notebooks/[0-9][0-9]_*.ipynb
+	$(MAKE) export-html
+
+export-html:
+	TEACHKIT_LIVE=static HF_DATASETS_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_PROGRESS_BARS=1 \
+	$(JUPYTER) nbconvert --execute --to html --config docs/html_export/nbconvert_config.json \
+		--output-dir "$(HTML_DIR)" $(HTML_NOTEBOOKS)
 
 # Remove outputs and execution counts from the notebooks before committing (CI checks they are clean).
 strip: install

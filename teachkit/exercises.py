@@ -19,6 +19,7 @@ from teachkit.objectives import (
     ROLE_KEPT,
     ROLE_MASKED,
     ROLE_RANDOM,
+    ROLE_UNTOUCHED,
     causal_lm_labels,
     mask_tokens,
 )
@@ -40,6 +41,8 @@ class Feedback:
         return {True: "Right: ", False: "Not yet: ", None: "Not answered: "}[self.ok] + self.message
 
 
+ROLE_WORDS = {ROLE_UNTOUCHED: f"{ROLE_UNTOUCHED} (untouched)", ROLE_MASKED: f"{ROLE_MASKED} ([MASK])",
+              ROLE_RANDOM: f"{ROLE_RANDOM} (random)", ROLE_KEPT: f"{ROLE_KEPT} (kept)"}
 UNANSWERED = Feedback(None, "not answered yet: replace the None with your answer and run the cell again.")
 
 # Questions whose answer does not depend on what a notebook computed: key -> (answer, explanation).
@@ -54,6 +57,26 @@ ANSWERS: dict[str, tuple[object, str]] = {
                    "selected positions take a loss (64 x 0.15 = 9.6 on average).")),
     "04-greedy": (True, ("top-k = 1 leaves only the most likely token, so sampling has no choice: the same as "
                         "temperature 0 (greedy).")),
+}
+
+
+# What to think about when an answer is not yet right: exercise -> (the concept to look at again,
+# {a common wrong answer: why it is wrong}). A hint points at the idea, it does not give the answer away.
+HINTS: dict[str, tuple[str, dict]] = {
+    "00-which-stage": (("for each task ask: does it need labels that people wrote? Text that labels itself is "
+                        "pre-training; labels from people mean fine-tuning."), {}),
+    "00-objectives": (("MLM hides words inside one text, NSP compares two sentences, CLM reads left to right and "
+                       "guesses what comes next."), {}),
+    "02-how-many-masks": (("it takes two steps: first how many tokens are selected (15%), then how many of the "
+                           "selected ones become [MASK] (80%)."),
+                          {150: ("150 is how many tokens are selected (15% of 1,000). Not every selected token "
+                                 "becomes [MASK]: what happens to the selected ones?"),
+                           15: "15 is the percentage selected, not a number of tokens.",
+                           800: "the 80% applies to the selected tokens only, not to all 1,000.",
+                           100: "10% of the selected become random tokens and 10% stay: which share becomes [MASK]?"}),
+    "04-targets": (("CLM predicts the next token wherever there is one; MLM predicts only at the selected "
+                    "positions (15%)."), {}),
+    "04-greedy": ("think about what is left to choose from when only the single most likely token survives.", {}),
 }
 
 
@@ -84,7 +107,21 @@ def check(exercise: str, answer) -> Feedback:
     expected, why = ANSWERS[exercise]
     if isinstance(expected, Mapping) and isinstance(answer, Mapping) and answer.keys() != expected.keys():
         return Feedback(False, f"answer every item: {', '.join(expected)} (you gave {', '.join(map(str, answer))}).")
-    return Feedback(True, why) if _close(_normalise(answer), _normalise(expected)) else Feedback(False, "try again.")
+    if _close(_normalise(answer), _normalise(expected)):
+        return Feedback(True, why)
+    return Feedback(False, _hint(exercise, answer, expected))
+
+
+def _hint(exercise: str, answer, expected) -> str:
+    """Why a wrong answer is wrong, when it is a common one; else which items are wrong, and the idea to revisit."""
+    concept, common = HINTS.get(exercise, ("look at the explanation above the exercise again.", {}))
+    for wrong, why in common.items():
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool) and _close(answer, wrong):
+            return f"not {answer}: {why}"
+    if isinstance(expected, Mapping):
+        wrong = [k for k in expected if not _close(_normalise(answer[k]), _normalise(expected[k]))]
+        return f"{len(wrong)} of {len(expected)} not yet right ({', '.join(map(str, wrong))}). Hint: {concept}"
+    return f"not {answer!r}. Hint: {concept}"
 
 
 def check_answer(answer, expected, *, hint: str) -> Feedback:
@@ -128,16 +165,26 @@ def check_masking_rule(my_roles: Callable, tokenizer, text: str, *, mask_prob: f
     pick, how = masking_draws(tuple(input_ids.shape), seed=seed)
     special = torch.isin(input_ids, torch.tensor(ids.all))
     got = my_roles(pick, how, special)
-    if got is None:
-        return UNANSWERED
+    if got is None or got is Ellipsis:  # the exercise cell starts with `...` as the function's body
+        return Feedback(None, "not answered yet: write the body of my_roles (in place of its `...`), run that "
+                              "cell, then run this one again.")
+    got = torch.as_tensor(got)
+    if got.shape != pick.shape:
+        return Feedback(False, f"return one role per token, a tensor shaped like pick {tuple(pick.shape)}; "
+                               f"yours is shaped {tuple(got.shape)}.")
     ours = mask_tokens(input_ids, mask_id=ids.mask, vocab_size=tokenizer.get_vocab_size(), special_ids=ids.all,
                        mask_prob=mask_prob, generator=torch.Generator().manual_seed(seed)).roles
-    if torch.equal(torch.as_tensor(got).long(), ours):
+    if torch.equal(got.long(), ours):
         counts = {name: int((ours == r).sum()) for name, r in
                   (("[MASK]", ROLE_MASKED), ("random", ROLE_RANDOM), ("kept", ROLE_KEPT))}
         return Feedback(True, f"same roles as teachkit's mask_tokens ({counts}).")
-    wrong = (torch.as_tensor(got).long() != ours).nonzero()[:, 1].tolist()
-    return Feedback(False, f"your roles differ from mask_tokens' at positions {wrong[:10]}.")
+    wrong = (got.long() != ours).nonzero()[:, 1].tolist()
+    t = wrong[0]
+    return Feedback(False, (f"your roles differ from mask_tokens' at positions {wrong[:10]}. At position {t}: "
+                            f"pick = {float(pick[0, t]):.2f}, how = {float(how[0, t]):.2f}, special = "
+                            f"{bool(special[0, t])}, so the role is {ROLE_WORDS[int(ours[0, t])]}; yours says "
+                            f"{ROLE_WORDS.get(int(got[0, t]), int(got[0, t]))}. Hint: selected means pick < "
+                            f"{mask_prob} and not special; then how < 0.8 is [MASK], 0.8 to 0.9 random, else kept."))
 
 
 def check_shift(my_targets: Callable[[torch.Tensor], torch.Tensor]) -> Feedback:

@@ -1,23 +1,30 @@
-"""Small ipywidgets explorers for notebooks 01-04: vocabulary size, masking, NSP guessing, generation.
+"""Small ipywidgets explorers for notebooks 01-05: vocabulary size, masking, NSP guessing, generation, attention.
 
 Each explorer is a thin shell around a plain function that turns the widget values into HTML
 (`vocab_view`, `masking_view`, `NSPQuiz`, `generation_view`): the logic is tested without a
 browser, and a value that makes no sense (mask rate 0, top-k 0, an empty prompt) gives a visible
 note saying why, never a traceback.
+
+An explorer shows itself as a widget where a kernel runs, and as a static snapshot of its view
+where none does (an HTML export, GitHub's notebook preview): the page shows what the learner saw
+instead of the widget's Python repr.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import ipywidgets as widgets
-from IPython.display import display
+import torch
 
-from teachkit import textviz
+from teachkit import textviz, viz
 from teachkit.objectives import SentencePair
 from teachkit.probes import (
+    attention_maps,
     generate_text,
     mask_sentence,
     nsp_probability,
@@ -43,8 +50,13 @@ class Explorer:
     view: widgets.HTML
     extra: dict = field(default_factory=dict)
 
-    def _ipython_display_(self) -> None:
-        display(self.box)
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """The widget, with a static snapshot for frontends that cannot show it (an HTML export)."""
+        bundle = dict(self.box._repr_mimebundle_(include=include, exclude=exclude) or {})
+        bundle["text/html"] = (self.view.value + '<p style="font-size:0.85em;color:#666;font-family:sans-serif">'
+                               "A snapshot: open the notebook in Jupyter to use the controls.</p>")
+        bundle["text/plain"] = "(an interactive explorer: open the notebook in Jupyter to use it)"
+        return bundle
 
 
 def _layout(controls: Sequence[widgets.Widget], view: widgets.HTML) -> widgets.VBox:
@@ -103,8 +115,11 @@ def vocab_size_explorer(texts: Iterable[str], *, sentence: str,
 # --------------------------------------------------------------------------- 02: masking
 
 
-def masking_view(tokenizer, text: str, *, mask_prob: float, seed: int) -> str:
-    """BERT's masking applied to `text` at rate `mask_prob`, colour-coded by role (or a note why not)."""
+def masking_view(tokenizer, text: str, *, mask_prob: float, seed: int, model=None) -> str:
+    """BERT's masking applied to `text` at rate `mask_prob`, colour-coded by role (or a note why not).
+
+    model: a BERT with an MLM head; when given, its guess at every selected position is shown below.
+    """
     if not text.strip():
         return note("Type a sentence to mask.", kind="info")
     if mask_prob <= 0:
@@ -113,11 +128,48 @@ def masking_view(tokenizer, text: str, *, mask_prob: float, seed: int) -> str:
     if mask_prob >= 1:
         return note("With a mask rate of 1 every token is selected, so 80% of the sentence is [MASK]: there is "
                     "almost nothing left to read the answers from. BERT uses 0.15.")
-    return textviz.masking_html(mask_sentence(tokenizer, text, mask_prob=mask_prob, seed=seed))
+    masked = mask_sentence(tokenizer, text, mask_prob=mask_prob, seed=seed)
+    page = textviz.masking_html(masked, tokenizer=tokenizer)
+    return page + (predictions_html(model, tokenizer, masked) if model is not None else "")
 
 
-def masking_explorer(tokenizer, text: str, *, mask_prob: float = 0.15, seed: int = 0) -> Explorer:
-    """A mask-rate slider and a re-sample button over one sentence."""
+@torch.no_grad()
+def predict_masked(model, tokenizer, masked) -> list[tuple[int, str, str]]:
+    """(position, the original token, the model's top guess) at every selected position of a MaskedSentence."""
+    ids = torch.tensor([[tokenizer.token_to_id(t) for t in masked.after]])  # (1, T): what the model reads
+    at = [i for i, role in enumerate(masked.roles) if role != "untouched"]
+    if not at:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(ids.to(next(model.parameters()).device)).logits[0]  # (T, V)
+    finally:
+        model.train(was_training)
+    return [(i, masked.before[i], tokenizer.id_to_token(int(logits[i].argmax()))) for i in at]
+
+
+def predictions_html(model, tokenizer, masked) -> str:
+    """The model's guess at every selected position, right or wrong, and how many it got."""
+    if len(masked.after) > model.cfg.max_len:
+        return note(f"This text has {len(masked.after)} tokens, more than the {model.cfg.max_len} the model reads: "
+                    "shorten it to see the model's guesses.", kind="info")
+    guesses = predict_masked(model, tokenizer, masked)
+    if not guesses:
+        return note("No token was selected in this draw: press Re-sample.", kind="info")
+    right = sum(guess == original for _, original, guess in guesses)
+    rows = "".join(
+        f"<li>position {i}: {'&#10004;' if guess == original else '&#10008;'} <code>{html.escape(guess)}</code>"
+        f"{'' if guess == original else f' (the answer: <code>{html.escape(original)}</code>)'}</li>"
+        for i, original, guess in guesses)
+    share = right / len(guesses)
+    return (f'<div style="font-family:sans-serif;margin-top:6px"><b>The model\'s guesses: {right} of '
+            f"{len(guesses)} right ({share:.0%}).</b> With more of the sentence hidden, there is less left to read "
+            f'the answers from.<ul style="margin:2px 0;columns:2">{rows}</ul></div>')
+
+
+def masking_explorer(tokenizer, text: str, *, mask_prob: float = 0.15, seed: int = 0, model=None) -> Explorer:
+    """A mask-rate slider and a re-sample button over one sentence; with `model`, its guesses too."""
     rate = widgets.FloatSlider(value=mask_prob, min=0.0, max=1.0, step=0.05, description="mask rate",
                                readout_format=".2f", continuous_update=False)
     sentence = widgets.Text(value=text, description="sentence", continuous_update=False,
@@ -127,7 +179,7 @@ def masking_explorer(tokenizer, text: str, *, mask_prob: float = 0.15, seed: int
     state = {"seed": seed}
 
     def update(_=None):
-        view.value = masking_view(tokenizer, sentence.value, mask_prob=rate.value, seed=state["seed"])
+        view.value = masking_view(tokenizer, sentence.value, mask_prob=rate.value, seed=state["seed"], model=model)
 
     def new_draw(_):
         state["seed"] += 1
@@ -255,3 +307,45 @@ def generation_explorer(model, tokenizer, *, prompt: str, temperature: float = 0
     update()
     return Explorer(_layout([text, temp, k, go], view),
                     {"prompt": text, "temperature": temp, "top_k": k, "generate": go}, view, state)
+
+
+# --------------------------------------------------------------------------- 05: attention
+
+
+def attention_view(model, tokenizer, *, text: str, layer: int, head: int) -> str:
+    """One head's attention over `text` as an inline picture (HTML), or a note saying why it cannot be drawn."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig = viz.attention_head(attention_maps(model, tokenizer, text), layer=layer, head=head)
+    except ValueError as err:
+        return note(html.escape(str(err)))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="attention of layer {layer}, head {head}" src="data:image/png;base64,{data}">'
+
+
+def attention_explorer(model, tokenizer, *, text: str, layer: int = 1, head: int = 1) -> Explorer:
+    """Layer and head sliders and a sentence box over one head's attention map.
+
+    Unlike `ipywidgets.interact(viz.attention_view, ...)`, the picture lives in the explorer's view,
+    so an HTML export keeps it (interact's output disappears with the widget state).
+    """
+    cfg = getattr(model, "bert", model).cfg
+    sentence = widgets.Text(value=text, description="sentence", continuous_update=False,
+                            layout=widgets.Layout(width="90%"))
+    layer_slider = widgets.IntSlider(value=layer, min=1, max=cfg.n_layers, description="layer")
+    head_slider = widgets.IntSlider(value=head, min=1, max=cfg.n_heads, description="head")
+    view = widgets.HTML()
+
+    def update(_=None):
+        view.value = attention_view(model, tokenizer, text=sentence.value, layer=layer_slider.value,
+                                    head=head_slider.value)
+
+    for control in (sentence, layer_slider, head_slider):
+        control.observe(update, names="value")
+    update()
+    return Explorer(_layout([sentence, layer_slider, head_slider], view),
+                    {"sentence": sentence, "layer": layer_slider, "head": head_slider}, view)

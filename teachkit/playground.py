@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import threading
 import time
 import traceback
@@ -45,6 +46,11 @@ LIMITS = {  # the ranges the controls offer; loaded settings are checked against
     "lr": (1e-5, 1e-1), "batch_size": (2, 256), "labels": (N_CLASSES, 8530), "epochs": (1, 20),
     "seed": (0, 2**31 - 1),
 }
+# Why a limit is where it is, for the note shown when a typed value is moved inside it.
+_WHY_LIMIT = {"labels": "the labelled training reviews there are", "lr": "faster rates make training blow up",
+              "budget": "ten minutes or 600 steps", "batch_size": "the most a CPU holds comfortably",
+              "mask_rate": "beyond that too little text is left to read", "width": "the most a CPU trains in minutes",
+              "layers": "the most a CPU trains in minutes", "heads": "the most the width splits into usefully"}
 
 
 @dataclass
@@ -96,6 +102,10 @@ class Settings:
             found.append(f"A label budget of {self.labels} is below the {N_CLASSES} classes: every class needs at "
                          f"least one example. Use {N_CLASSES} or more.")
         return found
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass over the labelled examples (a label budget below a batch is one batch)."""
+        return max(1, self.labels // min(self.batch_size, self.labels))
 
     def model_config(self, *, vocab_size: int) -> ModelConfig:
         """The BERT this run trains (pre-LN, which tolerates the high learning rates of a short budget)."""
@@ -161,9 +171,45 @@ def _short(value, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+def matching_size(*, layers: int, width: int, heads: int, prefer: str = "") -> str:
+    """The preset these numbers are ("bert-mini"...), or "custom" when they are none of them.
+
+    Two presets can share a shape ("mini" and "bert-mini"): `prefer` (the one last chosen) wins a tie.
+    """
+    shape = (layers, width, heads)
+    matches = [name for name, cfg in SIZE_PRESETS.items() if (cfg.n_layers, cfg.d_model, cfg.n_heads) == shape]
+    return prefer if prefer in matches else (matches[0] if matches else "custom")
+
+
+def clamp(name: str, value: float, *, low: float | None = None, high: float | None = None) -> tuple[float, str]:
+    """`value` moved into the range a control offers (LIMITS, or low/high), and a sentence saying so.
+
+    The sentence is "" when the value was already inside. A typed 99999 labels becomes 8530 with
+    "99,999 is more than the 8,530 ...": a learner sees what happened instead of a silent change.
+    """
+    low = LIMITS[name][0] if low is None else low
+    high = LIMITS[name][1] if high is None else high
+    if low <= value <= high:
+        return value, ""
+    bound = high if value > high else low
+    why = f": {_WHY_LIMIT[name]}" if name in _WHY_LIMIT and value > high else ""
+    side = "above the highest" if value > high else "below the lowest"
+    return bound, (f"{_number(value)} is {side} {_LABELS.get(name, name).lower()} on offer "
+                   f"({_number(bound)}{why}), so {_number(bound)} is used.")
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1 else f"{value:g}"
+
+
+def uniform_loss(n_choices: int) -> float:
+    """The loss of a model that spreads its guess evenly over n choices: ln(n) (8.3 for 4,096 tokens, 0.69 for 2)."""
+    return math.log(n_choices)
+
+
 _LABELS = {"budget": "Pre-training budget", "mask_rate": "Mask rate", "layers": "Layers", "width": "Width",
            "heads": "Heads", "lr": "Learning rate", "batch_size": "Batch size", "labels": "Label budget",
-           "epochs": "Fine-tuning epochs", "seed": "Seed"}
+           "epochs": "Fine-tuning epochs", "seed": "Seed", "frozen": "Frozen layers"}
 
 
 @dataclass
@@ -179,14 +225,37 @@ class Run:
     error: str = ""  # the traceback, when it failed
     parameters: int = 0
     seconds: float = 0.0
+    pretrain_seconds: float = 0.0  # how long pre-training really ran
+    pretraining_cut: bool = False  # pre-training was stopped before its budget was spent
+    stopped_in: str = ""  # "pretraining" or "finetuning" when the run was stopped
     model: object = field(default=None, repr=False)  # the classifier as training left it (latest run only)
+
+    @property
+    def can_fine_tune(self) -> bool:
+        """Stopped during pre-training with its model kept: fine-tuning can go on from where it stopped."""
+        return self.status == "stopped" and self.stopped_in == "pretraining" and self.model is not None
+
+    def pretraining_text(self) -> str:
+        """What pre-training really did: "40 s", or "14 of 40 s" when it was stopped early."""
+        s = self.settings
+        if not s.pretrain:
+            return "off"
+        if not self.pretraining_cut:
+            return s.budget_text()
+        done = f"{self.pretrain_seconds:.0f}" if s.budget_unit == "seconds" else f"{len(self.pretraining.steps)}"
+        return f"{done} of {s.budget_text()}"
+
+    def describe(self) -> str:
+        """A short label for legends: what makes this run different, with what really ran."""
+        pre = f"pre-train {self.pretraining_text()}" if self.settings.pretrain else "no pre-training"
+        return f"{pre}, {self.settings.labels} labels"
 
     def summary(self) -> dict:
         """One row of the results table (and of the CSV export)."""
         s = self.settings
         pre, fine = self.pretraining.steps, self.finetuning.evals
         return {  # the columns a lecture compares first, then the rest of the settings
-            "run": self.number, "pre-training": s.budget_text() if s.pretrain else "off", "labels": s.labels,
+            "run": self.number, "pre-training": self.pretraining_text(), "labels": s.labels,
             "val. accuracy": round(max(e["accuracy"] for e in fine), 4) if fine else None,
             "MLM loss": round(pre[-1]["mlm"], 3) if pre else None, "status": self.status,
             "model": f"{s.layers}L×{s.width}, {s.heads}h", "mask": s.mask_rate, "lr": s.lr, "batch": s.batch_size,
@@ -197,6 +266,7 @@ class Run:
     def to_dict(self) -> dict:
         return {"number": self.number, "settings": asdict(self.settings), "status": self.status,
                 "message": self.message, "parameters": self.parameters, "seconds": self.seconds,
+                "pretrain_seconds": self.pretrain_seconds, "pretraining_cut": self.pretraining_cut,
                 "pretraining": asdict(self.pretraining), "finetuning": asdict(self.finetuning)}
 
 
@@ -253,16 +323,15 @@ Listener = Callable[[dict], None]
 def run_experiment(settings: Settings, *, run: Run, on_event: Listener, stop: threading.Event) -> Run:
     """Pre-train (if asked), then fine-tune; events go to `on_event` with a "phase" key added.
 
-    Stop keeps what was learned: the histories so far stay in `run`, and a stop during
-    pre-training skips fine-tuning. Errors are recorded in `run` (status "error"), not raised,
-    so the app can show them.
+    Stop keeps what was learned: the histories so far stay in `run`. A stop during pre-training
+    ends the run there, with the model kept, so `continue_to_finetuning` can go on from it.
+    Errors are recorded in `run` (status "error"), not raised, so the app can show them.
     """
     problems = settings.problems()
     if problems:
         raise ValueError(" ".join(problems))
-    start = time.perf_counter()
-    run.status = "running"
-    try:
+
+    def phases() -> str:
         on_event({"kind": "loading", "phase": "loading"})
         res = resources()
         torch.manual_seed(settings.seed)
@@ -270,11 +339,39 @@ def run_experiment(settings: Settings, *, run: Run, on_event: Listener, stop: th
         classifier = build_model(cfg, task="classification", n_classes=N_CLASSES)
         run.parameters, run.model = count_parameters(classifier), classifier
         if settings.pretrain:
-            pretrained = pretrain(settings, cfg, res, run=run, on_event=on_event, stop=stop)
+            pretrained, result = pretrain(settings, cfg, res, run=run, on_event=on_event, stop=stop)
             classifier.bert.load_state_dict(pretrained.bert.state_dict())  # the body carries over, heads do not
-        if not stop.is_set():
-            fine_tune(settings, classifier, res, run=run, on_event=on_event, stop=stop)
+            run.pretrain_seconds = result.seconds
+            run.pretraining_cut = result.stopped not in ("max_steps", "max_seconds")
+            if stop.is_set():
+                return "pretraining"
+        fine_tune(settings, classifier, res, run=run, on_event=on_event, stop=stop)
+        return "finetuning"
+
+    return _execute(run, phases, on_event=on_event, stop=stop)
+
+
+def continue_to_finetuning(run: Run, *, on_event: Listener, stop: threading.Event) -> Run:
+    """Fine-tune a run that was stopped during pre-training, from the weights pre-training had reached."""
+    if not run.can_fine_tune:
+        raise ValueError(f"Run {run.number} is {run.status}, not stopped during pre-training with its model kept: "
+                         "only such a run can go on to fine-tuning. Start a new run instead.")
+
+    def phases() -> str:
+        fine_tune(run.settings, run.model, resources(), run=run, on_event=on_event, stop=stop)
+        return "finetuning"
+
+    return _execute(run, phases, on_event=on_event, stop=stop)
+
+
+def _execute(run: Run, phases: Callable[[], str], *, on_event: Listener, stop: threading.Event) -> Run:
+    """Run `phases` (which returns the phase it ended in), then record how the run ended and say so."""
+    start = time.perf_counter() - run.seconds  # a continued run adds to the time it already took
+    run.status, run.stopped_in = "running", ""
+    try:
+        ended_in = phases()
         run.status = "stopped" if stop.is_set() else "finished"
+        run.stopped_in = ended_in if stop.is_set() else ""
         run.message = _ending(run)
     except Exception as err:  # noqa: BLE001 - shown in the app, with its traceback, instead of lost in a log
         run.status, run.message, run.error = "error", f"{type(err).__name__}: {err}", traceback.format_exc()
@@ -285,7 +382,7 @@ def run_experiment(settings: Settings, *, run: Run, on_event: Listener, stop: th
 
 def pretrain(settings: Settings, cfg: ModelConfig, res: Resources, *, run: Run, on_event: Listener,
              stop: threading.Event):
-    """Masked-LM (+ next-sentence prediction) on WikiText-2 within the budget; returns the model."""
+    """Masked-LM (+ next-sentence prediction) on WikiText-2 within the budget; returns (model, TrainResult)."""
     model = build_model(cfg)
     task = PretrainingTask(res.documents, res.tokenizer, max_len=MAX_LEN, mask_prob=settings.mask_rate,
                            nsp=settings.nsp, seed=settings.seed)
@@ -294,8 +391,8 @@ def pretrain(settings: Settings, cfg: ModelConfig, res: Resources, *, run: Run, 
                          max_seconds=float(settings.budget) if seconds else None,
                          batch_size=settings.batch_size, lr=settings.lr, warmup=0.05, seed=settings.seed,
                          device="cpu", precision="fp32", progress=False)
-    train(model, task, config, callbacks=[_recorder(run.pretraining, "pretraining", on_event)], stop=stop)
-    return model
+    result = train(model, task, config, callbacks=[_recorder(run.pretraining, "pretraining", on_event)], stop=stop)
+    return model, result
 
 
 def fine_tune(settings: Settings, classifier, res: Resources, *, run: Run, on_event: Listener,
@@ -307,7 +404,7 @@ def fine_tune(settings: Settings, classifier, res: Resources, *, run: Run, on_ev
     task = ClassificationTask(picked, res.tokenizer, max_len=MAX_LEN, seed=settings.seed,
                               eval_split=res.validation)
     batch = min(settings.batch_size, len(picked))  # a tiny label budget is one batch
-    per_epoch = max(1, len(picked) // batch)
+    per_epoch = settings.steps_per_epoch()
     config = TrainConfig(max_steps=settings.epochs * per_epoch, batch_size=batch, lr=settings.lr, warmup=0.1,
                          eval_every=per_epoch, seed=settings.seed, device="cpu", precision="fp32", progress=False)
     train(classifier, task, config, callbacks=[_recorder(run.finetuning, "finetuning", on_event)], stop=stop)
@@ -327,6 +424,9 @@ def _recorder(history: History, phase: str, on_event: Listener) -> Listener:
 
 
 def _ending(run: Run) -> str:
+    if run.stopped_in == "pretraining":
+        return (f"Stopped during pre-training, after {run.pretraining_text()}: press Fine-tune it to go on "
+                "to fine-tuning from the weights it reached.")
     best = run.summary()["val. accuracy"]
     score = f"best validation accuracy {100 * best:.1f}%" if best is not None else "no fine-tuning evaluation yet"
     verb = "Stopped" if run.status == "stopped" else "Finished"

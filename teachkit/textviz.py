@@ -5,12 +5,15 @@ fast inside a widget. Drawings are matplotlib Figures. Both are testable without
 
 Colours mean the same thing everywhere, and each colour also comes with a word (colour-blind
 readers and black-and-white printouts lose nothing): sentence A blue, sentence B orange, special
-tokens grey; masking roles in the Okabe-Ito palette.
+tokens grey; masking roles in hues that stay apart for every kind of colour blindness ([MASK] dark,
+random orange, kept blue: Okabe-Ito). A token whose letters a browser may have no font for (a
+Myanmar or Tamil piece of a small vocabulary) also shows its id, so an empty box still says what it is.
 """
 
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -22,9 +25,9 @@ SEGMENT_COLOURS = ("#cfe2ff", "#ffd8b0")  # sentence A, sentence B
 SPECIAL_COLOUR = "#dddddd"
 ROLE_COLOURS = {  # fill, ink
     "untouched": ("#f4f4f4", "#222222"),
-    "masked": ("#D55E00", "#ffffff"),  # vermillion: became [MASK]
+    "masked": ("#222222", "#ffffff"),  # near black, like a word blacked out: became [MASK]
     "random": ("#E69F00", "#111111"),  # orange: became a random token
-    "kept": ("#009E73", "#ffffff"),  # bluish green: selected, left as it was
+    "kept": ("#0072B2", "#ffffff"),  # blue: selected, left as it was
 }
 ROLE_EXPLANATIONS = {
     "untouched": "not selected: no loss here",
@@ -44,13 +47,31 @@ def _show(token: str) -> str:
     return token.replace("Ġ", "␣").replace("Ċ", "⏎")
 
 
+# Scripts that every desktop browser has a font for: Latin, Greek, Cyrillic, and common punctuation and symbols.
+_SAFE_RANGES = ((0x20, 0x52F), (0x1E00, 0x1FFF), (0x2000, 0x2BFF))
+
+
+def may_not_render(token: str) -> bool:
+    """True when a browser may draw an empty box for some character of `token` (it then shows the id too)."""
+    for char in token:
+        code = ord(char)
+        if unicodedata.category(char) in ("Cc", "Cn", "Co", "Cs") or not any(a <= code <= b for a, b in _SAFE_RANGES):
+            return True
+    return False
+
+
+def _readable(token: str, token_id: int | None) -> str:
+    """The token, with its id beside it when its glyph may not render: 'ဗ (id 3456)'."""
+    return f"{token} (id {token_id})" if token_id is not None and may_not_render(token) else token
+
+
 # --------------------------------------------------------------------------- HTML token strips
 
 
 def _chip(text: str, *, fill: str, ink: str = "#111111", below: str | None = None, tip: str | None = None) -> str:
     """One token as a rounded box, with an optional small caption (its id or its role) underneath."""
     title = f' title="{html.escape(tip)}"' if tip else ""
-    caption = (f'<span style="font-size:0.72em;color:#444;text-align:center;white-space:pre">{html.escape(below)}</span>'
+    caption = (f'<span style="font-size:0.85em;color:#333;text-align:center;white-space:pre">{html.escape(below)}</span>'
                if below is not None else "")
     # A column flexbox: the box and its caption share one width, so captions never overlap.
     return (f'<span class="tk-token" style="display:inline-flex;flex-direction:column;margin:2px 2px;'
@@ -92,21 +113,28 @@ def subword_html(pieces: Sequence[Piece], *, text: str | None = None, show_ids: 
     return _wrap(heading + "".join(frames) + summary)
 
 
-def masking_html(masked: MaskedSentence) -> str:
-    """The sentence as BERT reads it after masking, each token coloured (and captioned) by its role."""
+def masking_html(masked: MaskedSentence, *, tokenizer=None) -> str:
+    """The sentence as BERT reads it after masking, each token coloured (and captioned) by its role.
+
+    tokenizer: when given, a token whose letters may not render shows its id as well.
+    """
+    def ident(token: str) -> int | None:
+        return tokenizer.token_to_id(token) if tokenizer is not None else None
+
     chips = []
     for before, after, role in zip(masked.before, masked.after, masked.roles):
         fill, ink = ROLE_COLOURS[role]
+        shown = _readable(after, ident(after))
         if role == "untouched":
-            chips.append(_chip(after, fill=SPECIAL_COLOUR if _is_special(after) else fill, ink=ink))
+            chips.append(_chip(shown, fill=SPECIAL_COLOUR if _is_special(after) else fill, ink=ink))
         else:
-            chips.append(_chip(after, fill=fill, ink=ink, below=f"{role}: {_show(before)}",
+            chips.append(_chip(shown, fill=fill, ink=ink, below=f"{role}: {_show(_readable(before, ident(before)))}",
                                tip=f"was {before!r}; the model must predict it"))
     counts = {role: masked.roles.count(role) for role in ROLE_COLOURS}
     chosen = len(masked.roles) - counts["untouched"]
     legend = " ".join(_chip(role, fill=fill, ink=ink, below=ROLE_EXPLANATIONS[role])
                       for role, (fill, ink) in ROLE_COLOURS.items())
-    summary = (f'<div style="font-size:0.85em;color:#444;margin:4px 0">{chosen} of {len(masked.roles)} tokens '
+    summary = (f'<div style="font-size:0.95em;color:#333;margin:4px 0">{chosen} of {len(masked.roles)} tokens '
                f"selected for prediction: {counts['masked']} [MASK], {counts['random']} random, "
                f"{counts['kept']} kept. The caption under a token is what the model must predict there.</div>")
     return _wrap("".join(chips) + summary + f'<div style="margin-top:4px">{legend}</div>')

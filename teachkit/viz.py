@@ -13,6 +13,7 @@ from html import escape
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.transforms import Bbox
 
 # One colour per arm, the same in every figure of the course.
 ARM_COLOURS = {"scratch": "#7f7f7f", "pretrained": "#1f77b4", "real BERT": "#d62728"}
@@ -26,7 +27,7 @@ def arm_colour(name: str, index: int = 0) -> str:
     return _FALLBACK[index % len(_FALLBACK)]
 
 
-def _smooth(values: Sequence[float], window: int) -> list[float]:
+def running_mean(values: Sequence[float], window: int) -> list[float]:
     """Running mean over the last `window` points: raw per-step losses are too noisy to read."""
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -48,7 +49,7 @@ def loss_curves(histories: Mapping[str, object], *, keys: Sequence[str] = ("loss
                 continue
             label = name if len(keys) == 1 else f"{name}: {key}"
             style = ["-", "--", ":"][j % 3]
-            ax.plot(history.column(x)[: len(values)], _smooth(values, smooth), style, label=label,
+            ax.plot(history.column(x)[: len(values)], running_mean(values, smooth), style, label=label,
                     color=arm_colour(name, i), linewidth=2)
     ax.set(title=title, xlabel="training step" if x == "step" else "seconds", ylabel="loss (smoothed)")
     ax.grid(alpha=0.3)
@@ -56,19 +57,43 @@ def loss_curves(histories: Mapping[str, object], *, keys: Sequence[str] = ("loss
     return fig
 
 
-def _label_values(ax, points: Sequence[tuple[float, float, str]]) -> None:
-    """Write each point's value just right of it; labels at the same x are pushed apart so they never overprint."""
-    ys = [y for _, y, _ in points]
-    gap = 0.07 * max(max(ys) - min(ys), 5.0)  # in data units: about one line of text on this axis
-    for x in sorted({x for x, _, _ in points}):
-        column = sorted((p for p in points if p[0] == x), key=lambda p: p[1])
-        placed: list[float] = []
-        for _, y, colour in column:
-            at = max(y, placed[-1] + gap) if placed else y
-            placed.append(at)
-            ax.annotate(f"{y:.1f}", (x, at), textcoords="offset points", xytext=(9, 0), ha="left", va="center", zorder=5,
-                        fontsize=9, color=colour, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
-                                                        "alpha": 0.85})  # readable where a line passes
+# Where a value label may go around its point, nearest first: (offset in points, horizontal, vertical alignment).
+_LABEL_SPOTS = [((0, 8), "center", "bottom"), ((0, -8), "center", "top"), ((8, 6), "left", "bottom"),
+                ((8, -6), "left", "top"), ((-8, 6), "right", "bottom"), ((-8, -6), "right", "top"),
+                ((10, 0), "left", "center"), ((-10, 0), "right", "center"), ((0, 20), "center", "bottom"),
+                ((0, -20), "center", "top"), ((14, 16), "left", "bottom"), ((14, -16), "left", "top")]
+
+
+def _label_values(ax, points: Sequence[tuple[float, float, str]], *, marker_size: float) -> None:
+    """Write each point's value beside it, at the first spot where it crosses no line, marker or other label.
+
+    The figure is laid out first, so spots are tried in pixels, against the lines as they are drawn.
+    """
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    lines = [line.get_path().transformed(line.get_transform()) for line in ax.lines]
+    r = marker_size * fig.dpi / 72 / 2 + 1  # a marker's radius in pixels, and a pixel to spare
+    taken = [Bbox.from_bounds(px - r, py - r, 2 * r, 2 * r)
+             for px, py in ax.transData.transform([(x, y) for x, y, _ in points])]
+    for x, y, colour in points:
+        best = None
+        for offset, ha, va in _LABEL_SPOTS:
+            label = ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=offset, ha=ha, va=va,
+                                fontsize=9, color=colour, zorder=5)
+            box = label.get_window_extent(renderer).padded(2)
+            cost = (sum(path.intersects_bbox(box, filled=False) for path in lines)
+                    + sum(box.overlaps(other) for other in taken) + 3 * (not ax.bbox.contains(box.x0, box.y0)
+                                                                         or not ax.bbox.contains(box.x1, box.y1)))
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, label, box)
+            else:
+                label.remove()
+            if cost == 0:
+                break
+        taken.append(best[2])
 
 
 def accuracy_vs_budget(results: Sequence[Mapping], *, metric: str = "test_accuracy",
@@ -80,17 +105,34 @@ def accuracy_vs_budget(results: Sequence[Mapping], *, metric: str = "test_accura
         rows = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["budget"])
         xs, ys = [r["budget"] for r in rows], [100 * r[metric] for r in rows]
         ax.plot(xs, ys, "o-", label=arm, color=arm_colour(arm, i), linewidth=2, markersize=7)
-    _label_values(ax, [(r["budget"], 100 * r[metric], arm_colour(r["arm"], arms.index(r["arm"]))) for r in results])
     ax.set_xscale("log")
     budgets = sorted({r["budget"] for r in results})
     ax.set_xticks(budgets, [f"{b:,}" for b in budgets])  # the budgets themselves, not powers of ten
     ax.minorticks_off()
-    ax.margins(x=0.15, y=0.12)  # room for the value labels inside the frame
+    ax.margins(x=0.15, y=0.2)  # room for the value labels inside the frame
     ax.axhline(50, color="black", linewidth=0.8, linestyle=":", label="chance (50%)")
     ax.set(title=title, xlabel="labelled training examples (log scale)", ylabel=f"{metric.replace('_', ' ')} (%)")
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot: never over a line
+    _label_values(ax, [(r["budget"], 100 * r[metric], arm_colour(r["arm"], arms.index(r["arm"]))) for r in results],
+                  marker_size=7)
     return fig
+
+
+def readable_count(n: float) -> str:
+    """A large count in words with two significant figures: 614400 -> "610 thousand", 2.3e6 -> "2.3 million".
+
+    For prose printed from a run ("at most ... tokens seen"), where `f"{n / 1e6:.0f} million"` prints
+    "0 million" for anything under half a million.
+    """
+    if n < 0:
+        raise ValueError(f"readable_count({n}): a count cannot be negative")
+    if n < 1000:
+        return f"{n:.0f}"
+    rounded = float(f"{n:.2g}")  # first: 999,999 is "1 million", not "1000 thousand"
+    units = ((1e12, "trillion"), (1e9, "billion"), (1e6, "million"), (1e3, "thousand"))
+    size, word = next((size, word) for size, word in units if rounded >= size)
+    return f"{rounded / size:g} {word}"
 
 
 def eval_curves(histories: Mapping[str, object], *, key: str = "accuracy", title: str = "Validation accuracy",

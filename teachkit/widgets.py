@@ -5,8 +5,9 @@
 
 Training runs in a background thread, so the controls stay live; the loop reports every step
 through a callback and the plotly figure redraws a few times a second. Every run is kept and
-overlaid in its own colour, with a row in the results table. The engine (settings, data, one run)
-is `teachkit.playground`; this module is only the controls, the figure and the thread.
+overlaid in its own colour, with a legend entry and a row in the results table. The engine
+(settings, data, one run) is `teachkit.playground`; this module is only the page, the figure and
+the thread.
 """
 
 from __future__ import annotations
@@ -15,96 +16,73 @@ import base64
 import html
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, fields
 
 import ipywidgets as W
 import plotly.graph_objects as go
-from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 
 from teachkit import playground as engine
-from teachkit.playground import LIMITS, SIZE_PRESETS, Run, Settings
+from teachkit.playground import SIZE_PRESETS, Run, Settings
+from teachkit.playground_page import (
+    INTRO,
+    READING,
+    STYLE,
+    TIPS,
+    NumberControl,
+    colour,
+    empty_axes,
+    empty_figure,
+    glossary,
+    label_for,
+    make_controls,
+    results_table,
+    status_html,
+)
 
-COLOURS = qualitative.D3  # run n gets COLOURS[(n - 1) % 10]
 REDRAW_EVERY = 0.3  # seconds between figure updates while training (more would flood the browser)
-FONT = {"size": 16}  # projector-sized text in every figure
-STYLE = """<style>
-.teachkit-playground, .teachkit-playground .widget-label, .teachkit-playground .widget-readout,
-.teachkit-playground label, .teachkit-playground input, .teachkit-playground select,
-.teachkit-playground button { font-size: 15px; }
-.teachkit-playground h2 { font-size: 26px; margin: 4px 0 0 0; }
-.teachkit-playground .tk-intro { font-size: 16px; color: #444; margin: 2px 0 8px 0; }
-.teachkit-playground h3 { font-size: 18px; margin: 12px 0 2px 0; color: #222; }
-.teachkit-playground h3 small { font-size: 14px; font-weight: normal; color: #666; }
-.teachkit-playground .tk-status { font-size: 17px; padding: 6px 10px; background: #f3f6fa; border-radius: 4px; }
-.teachkit-playground .tk-problem { color: #8a4b00; background: #fff4e0; padding: 6px 10px; border-radius: 4px;
-  margin: 2px 0; }
-.teachkit-playground .tk-error { color: #8b0000; background: #fde8e8; padding: 6px 10px; border-radius: 4px; }
-.teachkit-playground table.tk-results { border-collapse: collapse; font-size: 14px; }
-.teachkit-playground table.tk-results td, .teachkit-playground table.tk-results th {
-  border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: right; white-space: nowrap; }
-</style>"""
-
-
-def _slider(kind, name: str, description: str, **kw) -> W.Widget:
-    low, high = LIMITS[name]
-    return kind(value=getattr(Settings(), name), min=low, max=high, description=description,
-                continuous_update=False, style={"description_width": "150px"},
-                layout=W.Layout(width="370px"), **kw)
+RATE_WINDOW = 20  # steps whose speed the status line averages (one step alone jumps by 10x)
 
 
 class Playground:
-    """The app. `run()`, `stop()`, `wait()`, `settings()` and `apply()` drive it from code (and tests)."""
+    """The app. `run()`, `stop()`, `fine_tune()`, `clear()`, `wait()`, `settings()` and `apply()` drive it
+    from code (and tests)."""
 
     def __init__(self) -> None:
         self.runs: list[Run] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._last_draw = 0.0
-        self._syncing = False  # True while a preset writes the size sliders (not a custom size)
+        self._last_draw = float("-inf")  # so the first step is drawn at once
+        self._rates: deque[float] = deque(maxlen=RATE_WINDOW)
+        self._syncing = False  # True while a preset writes the size controls (not a custom size)
+        self._preset = Settings().size  # the size last chosen from the menu
         self._build_controls()
-        self._build_figures()
+        self._build_figure()
         self._build_outputs()
         self.root = self._layout()
-        self._check()
+        self._refresh()
 
     # ------------------------------------------------------------------ building the page
 
     def _build_controls(self) -> None:
-        d = Settings()
-        self.controls: dict[str, W.Widget] = {
-            "pretrain": W.Checkbox(value=d.pretrain, description="Pre-train first", indent=False),
-            "budget": _slider(W.IntSlider, "budget", "Pre-training budget"),
-            "budget_unit": W.ToggleButtons(options=["seconds", "steps"], value=d.budget_unit,
-                                           style={"button_width": "90px"}),
-            "mask_rate": _slider(W.FloatSlider, "mask_rate", "Mask rate", step=0.05, readout_format=".0%"),
-            "nsp": W.Checkbox(value=d.nsp, description="Next-sentence prediction too", indent=False),
-            "size": W.Dropdown(options=[*SIZE_PRESETS, "custom"], value=d.size, description="Model size",
-                               style={"description_width": "150px"}, layout=W.Layout(width="370px")),
-            "layers": _slider(W.IntSlider, "layers", "Layers"),
-            "width": _slider(W.IntSlider, "width", "Width (d_model)", step=16),
-            "heads": _slider(W.IntSlider, "heads", "Attention heads"),
-            "labels": _slider(W.IntSlider, "labels", "Labelled examples"),
-            "epochs": _slider(W.IntSlider, "epochs", "Fine-tuning epochs"),
-            "frozen": W.IntSlider(value=d.frozen, min=0, max=d.layers, description="Frozen layers",
-                                  continuous_update=False, style={"description_width": "150px"},
-                                  layout=W.Layout(width="370px")),
-            "lr": W.FloatLogSlider(value=d.lr, base=10, min=-5, max=-1, step=0.25, description="Learning rate",
-                                   readout_format=".0e", continuous_update=False,
-                                   style={"description_width": "150px"}, layout=W.Layout(width="370px")),
-            "batch_size": _slider(W.IntSlider, "batch_size", "Batch size"),
-            "seed": W.BoundedIntText(value=d.seed, min=0, max=LIMITS["seed"][1], description="Seed",
-                                     style={"description_width": "150px"}, layout=W.Layout(width="260px")),
-        }
-        for name, widget in self.controls.items():
-            widget.observe(lambda change, name=name: self._changed(name), names="value")
-        self.run_button = W.Button(description="Run", button_style="success", icon="play",
-                                   layout=W.Layout(width="130px", height="40px"))
+        self.controls = make_controls()
+        for name, control in self.controls.items():
+            control.observe(lambda change, name=name: self._changed(name), names="value")
+        big = W.Layout(width="118px", height="40px")
+        self.run_button = W.Button(description="Run", button_style="success", icon="play", layout=big,
+                                   tooltip="Train a new run with these settings")
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
-                                    layout=W.Layout(width="130px", height="40px"))
+                                    layout=big, tooltip="Stop after this step; what was learned is kept")
+        self.continue_button = W.Button(description="Fine-tune it", icon="forward", button_style="info",
+                                        layout=W.Layout(width="150px", height="40px", display="none"),
+                                        tooltip="Go on to fine-tuning from where pre-training stopped")
+        self.clear_button = W.Button(description="Clear runs", icon="trash", layout=W.Layout(width="130px"),
+                                     tooltip="Remove every run from the plots and the table")
         self.run_button.on_click(lambda _: self.run())
         self.stop_button.on_click(lambda _: self.stop())
-        wide = W.Layout(width="185px")
+        self.continue_button.on_click(lambda _: self.fine_tune())
+        self.clear_button.on_click(lambda _: self.clear())
+        wide = W.Layout(width="200px")
         self.save_button = W.Button(description="Save settings", icon="download", layout=wide)
         self.load_upload = W.FileUpload(accept=".json", multiple=False, description="Load settings", layout=wide)
         self.json_button = W.Button(description="Export runs: JSON", icon="table", layout=wide)
@@ -114,33 +92,13 @@ class Playground:
         self.csv_button.on_click(lambda _: self._offer("playground-runs.csv", engine.export_csv(self.runs)))
         self.load_upload.observe(self._uploaded, names="value")
 
-    def _build_figures(self) -> None:
-        # One figure with three panels, not three figures: each plotly FigureWidget ships its own copy
-        # of plotly.js (5 MB) to the browser, and anywidget gives up on a widget that takes over 2 s to load.
-        grid = make_subplots(rows=2, cols=2, specs=[[{"colspan": 2}, None], [{}, {}]], vertical_spacing=0.2,
-                             horizontal_spacing=0.14, subplot_titles=[
-                                 "Pre-training loss (solid: masked-LM, dashed: next sentence)",
-                                 "Fine-tuning loss", "Validation accuracy"])
-        # Lay the figure out before it becomes a widget: layout changes made to a FigureWidget before the
-        # browser has drawn it are lost.
-        grid.update_layout(width=800, height=720, font=FONT, template="plotly_white", margin={"l": 70, "r": 20, "t": 40, "b": 40},
-                           legend={"orientation": "h", "y": -0.13, "font": {"size": 14}})
-        grid.update_annotations(font_size=19)  # the panel titles
-        for (row, col), (x, y) in {(1, 1): ("pre-training step", "loss"), (2, 1): ("fine-tuning step", "loss"),
-                                   (2, 2): ("fine-tuning step", "accuracy")}.items():
-            grid.update_xaxes(title_text=x, row=row, col=col)
-            grid.update_yaxes(title_text=y, row=row, col=col)
-        grid.update_yaxes(range=[0.35, 1.0], tickformat=".0%", row=2, col=2)
-        grid.add_hline(y=0.5, line_dash="dot", line_color="grey", row=2, col=2, exclude_empty_subplots=False,
-                       annotation_text="chance", annotation_position="bottom right")
-        # plotly.js draws a panel's axes only once something refers to them: an empty curve does.
-        for row, col in ((1, 1), (2, 1)):
-            grid.add_scatter(x=[], y=[], showlegend=False, hoverinfo="skip", meta="placeholder", row=row, col=col)
-        self.figure = go.FigureWidget(grid)
+    def _build_figure(self) -> None:
+        self.figure = go.FigureWidget(empty_figure())
 
     def _build_outputs(self) -> None:
         self.status = W.HTML(self._status_html("Choose settings and press Run."))
         self.problems = W.HTML()
+        self.hint = W.HTML()
         self.error = W.HTML()
         self.table = W.HTML(self._table_html())
         self.downloads = W.HTML()
@@ -151,23 +109,25 @@ class Playground:
         def section(title: str, note: str = "") -> W.HTML:
             return W.HTML(f"<h3>{title} <small>{note}</small></h3>")
 
+        budget = W.HBox([c["budget"].row, c["budget_unit"]], layout=W.Layout(align_items="center"))
         left = W.VBox([
+            W.HBox([self.run_button, self.stop_button, self.continue_button]), self.problems, self.hint,
             section("1. Pre-training", "unlabelled Wikipedia text"), c["pretrain"],
-            W.HBox([c["budget"]]), W.HBox([W.Label("Budget in", layout=W.Layout(width="150px")), c["budget_unit"]]),
-            c["mask_rate"], c["nsp"],
-            section("2. Model"), c["size"], c["layers"], c["width"], c["heads"],
-            section("3. Fine-tuning", "labelled movie reviews"), c["labels"], c["epochs"], c["frozen"],
-            section("4. Both phases"), c["lr"], c["batch_size"], c["seed"],
-            W.HBox([self.run_button, self.stop_button], layout=W.Layout(margin="14px 0 6px 0")),
-            self.problems,
+            W.VBox([budget, c["budget"].note]), c["mask_rate"].widget, c["nsp"],
+            section("2. Model"), W.HBox([label_for("size", "Model size"), c["size"]]),
+            c["layers"].widget, c["width"].widget, c["heads"].widget,
+            section("3. Fine-tuning", "labelled movie reviews"), c["labels"].widget, c["epochs"].widget,
+            c["frozen"].widget,
+            section("4. Both phases"), c["lr"].widget, c["batch_size"].widget, c["seed"].widget,
+            W.HTML(glossary()),
             section("Keep and share"), W.HBox([self.save_button, self.load_upload]),
             W.HBox([self.json_button, self.csv_button]), self.downloads,
-        ], layout=W.Layout(width="390px", min_width="390px", margin="0 16px 0 0"))
-        right = W.VBox([self.status, self.error, self.figure, W.HTML("<h3>Results: every run</h3>"), self.table],
-                       layout=W.Layout(flex="1 1 auto", min_width="700px"))
-        title = W.HTML(STYLE + "<h2>Training playground: pre-training vs fine-tuning</h2><div class='tk-intro'>"
-                       "Change a setting, press <b>Run</b> and watch a small BERT learn. Every run stays on the "
-                       "plots: compare one without pre-training to one with it.</div>")
+        ], layout=W.Layout(width="440px", min_width="440px", margin="0 14px 0 0"))
+        results = W.HBox([W.HTML("<h3>Results: every run</h3>"), self.clear_button],
+                         layout=W.Layout(justify_content="space-between", align_items="center"))
+        right = W.VBox([self.status, self.error, self.figure, results, self.table],
+                       layout=W.Layout(flex="1 1 auto", min_width="640px"))
+        title = W.HTML(STYLE + INTRO + TIPS + READING)
         root = W.VBox([title, W.HBox([left, right])])
         root.add_class("teachkit-playground")
         return root
@@ -189,14 +149,15 @@ class Playground:
         problems = settings.problems()
         if problems:
             raise ValueError("These settings cannot run: " + " ".join(problems))
-        self._syncing = True
+        self._syncing = True  # the values are set as a whole: no preset or custom size is inferred on the way
         try:
             self.controls["frozen"].max = max(self.controls["frozen"].max, settings.layers)
             for name, value in asdict(settings).items():
                 self.controls[name].value = value
+            self.controls["frozen"].max = settings.layers
         finally:
             self._syncing = False
-        self._check()
+        self._refresh()
 
     def load_settings(self, text: str | bytes) -> Settings:
         """Apply settings from the JSON text of a saved file, and show what was wrong if it cannot."""
@@ -219,19 +180,26 @@ class Playground:
 
     def _changed(self, name: str) -> None:
         c = self.controls
-        if name == "size" and c["size"].value in SIZE_PRESETS and not self._syncing:
-            preset = SIZE_PRESETS[c["size"].value]
-            self._syncing = True
-            c["frozen"].max = max(c["frozen"].max, preset.n_layers)
-            c["layers"].value, c["width"].value, c["heads"].value = preset.n_layers, preset.d_model, preset.n_heads
+        if self._syncing:  # a change made below, or by apply(): the caller refreshes once at the end
+            return
+        self._syncing = True
+        try:
+            if name == "size" and c["size"].value in SIZE_PRESETS:
+                self._preset = c["size"].value
+                preset = SIZE_PRESETS[self._preset]
+                c["frozen"].max = max(c["frozen"].max, preset.n_layers)
+                c["layers"].value, c["width"].value, c["heads"].value = preset.n_layers, preset.d_model, preset.n_heads
+            elif name in ("layers", "width", "heads"):  # back on a preset's numbers, the menu names it again
+                c["size"].value = engine.matching_size(layers=c["layers"].value, width=c["width"].value,
+                                                       heads=c["heads"].value, prefer=self._preset)
+            c["frozen"].max = c["layers"].value  # cannot freeze more layers than there are
+        finally:
             self._syncing = False
-        elif name in ("layers", "width", "heads") and not self._syncing:
-            c["size"].value = "custom"
-        if name == "layers":  # cannot freeze more layers than there are
-            c["frozen"].max = c["layers"].value
-        budget_active = c["pretrain"].value
+        self._refresh()
+
+    def _refresh(self) -> None:
         for key in ("budget", "budget_unit", "mask_rate", "nsp"):
-            c[key].disabled = not budget_active
+            self.controls[key].disabled = not self.controls["pretrain"].value
         self._check()
 
     def _check(self) -> list[str]:
@@ -239,6 +207,11 @@ class Playground:
         problems = self.settings().problems()
         self.problems.value = "".join(f"<div class='tk-problem'>⚠ {html.escape(p)}</div>" for p in problems)
         self.run_button.disabled = bool(problems) or self.running
+        latest = self.runs[-1] if self.runs else None
+        self.continue_button.layout.display = None if latest and latest.can_fine_tune and not self.running else "none"
+        self.clear_button.disabled = self.running or not self.runs
+        self.hint.value = (f"<div class='tk-hint'>Run {latest.number} keeps the settings it started with: what you "
+                           "change now applies to the next run.</div>" if self.running and latest else "")
         return problems
 
     # ------------------------------------------------------------------ running
@@ -249,34 +222,68 @@ class Playground:
 
     def run(self) -> bool:
         """Start a run in the background with the current settings; False (and a polite note) if it cannot."""
-        if self.running:
-            self.status.value = self._status_html(
-                "A run is already going: wait for it to finish or press Stop, then Run again.")
-            return False
-        problems = self._check()
-        if problems:
-            self.status.value = self._status_html("Fix the settings marked ⚠ first, then press Run.")
+        if self._refuse():
             return False
         for old in self.runs:
             old.model = None  # keep every run's history, but only the newest model (memory)
         run = Run(number=len(self.runs) + 1, settings=self.settings())
         self.runs.append(run)
         self._add_traces(run)
+        self._start(run, lambda stop: engine.run_experiment(run.settings, run=run, stop=stop,
+                                                            on_event=lambda e: self._on_event(run, e)))
+        return True
+
+    def fine_tune(self) -> bool:
+        """Go on to fine-tuning from where the latest run's pre-training was stopped."""
+        if self.running or not self.runs or not self.runs[-1].can_fine_tune:
+            self.status.value = self._status_html("Only a run stopped during pre-training can go on to fine-tuning.")
+            return False
+        run = self.runs[-1]
+        self._start(run, lambda stop: engine.continue_to_finetuning(run, stop=stop,
+                                                                    on_event=lambda e: self._on_event(run, e)))
+        return True
+
+    def _refuse(self) -> bool:
+        if self.running:
+            self.status.value = self._status_html(
+                "A run is already going: wait for it to finish or press Stop, then Run again.")
+            return True
+        if self._check():
+            self.status.value = self._status_html("Fix the settings marked ⚠ first, then press Run.")
+            return True
+        return False
+
+    def _start(self, run: Run, work) -> None:
+        for control in self.controls.values():
+            if isinstance(control, NumberControl):
+                control.note.value = ""  # what was moved into range has been used: the run's row shows it
         self.table.value = self._table_html()  # its row shows "running" until it ends
         self._stop = threading.Event()
         self.error.value = ""
         # Buttons first: a run that fails at once re-enables Run from its thread before start() returns.
         self.run_button.disabled, self.stop_button.disabled = True, False
-        self._thread = threading.Thread(target=self._work, args=(run, self._stop), daemon=True,
+        self._thread = threading.Thread(target=work, args=(self._stop,), daemon=True,
                                         name=f"playground-run-{run.number}")
         self._thread.start()
-        return True
+        self._check()
 
     def stop(self) -> None:
         """Ask the run to stop after its current step; what it learned so far is kept."""
         if self.running:
             self._stop.set()
             self.status.value = self._status_html("Stopping after this step...")
+
+    def clear(self) -> None:
+        """Remove every run from the plots and the table (not while one is training)."""
+        if self.running:
+            return
+        self.runs = []
+        with self.figure.batch_update():
+            self.figure.data = [t for t in self.figure.data if t.meta == "placeholder"]
+            empty_axes(self.figure)
+        self.table.value = self._table_html()
+        self.status.value = self._status_html("Cleared. Choose settings and press Run.")
+        self._check()
 
     def wait(self, *, timeout: float | None = None) -> bool:
         """Block until the current run ends (for scripts and tests); True if it has ended."""
@@ -285,9 +292,6 @@ class Playground:
             thread.join(timeout)
         return not self.running
 
-    def _work(self, run: Run, stop: threading.Event) -> None:
-        engine.run_experiment(run.settings, run=run, on_event=lambda e: self._on_event(run, e), stop=stop)
-
     def _on_event(self, run: Run, event: dict) -> None:
         kind, phase = event["kind"], event["phase"]
         if kind == "loading":
@@ -295,10 +299,15 @@ class Playground:
                                                   "(once per session, about 10 s)...")
         elif kind == "run_end":
             self._finish(run)
-        elif kind == "step" and time.monotonic() - self._last_draw > REDRAW_EVERY:
-            self._last_draw = time.monotonic()
-            self._draw(run)
-            self.status.value = self._status_html(self._progress(run, phase, event))
+        elif kind == "step":
+            if event["step"] == 1:
+                self._rates.clear()  # each phase has its own speed
+                self.table.value = self._table_html()  # the run's row says "running"
+            self._rates.append(event["tokens_per_s"])
+            if time.monotonic() - self._last_draw > REDRAW_EVERY:
+                self._last_draw = time.monotonic()
+                self._draw(run)
+                self.status.value = self._status_html(self._progress(run, phase, event))
         elif kind in ("eval", "end"):
             self._draw(run)
 
@@ -315,6 +324,11 @@ class Playground:
         self._thread = None  # the thread ends right after this callback; Run is allowed again
         self._check()
 
+    def tokens_per_second(self) -> float:
+        """The speed over the last RATE_WINDOW steps: total tokens / total time (the harmonic mean of the rates)."""
+        rates = [r for r in self._rates if r > 0]
+        return len(rates) / sum(1 / r for r in rates) if rates else 0.0
+
     def _progress(self, run: Run, phase: str, event: dict) -> str:
         s, step, elapsed = run.settings, event["step"], event["elapsed"]
         if phase == "pretraining":
@@ -323,58 +337,62 @@ class Playground:
             left = s.budget - elapsed if total is None else (total - step) * elapsed / step
             what = f"pre-training step {step}: {losses}"
         else:
-            batch = min(s.batch_size, s.labels)
-            total = s.epochs * max(1, s.labels // batch)
+            total = s.epochs * s.steps_per_epoch()
             left = (total - step) * elapsed / step
-            what = f"fine-tuning step {step} of {total}: loss {event['loss']:.2f}"
-        return (f"Run {run.number}, {what} &nbsp;·&nbsp; {event['tokens_per_s']:,.0f} tokens/s "
-                f"&nbsp;·&nbsp; about {max(0, left):.0f} s left in this phase")
+            what = f"fine-tuning epoch {step / s.steps_per_epoch():.1f} of {s.epochs}: loss {event['loss']:.2f}"
+        rate = float(f"{self.tokens_per_second():.2g}")  # two significant figures: the rest is noise
+        return (f"Run {run.number}, {what} &nbsp;·&nbsp; {rate:,.0f} tokens/s "
+                f"&nbsp;·&nbsp; about {max(0, left):.0f} s left")
 
     # ------------------------------------------------------------------ figures and table
 
     def _add_traces(self, run: Run) -> None:
-        """Four empty curves for a new run, in its colour; clicking its legend entry hides them all."""
-        n, colour = run.number, COLOURS[(run.number - 1) % len(COLOURS)]
-        common = {"x": [], "y": [], "legendgroup": f"run{n}", "showlegend": False}
+        """A legend entry and empty curves for a new run, in its colour; its legend entry hides them all."""
+        n, line = run.number, colour(run.number)
+        common = {"x": [], "y": [], "legendgroup": f"run{n}", "showlegend": False, "name": f"run {n}"}
         with self.figure.batch_update():
-            self.figure.add_scatter(**{**common, "showlegend": True}, name=f"run {n}: {run.settings.describe()}",
-                                    meta=f"run{n}-mlm", mode="lines", line={"color": colour}, row=1, col=1)
-            if run.settings.nsp:
-                self.figure.add_scatter(**common, name=f"run {n} NSP", meta=f"run{n}-nsp", mode="lines",
-                                        line={"color": colour, "dash": "dash"}, row=1, col=1)
-            self.figure.add_scatter(**common, name=f"run {n}", meta=f"run{n}-loss", mode="lines",
-                                    line={"color": colour}, row=2, col=1)
-            self.figure.add_scatter(**common, name=f"run {n}", meta=f"run{n}-accuracy", mode="lines+markers",
-                                    line={"color": colour}, row=2, col=2)
+            # plotly leaves a curve without points out of the legend, so each run's entry is a curve of its own
+            # with one blank point: it is listed from the start, pre-trained or not.
+            self.figure.add_scatter(x=[None], y=[None], legendgroup=f"run{n}", name=_legend_name(run),
+                                    meta=f"run{n}-legend", mode="lines", line={"color": line, "width": 3},
+                                    hoverinfo="skip", row=1, col=1)
+            self.figure.add_scatter(**common, meta=f"run{n}-mlm", mode="lines", line={"color": line}, row=1, col=1)
+            if run.settings.nsp and run.settings.pretrain:
+                self.figure.add_scatter(**{**common, "name": f"run {n} NSP"}, meta=f"run{n}-nsp", mode="lines",
+                                        line={"color": line, "dash": "dash"}, row=1, col=1)
+            self.figure.add_scatter(**common, meta=f"run{n}-loss", mode="lines", line={"color": line}, row=2, col=1)
+            self.figure.add_scatter(**common, meta=f"run{n}-accuracy", mode="lines+markers", line={"color": line},
+                                    row=2, col=2)
+            epochs = max(r.settings.epochs for r in self.runs)
+            self.figure.update_xaxes(range=[0, epochs + 0.15], row=2)  # fine-tuning: every run on one epoch axis
+            self.figure.update_xaxes(autorange=True, rangemode="tozero", row=1, col=1)
+            self.figure.update_yaxes(autorange=True, rangemode="tozero", row=1, col=1)
+            self.figure.update_yaxes(autorange=True, rangemode="tozero", row=2, col=1)
+            self.figure.layout.autosize = True  # refit the page's width (first drawn at plotly's 700 px at times)
 
     def _draw(self, run: Run) -> None:
         """Copy the run's history into its curves (a full copy: cheap at these sizes, and never out of step)."""
         n, pre, fine = run.number, run.pretraining, run.finetuning
+        per_epoch = run.settings.steps_per_epoch()
         series = {
             f"run{n}-mlm": (pre.column("step"), pre.column("mlm")),
             f"run{n}-nsp": (pre.column("step"), pre.column("nsp")),
-            f"run{n}-loss": (fine.column("step"), fine.column("loss")),
-            f"run{n}-accuracy": (fine.column("step", evals=True), fine.column("accuracy", evals=True)),
+            f"run{n}-loss": ([s / per_epoch for s in fine.column("step")], fine.column("loss")),
+            f"run{n}-accuracy": ([s / per_epoch for s in fine.column("step", evals=True)],
+                                 fine.column("accuracy", evals=True)),
         }
         with self.figure.batch_update():
             for trace in self.figure.data:
                 if trace.meta in series:
                     trace.x, trace.y = series[trace.meta]
+                elif trace.meta == f"run{n}-legend":
+                    trace.name = _legend_name(run)
 
     def _table_html(self) -> str:
-        if not self.runs:
-            return "<p>No runs yet. Each run you make adds a row here and a curve to every plot.</p>"
-        rows = [r.summary() for r in self.runs]
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-        body = ""
-        for run, row in zip(self.runs, rows):
-            colour = COLOURS[(run.number - 1) % len(COLOURS)]
-            cells = "".join(f"<td>{html.escape(_fmt(k, v))}</td>" for k, v in row.items())
-            body += f"<tr style='border-left: 6px solid {colour}'>{cells}</tr>"
-        return f"<div style='overflow-x: auto'><table class='tk-results'><tr>{head}</tr>{body}</table></div>"
+        return results_table(self.runs)
 
     def _offer(self, filename: str, text: str) -> None:
-        """A download link for `text` (a data URL: works in Voila and JupyterLab alike, nothing written on the server)."""
+        """A download link for `text` (a data URL: works in Voila and JupyterLab alike, nothing on the server)."""
         data = base64.b64encode(text.encode("utf-8")).decode("ascii")
         kind = "text/csv" if filename.endswith(".csv") else "application/json"
         self.downloads.value = (f"<a download='{filename}' href='data:{kind};base64,{data}' "
@@ -382,16 +400,8 @@ class Playground:
 
     @staticmethod
     def _status_html(text: str) -> str:
-        return f"<div class='tk-status'>{text}</div>"
+        return status_html(text)
 
 
-def _fmt(key: str, value) -> str:
-    if value is None:
-        return "–"
-    if key == "val. accuracy":
-        return f"{100 * value:.1f}%"
-    if key == "mask":
-        return f"{100 * value:.0f}%"
-    if key == "lr":
-        return f"{value:.0e}".replace("e-0", "e-")
-    return str(value)
+def _legend_name(run: Run) -> str:
+    return f"{run.number}: {run.describe()}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from teachkit import exercises
 
@@ -23,3 +24,50 @@ def test_check_compares_the_answer_with_the_computed_one(answer, expected, right
 def test_an_unanswered_exercise_is_not_an_error():
     feedback = exercises.check_answer(None, (1, 3), hint="unused")
     assert feedback.ok is None and "not answered" in feedback.message
+
+
+def test_a_wrong_count_gets_a_hint_about_selected_vs_masked_tokens():
+    feedback = exercises.check("02-how-many-masks", 150)
+    assert feedback.ok is False
+    assert "selected" in feedback.message and "[MASK]" in feedback.message  # the concept, not "try again"
+    assert "120" not in feedback.message  # a hint, not the answer
+    other = exercises.check("02-how-many-masks", 333)
+    assert other.ok is False and "two steps" in other.message
+    assert exercises.check("02-how-many-masks", 120).ok is True
+
+
+def test_a_wrong_mapping_says_which_items_to_look_at_again():
+    answer = {"a": "pre-training", "b": "pre-training", "c": "pre-training", "d": "fine-tuning"}
+    feedback = exercises.check("00-which-stage", answer)
+    assert feedback.ok is False and "1 of 4" in feedback.message and "(b)" in feedback.message
+    assert "labels" in feedback.message
+
+
+@pytest.fixture(scope="module")
+def wordpiece():
+    from teachkit.tokenization import train_wordpiece
+
+    return train_wordpiece(["the cat sat on the mat while the dog slept by the door"] * 20, vocab_size=120)
+
+
+def _teachkit_rule(pick, how, special):
+    selected = (pick < 0.15) & ~special
+    roles = torch.zeros_like(pick, dtype=torch.long)
+    roles[selected & (how < 0.8)] = 1
+    roles[selected & (how >= 0.8) & (how < 0.9)] = 2
+    roles[selected & (how >= 0.9)] = 3
+    return roles
+
+
+def test_the_masking_rule_exercise_starts_unanswered_and_explains_a_mistake(wordpiece):
+    text = "the cat sat on the mat while the dog slept by the door " * 3
+    assert exercises.check_masking_rule(lambda pick, how, special: ..., wordpiece, text).ok is None
+    assert exercises.check_masking_rule(_teachkit_rule, wordpiece, text).ok is True
+
+    def all_masked(pick, how, special):  # forgets the 10% random and 10% kept
+        return ((pick < 0.15) & ~special).long()
+
+    feedback = exercises.check_masking_rule(all_masked, wordpiece, text)
+    assert feedback.ok is False and "how =" in feedback.message and "0.8 to 0.9 random" in feedback.message
+    flat = exercises.check_masking_rule(lambda pick, how, special: torch.zeros(3), wordpiece, text)
+    assert flat.ok is False and "shaped like pick" in flat.message

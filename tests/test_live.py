@@ -33,10 +33,14 @@ def test_steps_and_evaluations_grow_the_static_figure():
     feed(curves, 3, start=6)
     curves({"kind": "eval", "step": 8, "mlm_loss": 6.5, "mlm_acc": 0.2})
     assert sorted(curves.steps) == ["loss", "mlm", "nsp"]  # lr, tokens/s and elapsed are not losses
-    loss_ax, eval_ax = curves.figure().axes
-    assert [len(line.get_xdata()) for line in loss_ax.lines] == [8, 8, 8]
-    assert {line.get_label(): list(line.get_xdata()) for line in eval_ax.lines} == {"mlm_loss": [5, 8],
-                                                                                   "mlm_acc": [5, 8]}
+    loss_ax, accuracy_ax = curves.figure().axes
+    # Training losses, then the validation loss: every loss on the left, in the legend's words.
+    assert [len(line.get_xdata()) for line in loss_ax.lines] == [8, 8, 8, 2]
+    assert [line.get_label() for line in loss_ax.lines][-2:] == ["training loss (next sentence)",
+                                                                 "validation loss (masked-LM)"]
+    (accuracy,) = accuracy_ax.lines  # accuracies on the right, in percent
+    assert accuracy.get_label() == "masked-LM accuracy (validation)"
+    assert list(accuracy.get_xdata()) == [5, 8] and list(accuracy.get_ydata()) == pytest.approx([10, 20])
 
 
 def test_chosen_losses_only():
@@ -49,7 +53,7 @@ def test_chosen_losses_only():
 def test_the_widget_redraws_at_most_every_few_seconds_and_at_the_end(capsys):
     curves = live.LiveCurves(widget=True, every=3600, smooth=1)  # an hour: only the first and last draw happen
     feed(curves, 1)
-    traces = {t.name: t for t in curves.widget.data}
+    traces = {t.meta: t for t in curves.widget.data}
     assert set(traces) == {"loss", "mlm", "nsp"} and len(traces["mlm"].x) == 1
     feed(curves, 9, start=2)
     assert len(curves.widget.data[1].x) == 1  # throttled: the events are stored, not yet drawn
@@ -59,11 +63,36 @@ def test_the_widget_redraws_at_most_every_few_seconds_and_at_the_end(capsys):
     assert "Stopped after 10 steps" in curves.widget.layout.title.text
 
 
-def test_eval_metrics_go_to_the_right_hand_plot():
-    curves = live.LiveCurves(widget=True, every=0)
+def test_accuracy_goes_right_in_percent_beside_a_chance_line():
+    curves = live.LiveCurves(widget=True, every=0, chance=0.5, losses=["cls"])
+    curves({"kind": "step", "step": 1, "cls": 0.7, "loss": 0.7})
     curves({"kind": "eval", "step": 3, "accuracy": 0.6})
-    (trace,) = curves.widget.data
-    assert trace.name == "accuracy" and trace.xaxis == "x2" and list(trace.y) == [0.6]
+    loss, accuracy = curves.widget.data
+    assert (loss.name, loss.xaxis) == ("training loss (sentiment)", "x")  # not "cls"
+    assert (accuracy.name, accuracy.xaxis) == ("validation accuracy", "x2") and list(accuracy.y) == [60.0]
+    (chance,) = curves.widget.layout.shapes
+    assert (chance.y0, chance.y1, chance.yref) == (50, 50, "y2")
+    assert curves.widget.layout.yaxis2.ticksuffix == "%"
+    right = curves.figure().axes[1]  # the static figure says the same
+    assert [line.get_label() for line in right.lines] == ["validation accuracy", "chance (50%)"]
+    assert list(right.lines[0].get_ydata()) == [60.0] and list(right.lines[1].get_ydata()) == [50, 50]
+
+
+def test_the_first_event_is_drawn_whatever_the_clock_reads(monkeypatch):
+    """perf_counter counts from an arbitrary point (the boot, on Linux): a machine up for a second must draw too."""
+    monkeypatch.setattr(live.time, "perf_counter", lambda: 1.0)
+    curves = live.LiveCurves(widget=True, every=60)
+    feed(curves, 1)
+    assert {t.name for t in curves.widget.data} == {"training loss (all objectives)", "training loss (masked-LM)",
+                                                    "training loss (next sentence)"}
+    assert all(len(t.x) == 1 for t in curves.widget.data)
+
+
+def test_legend_names_can_be_chosen():
+    curves = live.LiveCurves(widget=False, names={"cls": "fine-tuning loss"}, smooth=1)
+    curves({"kind": "step", "step": 1, "cls": 0.7})
+    assert [line.get_label() for line in curves.figure().axes[0].lines] == ["fine-tuning loss"]
+    assert curves.name("mystery_metric") == "mystery metric"
 
 
 def test_no_widget_outside_a_kernel_or_when_asked_for_static(monkeypatch):
@@ -76,6 +105,8 @@ def test_no_widget_outside_a_kernel_or_when_asked_for_static(monkeypatch):
 def test_bad_settings_are_explained():
     with pytest.raises(ValueError, match="every"):
         live.LiveCurves(every=-1)
+    with pytest.raises(ValueError, match="fraction between 0 and 1"):
+        live.LiveCurves(chance=50)
 
 
 def test_a_real_training_run_feeds_the_curves(tok, one_thread):

@@ -6,6 +6,7 @@ per token, one bar per guess, one cell per table entry, and the colours/labels t
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import matplotlib
@@ -102,7 +103,8 @@ def test_nsp_probability_is_a_probability(wordpiece):
     model = build_model(preset("tiny", vocab_size=wordpiece.get_vocab_size()))
     p = ins.nsp_probability(model, wordpiece, TEXTS[0], TEXTS[1])
     assert 0.0 < p < 1.0
-    assert model.training is False  # evaluated without dropout
+    assert p == ins.nsp_probability(model, wordpiece, TEXTS[0], TEXTS[1])  # evaluated without dropout ...
+    assert model.training is True  # ... and the model is handed back in the mode it came in
     with pytest.raises(ValueError, match="no NSP head"):
         ins.nsp_probability(build_model(preset("tiny", vocab_size=wordpiece.get_vocab_size()), task="base"),
                             wordpiece, TEXTS[0], TEXTS[1])
@@ -147,6 +149,73 @@ def test_masking_html_colours_every_token_by_role(wordpiece):
         assert page.count(f"{role}: ") == masked.roles.count(role)
         if masked.roles.count(role):
             assert textviz.ROLE_COLOURS[role][0] in page
+
+
+# Colour-vision deficiencies as linear-RGB matrices (Machado, Oliveira & Fernandes 2009, severity 1.0).
+DEFICIENCIES = {
+    "normal": torch.eye(3),
+    "protanopia": torch.tensor([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                                [-0.003882, -0.048116, 1.051998]]),
+    "deuteranopia": torch.tensor([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                                  [-0.011820, 0.042940, 0.968881]]),
+    "tritanopia": torch.tensor([[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602],
+                                [0.004733, 0.691367, 0.303900]]),
+}
+
+
+def _lab(colour: str, seen_by: torch.Tensor) -> torch.Tensor:
+    """A hex colour as a person with the given deficiency sees it, in CIELAB (distance ~ perceived difference)."""
+    srgb = torch.tensor([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)], dtype=torch.float64)
+    linear = torch.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    linear = (seen_by.double() @ linear).clamp(0, 1)
+    xyz = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
+                       dtype=torch.float64) @ linear / torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+    f = torch.where(xyz > 216 / 24389, xyz ** (1 / 3), (24389 / 27 * xyz + 16) / 116)
+    return torch.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_masking_roles_stay_apart_for_colour_blind_readers():
+    """[MASK], random and kept (and untouched) must differ clearly in every kind of colour vision; the old
+    vermillion [MASK] and orange random were barely apart for deuteranopes (18 in CIELAB units)."""
+    fills = {role: fill for role, (fill, _) in textviz.ROLE_COLOURS.items()}
+    for vision, matrix in DEFICIENCIES.items():
+        for (a, fill_a), (b, fill_b) in itertools.combinations(fills.items(), 2):
+            distance = float((_lab(fill_a, matrix) - _lab(fill_b, matrix)).norm())
+            assert distance > 40, f"{a} and {b} are only {distance:.0f} apart with {vision}"
+
+
+def test_a_token_a_browser_may_not_draw_shows_its_id(wordpiece):
+    assert textviz.may_not_render("\u1017") and textviz.may_not_render("##\u0b95")  # Myanmar, Tamil
+    assert not any(textviz.may_not_render(t) for t in ("river", "##ing", "café", "Ωμέγα", "[MASK]", "—"))
+    masked = ins.MaskedSentence(before=["[CLS]", "the", "river", "[SEP]"], after=["[CLS]", "the", "\u1017", "[SEP]"],
+                                roles=["untouched", "untouched", "random", "untouched"])
+
+    class Ids:  # a tokenizer that knows one id
+        def token_to_id(self, token):
+            return {"\u1017": 3456}.get(token, 7)
+
+    page = textviz.masking_html(masked, tokenizer=Ids())
+    assert "\u1017 (id 3456)" in page
+    assert "river (id" not in page and "the (id" not in page  # ordinary tokens stay as they are
+    assert "(id" not in textviz.masking_html(masked)  # without a tokenizer: no id to show
+
+
+def test_the_masking_explorer_shows_the_models_guesses_and_a_static_snapshot(wordpiece):
+    from teachkit import explorers
+
+    model = build_model(preset("tiny", vocab_size=wordpiece.get_vocab_size(), n_layers=1, d_model=32, n_heads=2,
+                               d_ff=64, max_len=64))
+    box = explorers.masking_explorer(wordpiece, TEXTS[0], model=model, mask_prob=0.9)
+    selected = sum("untouched" not in role for role in
+                   ins.mask_sentence(wordpiece, TEXTS[0], mask_prob=0.9, seed=0).roles)
+    assert "The model's guesses: " in box.view.value and f"of {selected} right" in box.view.value
+    assert box.view.value.count("position ") == selected
+    bundle = box._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # a kernel shows the widget
+    assert "The model's guesses" in bundle["text/html"]  # an HTML export shows what it showed
+    assert "VBox" not in bundle["text/plain"]
+    without = explorers.masking_view(wordpiece, TEXTS[0], mask_prob=0.15, seed=0)
+    assert "The model's guesses" not in without
 
 
 def test_nsp_pair_html_hides_the_answer_until_given():

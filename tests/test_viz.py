@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from itertools import pairwise
+import itertools
 
 import matplotlib.pyplot as plt
 import pytest
@@ -111,12 +111,54 @@ def test_attention_view_draws_one_head_and_explains_an_empty_text(tok):
         viz.attention_view(model=model, tokenizer=tok, text="", layer=1, head=1)
 
 
-def test_accuracy_vs_budget_labels_every_point_without_overprinting_equal_values():
-    rows = [{"arm": arm, "budget": b, "test_accuracy": acc}
-            for arm, b, acc in [("scratch", 100, 0.553), ("pretrained", 100, 0.553), ("real BERT", 100, 0.556),
-                                ("scratch", 200, 0.617), ("pretrained", 200, 0.557), ("real BERT", 200, 0.70)]]
-    ax = viz.accuracy_vs_budget(rows).axes[0]
-    labels = [(t.get_text(), t.xy) for t in ax.texts]
-    assert sorted(text for text, _ in labels) == sorted(f"{100 * r['test_accuracy']:.1f}" for r in rows)
-    at_100 = sorted(xy[1] for _, xy in labels if xy[0] == 100)
-    assert len(at_100) == 3 and all(b - a > 0.5 for a, b in pairwise(at_100))  # pushed apart
+def _label_boxes(fig) -> tuple[list, list]:
+    """The value labels' boxes and the lines' paths of accuracy_vs_budget, in pixels, as drawn."""
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+    paths = [line.get_path().transformed(line.get_transform()) for line in ax.lines]
+    return boxes, paths
+
+
+# Equal values at one budget, crossing lines, a steep climb and a point on the chance line.
+CROWDED = [("scratch", 100, 0.553), ("pretrained", 100, 0.553), ("real BERT", 100, 0.556),
+           ("scratch", 200, 0.617), ("pretrained", 200, 0.557), ("real BERT", 200, 0.70),
+           ("scratch", 400, 0.50), ("pretrained", 400, 0.66), ("real BERT", 400, 0.81)]
+
+
+def test_accuracy_vs_budget_labels_every_point_where_no_line_or_label_crosses_it():
+    rows = [{"arm": arm, "budget": b, "test_accuracy": acc} for arm, b, acc in CROWDED]
+    fig = viz.accuracy_vs_budget(rows)
+    boxes, paths = _label_boxes(fig)
+    assert sorted(text for text, _ in boxes) == sorted(f"{100 * r['test_accuracy']:.1f}" for r in rows)
+    for text, box in boxes:
+        crossing = [i for i, path in enumerate(paths) if path.intersects_bbox(box, filled=False)]
+        assert not crossing, f"label {text} at {box.bounds} is crossed by line(s) {crossing}"
+    for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2):
+        assert not box_a.overlaps(box_b), f"labels {a} and {b} overprint"
+    inside = fig.axes[0].bbox
+    assert all(inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1) for _, box in boxes)
+
+
+@pytest.mark.parametrize("n, words", [(0, "0"), (999, "999"), (1000, "1 thousand"), (614_400, "610 thousand"),
+                                      (999_999, "1 million"), (2.34e6, "2.3 million"), (4.5e10, "45 billion")])
+def test_readable_count_never_says_zero_million(n, words):
+    assert viz.readable_count(n) == words
+
+
+def test_attention_explorer_keeps_its_picture_where_no_widget_can_show(tok):
+    """interact()'s output disappears from an HTML export with the widget state; the explorer's picture stays."""
+    from teachkit import explorers
+    from teachkit.config import preset
+    from teachkit.model import build_model
+
+    model = build_model(preset("tiny", vocab_size=tok.get_vocab_size(), n_layers=L, n_heads=H, d_model=40, d_ff=64))
+    box = explorers.attention_explorer(model, tok, text="the film was great", layer=2, head=3)
+    assert box.view.value.startswith('<img alt="attention of layer 2, head 3" src="data:image/png;base64,')
+    box.controls["head"].value = 5
+    assert 'alt="attention of layer 2, head 5"' in box.view.value
+    assert box._repr_mimebundle_()["text/html"].startswith(box.view.value)
+    box.controls["sentence"].value = " "
+    assert "text is empty" in box.view.value and "<img" not in box.view.value
+    assert box.controls["layer"].max == L and box.controls["head"].max == H

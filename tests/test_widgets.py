@@ -9,6 +9,7 @@ import base64
 import csv
 import io
 import json
+import math
 import re
 import time
 from dataclasses import replace
@@ -46,6 +47,8 @@ def test_run_fills_history_figure_and_table():
     app = Playground()
     app.apply(TINY)
     assert {trace.meta for trace in app.figure.data} == {"placeholder"}  # no run drawn yet
+    ranges = [app.figure.layout[axis].range for axis in ("xaxis", "yaxis", "xaxis2", "yaxis2")]
+    assert all(low == 0 for low, _ in ranges), f"empty axes start at zero, not at plotly's -1: {ranges}"
     assert app.run()
     finished(app)
     run = app.runs[0]
@@ -59,26 +62,40 @@ def test_run_fills_history_figure_and_table():
     assert drawn["run1-mlm"] == (tuple(range(1, 7)), tuple(r["mlm"] for r in run.pretraining.steps))
     assert drawn["run1-nsp"][1] == tuple(r["nsp"] for r in run.pretraining.steps)
     assert drawn["run1-loss"][1] == tuple(r["loss"] for r in run.finetuning.steps)
-    assert drawn["run1-accuracy"][1] == tuple(e["accuracy"] for e in run.finetuning.evals)
+    assert drawn["run1-accuracy"] == ((1.0, 2.0), tuple(e["accuracy"] for e in run.finetuning.evals))  # epochs
     assert "Run 1: Finished" in app.status.value
     assert app.table.value.count("<tr") == 2  # header + one run
     assert not app.run_button.disabled and app.stop_button.disabled
 
 
-def test_stop_mid_run_keeps_what_was_learned():
+def test_stop_in_pretraining_records_what_ran_and_fine_tuning_can_go_on_from_there():
     app = Playground()
     app.apply(replace(TINY, budget=600))
     assert app.run()
     wait_until(lambda: len(app.runs[0].pretraining.steps) >= 3)
+    assert "applies to the next run" in app.hint.value  # the controls stay live, and say what changes do
     app.stop()
     finished(app)
     run = app.runs[0]
-    assert run.status == "stopped"
-    assert 3 <= len(run.pretraining.steps) < 600
-    assert run.finetuning.steps == []  # stopped in pre-training: fine-tuning never started
-    assert len(curves(app)["run1-mlm"][0]) == len(run.pretraining.steps)  # the curve keeps every step
-    assert run.model is not None
-    assert "Stopped" in app.status.value and "stopped" in app.table.value
+    ran = len(run.pretraining.steps)
+    assert run.status == "stopped" and 3 <= ran < 600
+    assert run.finetuning.steps == []  # stopped in pre-training: fine-tuning has not started
+    assert len(curves(app)["run1-mlm"][0]) == ran  # the curve keeps every step
+    # What really ran, not the budget asked for: in the table, the legend and the status line.
+    assert run.summary()["pre-training"] == f"{ran} of 600 steps"
+    assert f"{ran} of 600 steps" in app.table.value
+    assert f"pre-train {ran} of 600 steps" in next(t.name for t in app.figure.data if t.meta == "run1-legend")
+    assert "Fine-tune it" in app.status.value and app.continue_button.layout.display != "none"
+    assert app.hint.value == ""
+
+    assert app.fine_tune()
+    finished(app)
+    assert run.status == "finished", run.message
+    assert len(run.pretraining.steps) == ran  # pre-training is not run again
+    assert len(run.finetuning.steps) == TINY.epochs * TINY.steps_per_epoch()
+    assert len(curves(app)["run1-accuracy"][0]) == TINY.epochs
+    assert "finished" in app.table.value and app.continue_button.layout.display == "none"
+    assert app.fine_tune() is False  # only once, and only after a stop in pre-training
 
 
 def test_second_run_is_overlaid_and_run_while_running_is_refused():
@@ -117,6 +134,10 @@ def test_impossible_settings_are_explained_and_block_run():
     assert c["frozen"].max == 3  # cannot even pick more frozen layers than there are
     c["size"].value = "bert-mini"
     assert (c["layers"].value, c["width"].value, c["heads"].value) == (4, 256, 4)
+    c["width"].value = 128
+    assert c["size"].value == "custom"
+    c["width"].value = 256  # back on the preset's numbers: the menu says so again
+    assert c["size"].value == "bert-mini" and not app.problems.value
 
     assert any("classes" in p for p in Settings(labels=1).problems())
     assert any("freeze 3 layers" in p for p in Settings(frozen=3).problems())
@@ -177,3 +198,87 @@ def test_bad_settings_files_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="not divisible"):
         app.load_settings('{"size": "custom", "width": 100, "heads": 3}')
     assert app.settings() == Settings()  # nothing half-applied
+
+
+def test_every_run_has_a_legend_entry_whether_it_pre_trains_or_not():
+    app = Playground()
+    for settings in (TINY, replace(TINY, pretrain=False), replace(TINY, pretrain=False, seed=1)):
+        app.apply(settings)
+        assert app.run()
+        finished(app)
+    listed = [t for t in app.figure.data if t.showlegend is not False and t.meta != "placeholder"]
+    # plotly leaves a trace without points out of the legend: each entry must have one, even a blank one.
+    assert [(t.name.split(":")[0], len(t.x)) for t in listed] == [("1", 1), ("2", 1), ("3", 1)]
+    assert "no pre-training" in listed[1].name and "pre-train 6 steps" in listed[0].name
+    for n in (1, 2, 3):  # clicking an entry hides the whole run: its curves share the entry's group
+        assert {t.legendgroup for t in app.figure.data if t.meta.startswith(f"run{n}-")} == {f"run{n}"}
+
+
+def test_fine_tuning_runs_of_any_size_share_one_epoch_axis_and_clear_removes_them():
+    app = Playground()
+    for labels in (48, 160):  # 3 and 10 steps per epoch
+        app.apply(replace(TINY, pretrain=False, labels=labels))
+        assert app.run()
+        finished(app)
+    drawn = curves(app)
+    assert drawn["run1-accuracy"][0] == drawn["run2-accuracy"][0] == (1.0, 2.0)
+    assert drawn["run1-loss"][0][-1] == drawn["run2-loss"][0][-1] == 2.0  # both end at epoch 2
+    assert app.figure.layout.xaxis2.title.text == "fine-tuning epoch"
+    assert not app.clear_button.disabled
+    app.clear()
+    assert app.runs == [] and {t.meta for t in app.figure.data} == {"placeholder"}
+    assert "No runs yet" in app.table.value and app.clear_button.disabled
+    assert app.run() and app.runs[0].number == 1
+    finished(app)
+
+
+def test_the_loss_panels_show_what_guessing_scores():
+    app = Playground()
+    lines = {round(shape.y0, 2) for shape in app.figure.layout.shapes}
+    assert {round(math.log(engine.VOCAB_SIZE), 2), round(math.log(2), 2), 0.5} <= lines
+    notes = " ".join(a.text for a in app.figure.layout.annotations)
+    assert "ln V = 8.3" in notes and "ln 2 = 0.69" in notes
+    page = " ".join(app.root.children[0].value.split())
+    assert "ln 4,096 = 8.3" in page and "Things to try" in page  # explained in the page, near the top
+
+
+@pytest.mark.parametrize("name, typed, kept, said, fine", [
+    ("labels", 99999, 8530, "99,999 is above the highest label budget on offer (8,530", 500),
+    ("lr", 5.0, 0.1, "5 is above the highest learning rate on offer (0.1", 0.01),
+    ("seed", -5, 0, "-5 is below the lowest seed on offer (0)", 3),
+    ("frozen", 7, 2, "7 is above the highest frozen layers on offer (2)", 1),
+])
+def test_a_typed_value_outside_the_range_is_moved_inside_and_the_control_says_so(name, typed, kept, said, fine):
+    app = Playground()
+    control = app.controls[name]
+    control.type(typed)
+    assert control.value == pytest.approx(kept) and getattr(app.settings(), name) == pytest.approx(kept)
+    assert said in control.note.value
+    control.type(fine)  # a value in range is taken as it is, and the note goes
+    assert control.value == pytest.approx(fine) and control.note.value == ""
+
+
+def test_the_status_line_shows_a_steady_speed(monkeypatch):
+    """One step can report 900 tokens/s and the next 10,600: the line shows tokens / seconds over the last steps."""
+    speeds = [900.0, 10_600.0] * 15
+    shown: list[str] = []
+
+    def fake_run(settings, *, run, on_event, stop):
+        for step, speed in enumerate(speeds, start=1):
+            event = {"kind": "step", "step": step, "mlm": 8.0, "nsp": 0.69, "loss": 8.7, "elapsed": 0.1 * step,
+                     "tokens_per_s": speed, "lr": 1e-3}
+            run.pretraining.steps.append(event)
+            on_event({**event, "phase": "pretraining"})
+            shown.append(app.status.value)
+        run.status = "finished"
+        on_event({"kind": "run_end", "phase": "run"})
+
+    monkeypatch.setattr(engine, "run_experiment", fake_run)
+    monkeypatch.setattr("teachkit.widgets.REDRAW_EVERY", 0.0)  # a status line after every step
+    app = Playground()
+    app.apply(TINY)
+    assert app.run()
+    finished(app)
+    rates = [float(re.search(r"([\d,]+) tokens/s", text).group(1).replace(",", "")) for text in shown]
+    assert set(rates[20:]) == {1700.0}, rates  # 2 / (1/900 + 1/10,600) = 1,659: two significant figures
+    assert "white-space: nowrap" in app.root.children[0].value  # the status stays on one line

@@ -1,0 +1,312 @@
+"""The training playground's page: help for every control, a number control that says when it changed
+what was typed, the texts around the plots, and the style. `teachkit.widgets.Playground` uses them."""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+
+import ipywidgets as W
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from teachkit import playground as engine
+from teachkit.playground import LIMITS, SIZE_PRESETS, VOCAB_SIZE, Run, Settings
+
+COLOURS = qualitative.D3  # run n gets COLOURS[(n - 1) % 10]
+FONT = {"size": 15}  # projector-sized text in every figure
+LABEL = "150px"  # width of every control's name
+NAMES = {"pretrain": "Pre-train first", "budget": "Pre-training budget", "mask_rate": "Mask rate",
+         "nsp": "Next-sentence prediction", "size": "Model size", "layers": "Layers", "width": "Width (d_model)",
+         "heads": "Attention heads", "labels": "Labelled examples", "epochs": "Fine-tuning epochs",
+         "frozen": "Frozen layers", "lr": "Learning rate", "batch_size": "Batch size", "seed": "Seed"}
+HELP = {  # what each control does: shown where the pointer rests, and under "What the settings mean"
+    "pretrain": "Train on unlabelled Wikipedia text first. Off: fine-tuning starts from random weights.",
+    "budget": "How long pre-training runs, in seconds (wall clock) or in steps (the same on any machine).",
+    "mask_rate": "Share of the tokens hidden for masked-LM to guess back (BERT: 15%).",
+    "nsp": "Also learn next-sentence prediction: does sentence B follow sentence A? (BERT's second task)",
+    "size": "A published BERT size, or 'custom' for your own layers, width and heads.",
+    "layers": "Transformer layers stacked on top of each other: more layers, more capacity, slower.",
+    "width": "d_model: the length of the vector that stands for each token. Wider: more capacity, slower.",
+    "heads": "Attention heads per layer, each free to look at other words; they share the width.",
+    "labels": "How many labelled movie reviews fine-tuning may learn from (the label budget).",
+    "epochs": "Passes over those labelled reviews during fine-tuning.",
+    "frozen": "The lowest layers kept as pre-training left them while fine-tuning; only the ones above learn.",
+    "lr": "Learning rate: the size of each training step, in both phases. Too high blows up; too low crawls.",
+    "batch_size": "Examples per training step, in both phases.",
+    "seed": "Fixes the random start, data order and masking: the same seed and settings repeat a run.",
+}
+INTRO = ("<h2>Training playground: pre-training vs fine-tuning</h2><div class='tk-intro'><b>Pre-training</b> "
+         "teaches a small BERT about language from unlabelled text (guess the hidden words, and whether two sentences "
+         "belong together); <b>fine-tuning</b> then teaches it one task, the sentiment of movie reviews, from a few "
+         "labelled ones. Press <b>Run</b>: every run stays on the plots.</div>")
+TIPS = """<details class='tk-more'><summary>Things to try</summary><ul>
+<li><b>Is pre-training worth it?</b> Run once with <i>Pre-train first</i> off, then once with it on, and compare
+the validation accuracy curves. Then pre-train for longer (300 s) and compare again.</li>
+<li><b>Few labels:</b> set <i>Labelled examples</i> to 100, then 2000. When does pre-training matter most?</li>
+<li><b>Mask rate:</b> BERT hides 15% of the tokens. What happens to the masked-LM loss at 40%?</li>
+<li><b>Freeze layers:</b> keep the pre-trained layers fixed and train only the top. Faster? Better?</li>
+</ul></details>"""
+READING = f"""<details class='tk-more'><summary>How to read the plots</summary><ul>
+<li><b>Grey dotted lines are what guessing scores.</b> A model that spreads its bet evenly over the
+{VOCAB_SIZE:,} tokens of the vocabulary has a masked-LM loss of ln {VOCAB_SIZE:,} =
+{engine.uniform_loss(VOCAB_SIZE):.1f}; one that says "50/50" to every sentence pair has a next-sentence loss of
+ln 2 = {engine.uniform_loss(2):.2f}, and so does a sentiment classifier that tosses a coin.</li>
+<li><b>A loss must fall well below its line before pre-training can help.</b> A masked-LM loss a little under
+{engine.uniform_loss(VOCAB_SIZE):.1f} means the model has learned which words are frequent, not yet what they
+mean in context, so a short pre-training leaves fine-tuning where it was. Next-sentence loss stuck at 0.69 means
+it is still guessing.</li>
+<li>Fine-tuning is drawn against <b>epochs</b> (passes over the labelled reviews), so runs with 100 and 1,000
+labels share one axis. Click a run in the legend to hide it; <i>Clear runs</i> starts over.</li></ul></details>"""
+STYLE = """<style>
+.teachkit-playground, .teachkit-playground .widget-label, .teachkit-playground label,
+.teachkit-playground input, .teachkit-playground select, .teachkit-playground button { font-size: 15px; }
+.teachkit-playground h2 { font-size: 24px; margin: 0; }
+.teachkit-playground .tk-intro { font-size: 15px; color: #333; margin: 2px 0 2px 0; }
+.teachkit-playground h3 { font-size: 17px; margin: 8px 0 0 0; color: #222; }
+.teachkit-playground h3 small { font-size: 13px; font-weight: normal; color: #666; }
+.teachkit-playground .tk-status { font-size: 16px; padding: 6px 10px; background: #f3f6fa; border-radius: 4px;
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.teachkit-playground .tk-problem, .teachkit-playground .tk-note { color: #7a4100; background: #fff4e0;
+  padding: 4px 8px; border-radius: 4px; margin: 2px 0; font-size: 14px; line-height: 1.3; }
+.teachkit-playground .tk-hint { color: #1f4e79; background: #e8f1fb; padding: 4px 8px; border-radius: 4px;
+  margin: 2px 0; font-size: 14px; line-height: 1.3; }
+.teachkit-playground .tk-error { color: #8b0000; background: #fde8e8; padding: 6px 10px; border-radius: 4px; }
+.teachkit-playground details.tk-more { display: inline-block; vertical-align: top; margin: 0 18px 0 0;
+  font-size: 14px; max-width: 820px; }
+.teachkit-playground details.tk-more summary { cursor: pointer; color: #1f4e79; font-weight: bold; }
+.teachkit-playground table.tk-results { border-collapse: collapse; font-size: 14px; width: 100%; }
+.teachkit-playground table.tk-results td, .teachkit-playground table.tk-results th {
+  border-bottom: 1px solid #ddd; padding: 3px 6px; text-align: right; white-space: nowrap; }
+.teachkit-playground table.tk-results td.tk-other { white-space: normal; text-align: left; font-size: 12px;
+  color: #555; }
+</style>"""
+
+
+class NumberControl:
+    """A slider with a box to type a number into. A typed value outside the range is moved inside it,
+    and a note under the control says so (the frontend's own box would change it silently)."""
+
+    def __init__(self, name: str, label: str, *, value, low, high, step=None, log: bool = False,
+                 slider: bool = True):
+        self.name, self._busy = name, False
+        kind = float if isinstance(value, float) else int
+        common = {"continuous_update": False, "readout": False, "layout": W.Layout(width="105px")}
+        if log:  # a log slider's min and max are powers of ten
+            self.slider = W.FloatLogSlider(value=value, base=10, min=log10(low), max=log10(high), step=0.25,
+                                           **common)
+        elif kind is float:
+            self.slider = W.FloatSlider(value=value, min=low, max=high, step=step or 0.05, **common)
+        else:
+            self.slider = W.IntSlider(value=value, min=low, max=high, step=step or 1, **common)
+        self.box = (W.FloatText if kind is float else W.IntText)(value=value, continuous_update=False,
+                                                                  layout=W.Layout(width="80px"))
+        self.note = W.HTML()
+        self.slider.observe(self._slid, names="value")
+        self.box.observe(self._typed, names="value")
+        name_label = label_for(name, label)
+        parts = [name_label, *([self.slider] if slider else []), self.box]
+        self.row = W.HBox(parts, layout=W.Layout(align_items="center"))
+        # (not on the HBox: ipywidgets 8.1's box view fails to draw with a tooltip)
+        self.slider.tooltip = self.box.tooltip = HELP[name]
+        self.widget = W.VBox([self.row, self.note])
+        self.box.add_class(f"tk-box-{name}")  # handles for tests and for anyone restyling the page
+        self.note.add_class(f"tk-note-{name}")
+
+    @property
+    def value(self):
+        return self.slider.value
+
+    @value.setter
+    def value(self, new) -> None:
+        self.slider.value = new
+
+    @property
+    def max(self):
+        return self.slider.max
+
+    @max.setter
+    def max(self, new) -> None:
+        self.slider.max = new
+
+    @property
+    def disabled(self) -> bool:
+        return self.slider.disabled
+
+    @disabled.setter
+    def disabled(self, new: bool) -> None:
+        self.slider.disabled = self.box.disabled = new
+
+    def observe(self, handler, names="value") -> None:
+        self.slider.observe(handler, names=names)
+
+    def type(self, value) -> None:
+        """What typing `value` into the box and pressing Enter does (for scripts and tests)."""
+        self.box.value = value
+
+    def _slid(self, change) -> None:
+        if not self._busy:
+            self.note.value = ""  # a value chosen with the slider is always in range
+        self.box.value = change["new"]
+
+    def _typed(self, change) -> None:
+        if change["new"] == self.slider.value:  # the box shows the slider's value: nothing was typed
+            return
+        low, high = (10 ** self.slider.min, 10 ** self.slider.max) if isinstance(self.slider, W.FloatLogSlider) \
+            else (self.slider.min, self.slider.max)
+        value, why = engine.clamp(self.name, change["new"], low=low, high=high)
+        self.note.value = f"<div class='tk-note'>{html.escape(why)}</div>" if why else ""
+        self._busy = True
+        try:
+            self.slider.value = value
+            self.box.value = self.slider.value  # the slider's own rounding, shown
+        finally:
+            self._busy = False
+
+
+def log10(x: float) -> float:
+    """A log slider's end for x (rounded: 10 ** log10(0.1) must give 0.1 back)."""
+    return round(math.log10(x), 6)
+
+
+def number_control(name: str, label: str, **kw) -> NumberControl:
+    low, high = LIMITS[name]
+    return NumberControl(name, label, value=getattr(Settings(), name), low=low, high=high, **kw)
+
+
+def choice(kind, name: str, **kw) -> W.Widget:
+    widget = kind(value=getattr(Settings(), name), **kw)
+    widget.tooltip = HELP["budget" if name == "budget_unit" else name]
+    widget.add_class(f"tk-{name}")
+    return widget
+
+
+def make_controls() -> dict[str, object]:
+    """Every setting's control, by the Settings field it sets, at the default settings."""
+    d = Settings()
+    return {
+        "pretrain": choice(W.Checkbox, "pretrain", description="Pre-train first", indent=False),
+        "budget": number_control("budget", "Pre-training budget"),
+        "budget_unit": choice(W.Dropdown, "budget_unit", options=["seconds", "steps"],
+                              layout=W.Layout(width="90px")),
+        "mask_rate": number_control("mask_rate", "Mask rate", step=0.05),
+        "nsp": choice(W.Checkbox, "nsp", description="Next-sentence prediction too", indent=False),
+        "size": choice(W.Dropdown, "size", options=[*SIZE_PRESETS, "custom"], layout=W.Layout(width="180px")),
+        "layers": number_control("layers", "Layers"),
+        "width": number_control("width", "Width (d_model)", step=16),
+        "heads": number_control("heads", "Attention heads"),
+        "labels": number_control("labels", "Labelled examples"),
+        "epochs": number_control("epochs", "Fine-tuning epochs"),
+        "frozen": NumberControl("frozen", "Frozen layers", value=d.frozen, low=0, high=d.layers),
+        "lr": number_control("lr", "Learning rate", log=True),
+        "batch_size": number_control("batch_size", "Batch size"),
+        "seed": number_control("seed", "Seed", slider=False),
+    }
+
+
+def label_for(name: str, text: str) -> W.Label:
+    """A control's name, the same width in every row, with its help where the pointer rests."""
+    return W.Label(text, tooltip=HELP[name], layout=W.Layout(width=LABEL, min_width=LABEL, flex="0 0 auto"))
+
+
+def glossary() -> str:
+    """Every control's name and what it does, as a folded list."""
+    items = "".join(f"<li><b>{html.escape(NAMES[n])}</b>: {html.escape(h)}</li>" for n, h in HELP.items())
+    return f"<details class='tk-more'><summary>What the settings mean</summary><ul>{items}</ul></details>"
+
+
+def empty_figure() -> go.Figure:
+    """The three panels, the reference lines and the legend's corner, before any run."""
+    # One figure with three panels, not three figures: each plotly FigureWidget ships its own copy
+    # of plotly.js (5 MB) to the browser, and anywidget gives up on a widget that takes over 2 s to load.
+    # The fourth corner holds the legend: one entry per run, however many runs there are.
+    grid = make_subplots(rows=2, cols=2, specs=[[{}, None], [{}, {}]], vertical_spacing=0.2,
+                         horizontal_spacing=0.13, subplot_titles=[
+                             "Pre-training loss", "Fine-tuning loss", "Validation accuracy"])
+    # Lay the figure out before it becomes a widget: layout changes made to a FigureWidget before the
+    # browser has drawn it are lost.
+    grid.update_layout(height=560, font=FONT, template="plotly_white", margin={"l": 60, "r": 10, "t": 30, "b": 50},
+                       legend={"x": 0.56, "y": 1.03, "xanchor": "left", "yanchor": "top", "font": {"size": 13},
+                               "title": {"text": "Runs (click one to hide it)"}, "tracegroupgap": 2,
+                               "itemclick": "toggle", "itemdoubleclick": "toggleothers"},
+                       hoverlabel={"namelength": -1})
+    grid.update_annotations(font_size=17)  # the panel titles
+    for (row, col), (x, y) in {(1, 1): ("pre-training step", "loss"), (2, 1): ("fine-tuning epoch", "loss"),
+                               (2, 2): ("fine-tuning epoch", "accuracy")}.items():
+        grid.update_xaxes(title_text=x, title_standoff=4, row=row, col=col)
+        grid.update_yaxes(title_text=y, title_standoff=4, row=row, col=col)
+    grid.update_yaxes(range=[0.35, 1.0], tickformat=".0%", row=2, col=2)
+    empty_axes(grid)
+    guess = {"line_dash": "dot", "line_color": "grey", "exclude_empty_subplots": False,
+             "annotation_font": {"size": 12, "color": "#555"}}
+    mlm, coin = engine.uniform_loss(VOCAB_SIZE), engine.uniform_loss(2)
+    grid.add_hline(y=mlm, row=1, col=1, annotation_text=f"guessing any of {VOCAB_SIZE:,} tokens: ln V = {mlm:.1f}",
+                   annotation_position="top right", **guess)
+    grid.add_hline(y=coin, row=1, col=1, annotation_text=f"coin toss (next sentence): ln 2 = {coin:.2f}",
+                   annotation_position="top right", **guess)
+    grid.add_hline(y=coin, row=2, col=1, annotation_text=f"coin toss: ln 2 = {coin:.2f}",
+                   annotation_position="top right", **guess)
+    grid.add_hline(y=0.5, row=2, col=2, annotation_text="coin toss: 50%", annotation_position="bottom right",
+                   **guess)
+    # plotly.js draws a panel's axes only once something refers to them: an empty curve does.
+    for row, col in ((1, 1), (2, 1)):
+        grid.add_scatter(x=[], y=[], showlegend=False, hoverinfo="skip", meta="placeholder", row=row, col=col)
+    return grid
+
+
+def empty_axes(figure) -> None:
+    """Axes that fit the default run before there is any (plotly's own guess for no data is -1 to 6)."""
+    d = Settings()
+    figure.update_xaxes(range=[0, d.budget], autorange=False, row=1, col=1)
+    figure.update_yaxes(range=[0, 9.5], autorange=False, row=1, col=1)
+    figure.update_xaxes(range=[0, d.epochs], autorange=False, row=2)
+    figure.update_yaxes(range=[0, 1.0], autorange=False, row=2, col=1)
+
+
+# The results table: the columns a lecture compares first; the rest of the settings share one small cell.
+TABLE_COLUMNS = ("run", "pre-training", "labels", "epochs", "model", "val. accuracy", "MLM loss", "status")
+OTHER_COLUMNS = ("mask", "lr", "batch", "frozen", "seed", "seconds")
+
+
+def results_table(runs: list[Run]) -> str:
+    """One row per run, edged in its colour: what a lecture compares first, the rest in one small cell."""
+    if not runs:
+        return "<p>No runs yet. Each run you make adds a row here and a curve to every plot.</p>"
+    head = "".join(f"<th>{k}</th>" for k in (*TABLE_COLUMNS, "other settings"))
+    body = ""
+    for run in runs:
+        row = run.summary()
+        cells = "".join(f"<td>{html.escape(_fmt(k, row[k]))}</td>" for k in TABLE_COLUMNS)
+        other = ", ".join(f"{k} {_fmt(k, row[k])}" for k in OTHER_COLUMNS)
+        body += (f"<tr style='border-left: 6px solid {colour(run.number)}'>{cells}"
+                 f"<td class='tk-other'>{html.escape(other)}</td></tr>")
+    return f"<div style='overflow-x: auto'><table class='tk-results'><tr>{head}</tr>{body}</table></div>"
+
+
+def colour(number: int) -> str:
+    """Run n's colour, the same in every panel, the legend and the table."""
+    return COLOURS[(number - 1) % len(COLOURS)]
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if key == "val. accuracy":
+        return f"{100 * value:.1f}%"
+    if key == "mask":
+        return f"{100 * value:.0f}%"
+    if key == "lr":
+        return f"{value:.0e}".replace("e-0", "e-")
+    if key == "seconds":
+        return f"{value:.0f} s"
+    if key == "MLM loss":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def status_html(text: str) -> str:
+    """The one-line status (HTML); the whole line shows where the pointer rests on it."""
+    whole = html.unescape(re.sub(r"<[^>]+>", "", text))
+    return f"<div class='tk-status' title='{html.escape(whole, quote=True)}'>{text}</div>"
