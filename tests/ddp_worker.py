@@ -80,6 +80,16 @@ def weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def reference_masking_rule(pick, how, special):
+    """A correct answer to the "write the 80/10/10 rule" exercise: roles from the two uniform draws."""
+    selected = (pick < 0.15) & ~special
+    roles = torch.zeros_like(pick, dtype=torch.long)
+    roles[selected & (how < 0.8)] = 1
+    roles[selected & (how >= 0.8) & (how < 0.9)] = 2
+    roles[selected & (how >= 0.9)] = 3
+    return roles
+
+
 def make_tokenizer():
     """A WordPiece tokenizer holding every word of these texts, built from a sorted vocab.txt.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from ddp_worker import reference_masking_rule
 import torch
 
 from teachkit import exercises
@@ -50,13 +51,7 @@ def wordpiece():
     return train_wordpiece(["the cat sat on the mat while the dog slept by the door"] * 20, vocab_size=120)
 
 
-def _teachkit_rule(pick, how, special):
-    selected = (pick < 0.15) & ~special
-    roles = torch.zeros_like(pick, dtype=torch.long)
-    roles[selected & (how < 0.8)] = 1
-    roles[selected & (how >= 0.8) & (how < 0.9)] = 2
-    roles[selected & (how >= 0.9)] = 3
-    return roles
+_teachkit_rule = reference_masking_rule
 
 
 def test_the_masking_rule_exercise_starts_unanswered_and_explains_a_mistake(wordpiece):

@@ -7,6 +7,7 @@ that the view changed, and that a nonsensical value shows a note instead of rais
 from __future__ import annotations
 
 import pytest
+from ddp_worker import reference_masking_rule
 import torch
 
 from teachkit import exercises, explorers
@@ -156,13 +157,7 @@ def test_check_wordpiece_compares_with_the_tokenizer(wordpiece):
 
 
 def test_check_masking_rule_compares_with_mask_tokens(wordpiece):
-    def rule(pick, how, special):
-        selected = (pick < 0.15) & ~special
-        roles = torch.zeros_like(pick, dtype=torch.long)
-        roles[selected & (how < 0.8)] = 1
-        roles[selected & (how >= 0.8) & (how < 0.9)] = 2
-        roles[selected & (how >= 0.9)] = 3
-        return roles
+    rule = reference_masking_rule
 
     text = " ".join(TEXTS[:4])
     assert exercises.check_masking_rule(rule, wordpiece, text).ok is True
