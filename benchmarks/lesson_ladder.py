@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from teachkit import checkpoint, compare  # noqa: E402
+from teachkit.demo import own_tokens  # noqa: E402
 from teachkit.tokenization import load_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "lesson_ladder.jsonl"
@@ -41,9 +42,8 @@ def ladder_points(run: Path) -> list[dict]:
     final = run / "pretrained"
     if (final / "training_state.json").is_file():
         state = json.loads((final / "training_state.json").read_text())
-        per_step = state["train_config"]["batch_size"] * checkpoint.model_config(final).max_len  # packed rows
         points.append({"folder": final, "step": state["step"], "seconds": state["elapsed"],
-                       "tokens_seen": state["step"] * per_step})
+                       "tokens_seen": own_tokens(final)})
     if not points:
         raise SystemExit(f"{run} has neither snapshots nor a finished checkpoint: pass a `teachkit pretrain --out` folder.")
     return points

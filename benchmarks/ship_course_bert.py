@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from teachkit import checkpoint, corpus  # noqa: E402
 from teachkit.__main__ import build_parser  # noqa: E402
 from teachkit.course import COURSE_BERT  # noqa: E402
+from teachkit.demo import own_tokens  # noqa: E402
 
 LADDER = ROOT / "benchmarks" / "results" / "lesson_ladder.jsonl"
 FILES = ("model.safetensors", "config.json", "tokenizer.json")
@@ -35,14 +36,13 @@ FILES = ("model.safetensors", "config.json", "tokenizer.json")
 def training_record(run: Path, *, command: str, hardware: str) -> dict:
     final = run / "pretrained"
     state = json.loads((final / "training_state.json").read_text())
-    cfg = checkpoint.model_config(final)
     steps = state["history"]["steps"]
     evals = state["history"]["evals"]
     args = build_parser().parse_args(shlex.split(command)[1:])  # the run's settings, as the CLI read them
     words = sum(t.count(" ") + 1 for t in corpus.pretraining_texts(args.corpus))
     return {"command": command, "corpus": args.corpus, "corpus_words": words, "mask_prob": args.mask_prob,
             "steps": state["step"],
-            "seconds": state["elapsed"], "tokens_seen": state["step"] * state["train_config"]["batch_size"] * cfg.max_len,
+            "seconds": state["elapsed"], "tokens_seen": own_tokens(final),
             "batch_size": state["train_config"]["batch_size"], "lr": state["train_config"]["lr"],
             "final_mlm_loss": float(np.mean([s["mlm"] for s in steps[-50:]])),  # the last 50 steps, averaged
             "held_out_mlm_loss": evals[-1]["mlm_loss"] if evals else None,
