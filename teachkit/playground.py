@@ -5,11 +5,11 @@ This module knows nothing about widgets, so it can be tested and scripted on its
 
 One run is the course's whole story in miniature:
 
-    unlabelled WikiText-2 --(masked-LM + next-sentence prediction)--> a small pre-trained BERT
+    a starting point: the course BERT, MiniLM, random weights, or your own pre-training run
+        (unlabelled WikiText-2 --(masked-LM + next-sentence prediction)--> a small pre-trained BERT)
     a few labelled movie reviews --(fine-tuning)--> a sentiment classifier, scored on held-out reviews
 
-With pre-training off, the same classifier starts from random weights, so two runs side by side
-show what the pre-training was worth.
+Two runs side by side, one from a pre-trained start and one from scratch, show what pre-training was worth.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import torch
 
-from teachkit import data, finetune, tokenization
+from teachkit import checkpoint, course, data, finetune, pretrained, tokenization
 from teachkit.config import PRESETS, ModelConfig
 from teachkit.model import build_model, count_parameters
 from teachkit.tasks import ClassificationTask, PretrainingTask
@@ -46,6 +46,12 @@ LIMITS = {  # the ranges the controls offer; loaded settings are checked against
     "lr": (1e-5, 1e-1), "batch_size": (2, 256), "labels": (N_CLASSES, 8530), "epochs": (1, 20),
     "seed": (0, 2**31 - 1),
 }
+# Where fine-tuning starts. Each pre-trained start has an untrained control (the same network and tokenizer,
+# random weights) so that a pair of runs measures the pre-training alone: "course BERT" against
+# "course BERT, untrained", and "my pre-training" against "scratch" (the model size controls' network).
+STARTS = ("course BERT", "course BERT, untrained", "my pre-training", "scratch", "MiniLM")
+COURSE_STARTS = ("course BERT", "course BERT, untrained")
+OWN_MODEL = ("my pre-training", "scratch")  # the starts whose model the size controls describe
 # Why a limit is where it is, for the note shown when a typed value is moved inside it.
 _WHY_LIMIT = {"labels": "the labelled training reviews there are", "lr": "faster rates make training blow up",
               "budget": "ten minutes or 600 steps", "batch_size": "the most a CPU holds comfortably",
@@ -57,7 +63,7 @@ _WHY_LIMIT = {"labels": "the labelled training reviews there are", "lr": "faster
 class Settings:
     """Everything one playground run depends on; saved as a small JSON file to reproduce the run."""
 
-    pretrain: bool = True  # pre-train on unlabelled text first (False: fine-tune from random weights)
+    start_from: str = "course BERT"  # where fine-tuning starts: one of STARTS
     budget: int = 40  # how long to pre-train, in `budget_unit`
     budget_unit: str = "seconds"  # "seconds" (wall clock) or "steps" (optimizer steps: repeatable)
     mask_rate: float = 0.15  # fraction of tokens the masked-LM objective hides and predicts (BERT: 15%)
@@ -73,9 +79,17 @@ class Settings:
     frozen: int = 0  # lowest transformer layers kept frozen while fine-tuning (0: all of them learn)
     seed: int = 0  # fixes the initial weights, the data order and the masking
 
+    @property
+    def pretrain(self) -> bool:
+        """True when this run pre-trains a model of its own before fine-tuning."""
+        return self.start_from == "my pre-training"
+
     def problems(self) -> list[str]:
         """What is impossible about these settings, each with what to change; empty when they can run."""
         found = []
+        if self.start_from not in STARTS:
+            found.append(f"Start from {self.start_from!r} is not one of {list(STARTS)}.")
+            return found
         if self.budget_unit not in ("seconds", "steps"):
             found.append(f"Budget unit {self.budget_unit!r} is not 'seconds' or 'steps'.")
         if self.size != "custom" and self.size not in SIZE_PRESETS:
@@ -84,24 +98,31 @@ class Settings:
             value = getattr(self, name)
             if not low <= value <= high:
                 found.append(f"{_LABELS[name]} = {value} is outside {low:g} to {high:g}.")
-        if self.heads >= 1 and self.width % self.heads:
+        if self.start_from in OWN_MODEL and self.heads >= 1 and self.width % self.heads:
             fits = [h for h in range(1, min(self.width, 16) + 1) if self.width % h == 0]
             found.append(f"Width {self.width} is not divisible by {self.heads} heads (each head gets width / heads "
                          f"dimensions): pick heads from {fits} or a width that is a multiple of {self.heads}.")
         preset = SIZE_PRESETS.get(self.size)
-        if preset and (preset.n_layers, preset.d_model, preset.n_heads) != (self.layers, self.width, self.heads):
+        if preset and self.start_from in OWN_MODEL and (preset.n_layers, preset.d_model, preset.n_heads) != (self.layers, self.width, self.heads):
             found.append(f"Model size {self.size!r} means {preset.n_layers} layers, width {preset.d_model}, "
                          f"{preset.n_heads} heads; for other numbers choose size 'custom'.")
-        if self.frozen < 0 or self.frozen > self.layers:
-            found.append(f"Cannot freeze {self.frozen} layers of a {self.layers}-layer model: "
-                         f"choose 0 to {self.layers}.")
-        if self.frozen == self.layers and not self.pretrain:
+        try:
+            layers = self.model_layers()
+        except (OSError, ValueError) as err:  # MiniLM not installed, say: the message says how to get it
+            return [*found, str(err)]
+        if self.frozen < 0 or self.frozen > layers:
+            found.append(f"Cannot freeze {self.frozen} layers of a {layers}-layer model: choose 0 to {layers}.")
+        if self.frozen == self.layers and self.start_from == "scratch":
             found.append("All layers frozen and no pre-training: the frozen layers would stay random. "
                          "Turn pre-training on or freeze fewer layers.")
         if self.labels < N_CLASSES:
             found.append(f"A label budget of {self.labels} is below the {N_CLASSES} classes: every class needs at "
                          f"least one example. Use {N_CLASSES} or more.")
         return found
+
+    def model_layers(self) -> int:
+        """Transformer layers of the model fine-tuning starts from (a checkpoint brings its own size)."""
+        return self.layers if self.start_from in OWN_MODEL else start_config(self.start_from).n_layers
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one pass over the labelled examples (a label budget below a batch is one batch)."""
@@ -117,8 +138,7 @@ class Settings:
 
     def describe(self) -> str:
         """A short label for legends: what makes this run different."""
-        pre = f"pre-train {self.budget_text()}" if self.pretrain else "no pre-training"
-        return f"{pre}, {self.layers}L×{self.width}, {self.labels} labels"
+        return f"{start_text(self.start_from, self.budget_text())}, {self.labels} labels"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -127,8 +147,11 @@ class Settings:
     def from_dict(cls, values: dict) -> Settings:
         """Settings from a dict (e.g. a saved JSON file); unknown names are an error, missing ones default."""
         if not isinstance(values, dict):
-            raise TypeError("A settings file holds one JSON object, like {\"pretrain\": true, \"budget\": 40}.")
+            raise TypeError("A settings file holds one JSON object, like {\"start_from\": \"scratch\", \"budget\": 40}.")
         known = {f.name: f for f in fields(cls)}
+        if isinstance(values.get("pretrain"), bool) and "start_from" not in values:  # a file saved before start_from
+            values = {**values, "start_from": "my pre-training" if values["pretrain"] else "scratch"}
+            values.pop("pretrain")
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"Unknown setting(s) {_short(unknown)}; the known ones are {sorted(known)}.")
@@ -169,6 +192,33 @@ def _short(value, limit: int = 80) -> str:
     """repr(value), cut to `limit` characters: an error message never echoes a whole huge value."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def start_description(start: str) -> str:
+    """What a starting point is, in a sentence for the page (the course BERT's figures come from its record)."""
+    if start == "course BERT":
+        info = course.course_bert_info()
+        return (f"the course's small BERT, pre-trained with masked-LM on {info['tokens_seen'] / 1e6:.0f}M tokens of "
+                f"movie reviews ({info['seconds'] / 60:.0f} CPU minutes): fine-tuning starts from its weights.")
+    return {"course BERT, untrained": "the course BERT's network and tokenizer with random weights: what its "
+                                      "pre-training is measured against.",
+            "my pre-training": "pre-train a new small BERT here first, with the settings below.",
+            "scratch": "random weights, at the model size below: what my pre-training is measured against.",
+            "MiniLM": "a real pre-trained BERT (6 layers, 384 wide, 22M parameters, pre-trained on about a billion "
+                      "sentence pairs); slower to fine-tune on a CPU, and it likes a lower learning rate (3e-4)."}[start]
+
+
+def start_text(start: str, budget: str) -> str:
+    """How a run starts, in a few words: "pre-train 40 s", "no pre-training", "course BERT"."""
+    return {"my pre-training": f"pre-train {budget}", "scratch": "no pre-training"}.get(start, start)
+
+
+@lru_cache(maxsize=None)
+def start_config(start: str) -> ModelConfig:
+    """The size of a checkpoint on offer (read from its config file, without loading its weights)."""
+    if start in COURSE_STARTS:
+        return checkpoint.model_config(course.course_bert())
+    return pretrained.architecture("minilm")[0]
 
 
 def matching_size(*, layers: int, width: int, heads: int, prefer: str = "") -> str:
@@ -229,6 +279,7 @@ class Run:
     pretraining_cut: bool = False  # pre-training was stopped before its budget was spent
     stopped_in: str = ""  # "pretraining" or "finetuning" when the run was stopped
     model: object = field(default=None, repr=False)  # the classifier as training left it (latest run only)
+    tokenizer: object = field(default=None, repr=False)  # the classifier's tokenizer (its start's own)
 
     @property
     def can_fine_tune(self) -> bool:
@@ -239,7 +290,7 @@ class Run:
         """What pre-training really did: "40 s", or "14 of 40 s" when it was stopped early."""
         s = self.settings
         if not s.pretrain:
-            return "off"
+            return "off" if s.start_from == "scratch" else s.start_from
         if not self.pretraining_cut:
             return s.budget_text()
         done = f"{self.pretrain_seconds:.0f}" if s.budget_unit == "seconds" else f"{len(self.pretraining.steps)}"
@@ -247,8 +298,7 @@ class Run:
 
     def describe(self) -> str:
         """A short label for legends: what makes this run different, with what really ran."""
-        pre = f"pre-train {self.pretraining_text()}" if self.settings.pretrain else "no pre-training"
-        return f"{pre}, {self.settings.labels} labels"
+        return f"{start_text(self.settings.start_from, self.pretraining_text())}, {self.settings.labels} labels"
 
     def summary(self) -> dict:
         """One row of the results table (and of the CSV export)."""
@@ -258,10 +308,17 @@ class Run:
             "run": self.number, "pre-training": self.pretraining_text(), "labels": s.labels,
             "val. accuracy": round(max(e["accuracy"] for e in fine), 4) if fine else None,
             "MLM loss": round(pre[-1]["mlm"], 3) if pre else None, "status": self.status,
-            "model": f"{s.layers}L×{s.width}, {s.heads}h", "mask": s.mask_rate, "lr": s.lr, "batch": s.batch_size,
+            "model": self.model_text(), "mask": s.mask_rate, "lr": s.lr, "batch": s.batch_size,
             "epochs": s.epochs, "frozen": s.frozen, "seed": s.seed, "pre-train steps": len(pre),
             "fine-tune steps": len(self.finetuning.steps), "seconds": round(self.seconds, 1),
         }
+
+    def model_text(self) -> str:
+        """The model's shape: "2L×64, 2h"; a checkpoint's own shape when the run starts from one."""
+        s = self.settings
+        cfg = start_config(s.start_from) if s.start_from not in OWN_MODEL else None
+        layers, width, heads = (cfg.n_layers, cfg.d_model, cfg.n_heads) if cfg else (s.layers, s.width, s.heads)
+        return f"{layers}L×{width}, {heads}h"
 
     def to_dict(self) -> dict:
         return {"number": self.number, "settings": asdict(self.settings), "status": self.status,
@@ -335,20 +392,37 @@ def run_experiment(settings: Settings, *, run: Run, on_event: Listener, stop: th
         on_event({"kind": "loading", "phase": "loading"})
         res = resources()
         torch.manual_seed(settings.seed)
-        cfg = settings.model_config(vocab_size=res.tokenizer.get_vocab_size())
-        classifier = build_model(cfg, task="classification", n_classes=N_CLASSES)
-        run.parameters, run.model = count_parameters(classifier), classifier
+        classifier, tokenizer = starting_point(settings, res)
+        run.parameters, run.model, run.tokenizer = count_parameters(classifier), classifier, tokenizer
         if settings.pretrain:
-            pretrained, result = pretrain(settings, cfg, res, run=run, on_event=on_event, stop=stop)
-            classifier.bert.load_state_dict(pretrained.bert.state_dict())  # the body carries over, heads do not
+            cfg = settings.model_config(vocab_size=res.tokenizer.get_vocab_size())
+            trained, result = pretrain(settings, cfg, res, run=run, on_event=on_event, stop=stop)
+            classifier.bert.load_state_dict(trained.bert.state_dict())  # the body carries over, heads do not
             run.pretrain_seconds = result.seconds
             run.pretraining_cut = result.stopped not in ("max_steps", "max_seconds")
             if stop.is_set():
                 return "pretraining"
-        fine_tune(settings, classifier, res, run=run, on_event=on_event, stop=stop)
+        fine_tune(settings, classifier, tokenizer, res, run=run, on_event=on_event, stop=stop)
         return "finetuning"
 
     return _execute(run, phases, on_event=on_event, stop=stop)
+
+
+def starting_point(settings: Settings, res: Resources):
+    """The classifier fine-tuning starts from, and its tokenizer: the run's own model, or a checkpoint's.
+
+    A checkpoint gets a new classification head (its pre-training heads are left behind) and the same
+    mean pooling and dropout as the run's own model, so only the starting weights differ.
+    """
+    if settings.start_from in OWN_MODEL:
+        cfg = settings.model_config(vocab_size=res.tokenizer.get_vocab_size())
+        return build_model(cfg, task="classification", n_classes=N_CLASSES), res.tokenizer
+    if settings.start_from == "course BERT, untrained":
+        cfg = start_config("course BERT").replace(pooling="mean", dropout=0.1, attn_dropout=0.1)
+        tokenizer = tokenization.load_tokenizer(course.course_bert() / "tokenizer.json")
+        return build_model(cfg, task="classification", n_classes=N_CLASSES), tokenizer
+    source = course.course_bert() if settings.start_from == "course BERT" else "minilm"
+    return finetune.classifier(source, n_classes=N_CLASSES, pooling="mean", dropout=0.1)
 
 
 def continue_to_finetuning(run: Run, *, on_event: Listener, stop: threading.Event) -> Run:
@@ -358,7 +432,7 @@ def continue_to_finetuning(run: Run, *, on_event: Listener, stop: threading.Even
                          "only such a run can go on to fine-tuning. Start a new run instead.")
 
     def phases() -> str:
-        fine_tune(run.settings, run.model, resources(), run=run, on_event=on_event, stop=stop)
+        fine_tune(run.settings, run.model, run.tokenizer, resources(), run=run, on_event=on_event, stop=stop)
         return "finetuning"
 
     return _execute(run, phases, on_event=on_event, stop=stop)
@@ -395,13 +469,13 @@ def pretrain(settings: Settings, cfg: ModelConfig, res: Resources, *, run: Run, 
     return model, result
 
 
-def fine_tune(settings: Settings, classifier, res: Resources, *, run: Run, on_event: Listener,
+def fine_tune(settings: Settings, classifier, tokenizer, res: Resources, *, run: Run, on_event: Listener,
               stop: threading.Event) -> None:
     """Train the classifier on `labels` reviews, scoring the validation subset after every epoch."""
     picked = finetune.subset(res.train, finetune.sample_budget(res.train.labels, budget=settings.labels,
                                                                seed=settings.seed))
     finetune.freeze(classifier, layers=settings.frozen)
-    task = ClassificationTask(picked, res.tokenizer, max_len=MAX_LEN, seed=settings.seed,
+    task = ClassificationTask(picked, tokenizer, max_len=MAX_LEN, seed=settings.seed,
                               eval_split=res.validation)
     batch = min(settings.batch_size, len(picked))  # a tiny label budget is one batch
     per_epoch = settings.steps_per_epoch()

@@ -18,12 +18,13 @@ from teachkit.playground import LIMITS, SIZE_PRESETS, VOCAB_SIZE, Run, Settings
 COLOURS = qualitative.D3  # run n gets COLOURS[(n - 1) % 10]
 FONT = {"size": 15}  # projector-sized text in every figure
 LABEL = "150px"  # width of every control's name
-NAMES = {"pretrain": "Pre-train first", "budget": "Pre-training budget", "mask_rate": "Mask rate",
+NAMES = {"start_from": "Start from", "budget": "Pre-training budget", "mask_rate": "Mask rate",
          "nsp": "Next-sentence prediction", "size": "Model size", "layers": "Layers", "width": "Width (d_model)",
          "heads": "Attention heads", "labels": "Labelled examples", "epochs": "Fine-tuning epochs",
          "frozen": "Frozen layers", "lr": "Learning rate", "batch_size": "Batch size", "seed": "Seed"}
 HELP = {  # what each control does: shown where the pointer rests, and under "What the settings mean"
-    "pretrain": "Train on unlabelled Wikipedia text first. Off: fine-tuning starts from random weights.",
+    "start_from": "Where fine-tuning starts: a pre-trained BERT (the course's, or MiniLM), your own pre-training run "
+                  "on unlabelled Wikipedia text, or random weights (untrained, scratch).",
     "budget": "How long pre-training runs, in seconds (wall clock) or in steps (the same on any machine).",
     "mask_rate": "Share of the tokens hidden for masked-LM to guess back (BERT: 15%).",
     "nsp": "Also learn next-sentence prediction: does sentence B follow sentence A? (BERT's second task)",
@@ -43,8 +44,11 @@ INTRO = ("<h2>Training playground: pre-training vs fine-tuning</h2><div class='t
          "belong together); <b>fine-tuning</b> then teaches it one task, the sentiment of movie reviews, from a few "
          "labelled ones. Press <b>Run</b>: every run stays on the plots.</div>")
 TIPS = """<details class='tk-more'><summary>Things to try</summary><ul>
-<li><b>Is pre-training worth it?</b> Run once with <i>Pre-train first</i> off, then once with it on, and compare
-the validation accuracy curves. Then pre-train for longer (300 s) and compare again.</li>
+<li><b>Is pre-training worth it?</b> Run once as it is (from the course BERT), then once with <i>Start from</i>
+set to <i>course BERT, untrained</i> (the same network with random weights), and compare the validation accuracy
+curves.</li>
+<li><b>Pre-train it yourself:</b> start from <i>my pre-training</i> with 40 s, then 300 s. How far from the course
+BERT's 100 minutes does it get?</li>
 <li><b>Few labels:</b> set <i>Labelled examples</i> to 100, then 2000. When does pre-training matter most?</li>
 <li><b>Mask rate:</b> BERT hides 15% of the tokens. What happens to the masked-LM loss at 40%?</li>
 <li><b>Freeze layers:</b> keep the pre-trained layers fixed and train only the top. Faster? Better?</li>
@@ -71,6 +75,7 @@ STYLE = """<style>
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .teachkit-playground .tk-problem, .teachkit-playground .tk-note { color: #7a4100; background: #fff4e0;
   padding: 4px 8px; border-radius: 4px; margin: 2px 0; font-size: 14px; line-height: 1.3; }
+.teachkit-playground .tk-start-note { color: #333; font-size: 14px; line-height: 1.3; margin: 2px 0 4px 0; }
 .teachkit-playground .tk-hint { color: #1f4e79; background: #e8f1fb; padding: 4px 8px; border-radius: 4px;
   margin: 2px 0; font-size: 14px; line-height: 1.3; }
 .teachkit-playground .tk-error { color: #8b0000; background: #fde8e8; padding: 6px 10px; border-radius: 4px; }
@@ -187,7 +192,7 @@ def make_controls() -> dict[str, object]:
     """Every setting's control, by the Settings field it sets, at the default settings."""
     d = Settings()
     return {
-        "pretrain": choice(W.Checkbox, "pretrain", description="Pre-train first", indent=False),
+        "start_from": choice(W.Dropdown, "start_from", options=list(engine.STARTS), layout=W.Layout(width="230px")),
         "budget": number_control("budget", "Pre-training budget"),
         "budget_unit": choice(W.Dropdown, "budget_unit", options=["seconds", "steps"],
                               layout=W.Layout(width="90px")),

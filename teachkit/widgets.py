@@ -23,7 +23,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 
 from teachkit import playground as engine
-from teachkit.playground import SIZE_PRESETS, Run, Settings
+from teachkit.playground import OWN_MODEL, SIZE_PRESETS, Run, Settings
 from teachkit.playground_page import (
     INTRO,
     READING,
@@ -99,6 +99,7 @@ class Playground:
         self.status = W.HTML(self._status_html("Choose settings and press Run."))
         self.problems = W.HTML()
         self.hint = W.HTML()
+        self.start_note = W.HTML()
         self.error = W.HTML()
         self.table = W.HTML(self._table_html())
         self.downloads = W.HTML()
@@ -112,7 +113,8 @@ class Playground:
         budget = W.HBox([c["budget"].row, c["budget_unit"]], layout=W.Layout(align_items="center"))
         left = W.VBox([
             W.HBox([self.run_button, self.stop_button, self.continue_button]), self.problems, self.hint,
-            section("1. Pre-training", "unlabelled Wikipedia text"), c["pretrain"],
+            section("1. Start from", "a pre-trained BERT, your own pre-training, or random weights"),
+            W.HBox([label_for("start_from", "Start from"), c["start_from"]]), self.start_note,
             W.VBox([budget, c["budget"].note]), c["mask_rate"].widget, c["nsp"],
             section("2. Model"), W.HBox([label_for("size", "Model size"), c["size"]]),
             c["layers"].widget, c["width"].widget, c["heads"].widget,
@@ -151,10 +153,10 @@ class Playground:
             raise ValueError("These settings cannot run: " + " ".join(problems))
         self._syncing = True  # the values are set as a whole: no preset or custom size is inferred on the way
         try:
-            self.controls["frozen"].max = max(self.controls["frozen"].max, settings.layers)
+            self.controls["frozen"].max = max(self.controls["frozen"].max, settings.model_layers())
             for name, value in asdict(settings).items():
                 self.controls[name].value = value
-            self.controls["frozen"].max = settings.layers
+            self.controls["frozen"].max = settings.model_layers()
         finally:
             self._syncing = False
         self._refresh()
@@ -192,14 +194,25 @@ class Playground:
             elif name in ("layers", "width", "heads"):  # back on a preset's numbers, the menu names it again
                 c["size"].value = engine.matching_size(layers=c["layers"].value, width=c["width"].value,
                                                        heads=c["heads"].value, prefer=self._preset)
-            c["frozen"].max = c["layers"].value  # cannot freeze more layers than there are
+            c["frozen"].max = self._layers()  # cannot freeze more layers than there are
         finally:
             self._syncing = False
         self._refresh()
 
+    def _layers(self) -> int:
+        """Layers of the model the chosen start fine-tunes (the size controls' own when it builds one)."""
+        try:
+            return self.settings().model_layers()
+        except (OSError, ValueError):  # MiniLM missing: problems() says so next to Run
+            return self.controls["layers"].value
+
     def _refresh(self) -> None:
+        start = self.controls["start_from"].value
         for key in ("budget", "budget_unit", "mask_rate", "nsp"):
-            self.controls[key].disabled = not self.controls["pretrain"].value
+            self.controls[key].disabled = start != "my pre-training"
+        for key in ("size", "layers", "width", "heads"):  # a checkpoint brings its own size
+            self.controls[key].disabled = start not in OWN_MODEL
+        self.start_note.value = f"<div class='tk-start-note'>{html.escape(engine.start_description(start))}</div>"
         self._check()
 
     def _check(self) -> list[str]:

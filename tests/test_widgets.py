@@ -11,16 +11,19 @@ import io
 import json
 import math
 import re
+import threading
 import time
 from dataclasses import replace
 
 import pytest
+import torch
 
+from teachkit import checkpoint, course
 from teachkit import playground as engine
 from teachkit.playground import Settings
 from teachkit.widgets import Playground
 
-TINY = Settings(budget=6, budget_unit="steps", labels=48, epochs=2, batch_size=16)
+TINY = Settings(start_from="my pre-training", budget=6, budget_unit="steps", labels=48, epochs=2, batch_size=16)
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +109,7 @@ def test_second_run_is_overlaid_and_run_while_running_is_refused():
     assert "already going" in app.status.value
     finished(app)
     first = curves(app)
-    app.apply(replace(TINY, pretrain=False, seed=1))
+    app.apply(replace(TINY, start_from="scratch", seed=1))
     assert app.run()
     finished(app)
     assert [r.number for r in app.runs] == [1, 2] and len(app.runs) == 2
@@ -123,6 +126,7 @@ def test_second_run_is_overlaid_and_run_while_running_is_refused():
 def test_impossible_settings_are_explained_and_block_run():
     app = Playground()
     c = app.controls
+    c["start_from"].value = "my pre-training"  # the size controls describe the run's own model
     c["width"].value, c["heads"].value = 96, 5
     assert c["size"].value == "custom"
     assert "not divisible by 5 heads" in app.problems.value
@@ -141,10 +145,10 @@ def test_impossible_settings_are_explained_and_block_run():
 
     assert any("classes" in p for p in Settings(labels=1).problems())
     assert any("freeze 3 layers" in p for p in Settings(frozen=3).problems())
-    assert any("frozen" in p for p in Settings(frozen=2, pretrain=False).problems())
+    assert any("frozen" in p for p in Settings(frozen=2, start_from="scratch").problems())
     assert any("outside" in p for p in Settings(lr=1.0).problems())
     with pytest.raises(ValueError, match="cannot run"):
-        app.apply(Settings(width=100, heads=3, size="custom"))
+        app.apply(Settings(start_from="scratch", width=100, heads=3, size="custom"))
 
 
 def test_error_in_training_is_shown_in_the_app(monkeypatch):
@@ -196,13 +200,13 @@ def test_bad_settings_files_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="should be a int"):
         app.load_settings('{"layers": "two"}')
     with pytest.raises(ValueError, match="not divisible"):
-        app.load_settings('{"size": "custom", "width": 100, "heads": 3}')
+        app.load_settings('{"start_from": "scratch", "size": "custom", "width": 100, "heads": 3}')
     assert app.settings() == Settings()  # nothing half-applied
 
 
 def test_every_run_has_a_legend_entry_whether_it_pre_trains_or_not():
     app = Playground()
-    for settings in (TINY, replace(TINY, pretrain=False), replace(TINY, pretrain=False, seed=1)):
+    for settings in (TINY, replace(TINY, start_from="scratch"), replace(TINY, start_from="scratch", seed=1)):
         app.apply(settings)
         assert app.run()
         finished(app)
@@ -217,7 +221,7 @@ def test_every_run_has_a_legend_entry_whether_it_pre_trains_or_not():
 def test_fine_tuning_runs_of_any_size_share_one_epoch_axis_and_clear_removes_them():
     app = Playground()
     for labels in (48, 160):  # 3 and 10 steps per epoch
-        app.apply(replace(TINY, pretrain=False, labels=labels))
+        app.apply(replace(TINY, start_from="scratch", labels=labels))
         assert app.run()
         finished(app)
     drawn = curves(app)
@@ -282,3 +286,52 @@ def test_the_status_line_shows_a_steady_speed(monkeypatch):
     rates = [float(re.search(r"([\d,]+) tokens/s", text).group(1).replace(",", "")) for text in shown]
     assert set(rates[20:]) == {1700.0}, rates  # 2 / (1/900 + 1/10,600) = 1,659: two significant figures
     assert "white-space: nowrap" in app.root.children[0].value  # the status stays on one line
+
+
+def test_each_starting_point_fine_tunes_its_own_network_with_its_own_tokenizer():
+    res = engine.resources()
+    loaded, course_tok = engine.starting_point(replace(TINY, start_from="course BERT"), res)
+    twin, twin_tok = engine.starting_point(replace(TINY, start_from="course BERT, untrained"), res)
+    saved = checkpoint.load_model(course.course_bert())
+    same = [torch.equal(loaded.bert.state_dict()[k], v) for k, v in saved.bert.state_dict().items()]
+    assert all(same), "the course BERT start must carry every pre-trained body weight"
+    assert twin.bert.state_dict().keys() == saved.bert.state_dict().keys()
+    assert not torch.equal(twin.bert.body.embed.tokens.weight, saved.bert.body.embed.tokens.weight)
+    assert course_tok.get_vocab() == twin_tok.get_vocab() != res.tokenizer.get_vocab()
+    own, own_tok = engine.starting_point(replace(TINY, start_from="scratch"), res)
+    assert own_tok is res.tokenizer and own.cfg.d_model == TINY.width
+    minilm = engine.start_config("MiniLM")
+    assert replace(TINY, start_from="MiniLM", frozen=minilm.n_layers).problems() == []
+    assert any("Cannot freeze 7 layers of a 6-layer model" in p
+               for p in replace(TINY, start_from="MiniLM", frozen=7).problems())
+
+
+def test_a_checkpoint_start_disables_the_controls_it_ignores_and_says_what_it_is():
+    app = Playground()
+    assert app.settings().start_from == "course BERT"  # the default comparison shows pre-training's effect
+    assert app.controls["width"].disabled and app.controls["budget"].disabled
+    assert "movie reviews" in app.start_note.value
+    app.controls["start_from"].value = "my pre-training"
+    assert not app.controls["width"].disabled and not app.controls["mask_rate"].disabled
+    app.controls["start_from"].value = "scratch"
+    assert not app.controls["width"].disabled and app.controls["mask_rate"].disabled
+    app.controls["start_from"].value = "MiniLM"
+    assert app.controls["frozen"].max == 6 and "22M parameters" in app.start_note.value
+
+
+def test_a_settings_file_saved_before_start_from_still_loads():
+    old = json.loads(TINY.to_json())
+    del old["start_from"]
+    assert Settings.from_dict({**old, "pretrain": True}).start_from == "my pre-training"
+    assert Settings.from_dict({**old, "pretrain": False}).start_from == "scratch"
+
+
+def test_the_default_comparison_shows_what_the_course_bert_is_worth():
+    """Course BERT against its untrained twin at the default learning rate: pre-training wins clearly."""
+    accuracy = {}
+    for start in ("course BERT", "course BERT, untrained"):
+        run = engine.Run(number=1, settings=replace(Settings(), start_from=start, labels=300, epochs=3))
+        engine.run_experiment(run.settings, run=run, on_event=lambda e: None, stop=threading.Event())
+        assert run.status == "finished", run.message
+        accuracy[start] = run.summary()["val. accuracy"]
+    assert accuracy["course BERT"] >= accuracy["course BERT, untrained"] + 0.04, accuracy
