@@ -262,6 +262,9 @@ def test_playground_at_projector_size_compares_runs_at_a_glance(voila):
             type_number(page, "budget", 500)
             type_number(page, "labels", 100)
             run_button(page).click()
+            # The kernel has taken the click once Stop is enabled (on a loaded machine that can take a while);
+            # the hint goes out with it, before the run's thread starts, so it is there from then on.
+            expect(page.locator("button", has_text="Stop")).to_be_enabled(timeout=120_000)
             expect(page.locator(".tk-hint")).to_contain_text("applies to the next run")
             wait_for_points(page, watch, "run1-mlm", 5, folder=folder)
             shots.append(shot(page, folder, "3-pretraining-live"))
