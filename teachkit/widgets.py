@@ -51,6 +51,7 @@ class Playground:
     def __init__(self) -> None:
         self.runs: list[Run] = []
         self._thread: threading.Thread | None = None
+        self._active: Run | None = None  # the run being trained, from its start to its last event
         self._stop = threading.Event()
         self._last_draw = float("-inf")  # so the first step is drawn at once
         self._rates: deque[float] = deque(maxlen=RATE_WINDOW)
@@ -223,9 +224,15 @@ class Playground:
         latest = self.runs[-1] if self.runs else None
         self.continue_button.layout.display = None if latest and latest.can_fine_tune and not self.running else "none"
         self.clear_button.disabled = self.running or not self.runs
-        self.hint.value = (f"<div class='tk-hint'>Run {latest.number} keeps the settings it started with: what you "
-                           "change now applies to the next run.</div>" if self.running and latest else "")
+        self.hint.value = self._hint_html()
         return problems
+
+    def _hint_html(self) -> str:
+        # Read from the run the app started, not from its thread being alive: the hint goes out with the
+        # Stop button, before the worker thread can keep the kernel busy (loading texts, training a tokenizer).
+        active = self._active
+        return (f"<div class='tk-hint'>Run {active.number} keeps the settings it started with: what you change "
+                "now applies to the next run.</div>" if active is not None else "")
 
     # ------------------------------------------------------------------ running
 
@@ -273,8 +280,10 @@ class Playground:
         self.table.value = self._table_html()  # its row shows "running" until it ends
         self._stop = threading.Event()
         self.error.value = ""
-        # Buttons first: a run that fails at once re-enables Run from its thread before start() returns.
+        # Buttons and hint first: a run that fails at once re-enables Run from its thread before start() returns.
+        self._active = run
         self.run_button.disabled, self.stop_button.disabled = True, False
+        self.hint.value = self._hint_html()
         self._thread = threading.Thread(target=work, args=(self._stop,), daemon=True,
                                         name=f"playground-run-{run.number}")
         self._thread.start()
@@ -334,7 +343,7 @@ class Playground:
                                 f"<details><summary>Details for the teacher</summary><pre>"
                                 f"{html.escape(run.error)}</pre></details></div>")
         self.stop_button.disabled = True
-        self._thread = None  # the thread ends right after this callback; Run is allowed again
+        self._thread, self._active = None, None  # the thread ends right after this callback; Run is allowed again
         self._check()
 
     def tokens_per_second(self) -> float:

@@ -69,5 +69,171 @@ def test_notebook_runs_top_to_bottom_within_binder_memory(path, course_env):
     nb, peak_kb = execute(path, env=course_env)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    # What fast mode prints about its own numbers agrees with them (the same run, not a second one).
+    assert claim_problems(path.name, printed_text(nb)) == []
     print(f"{path.name}: {time.perf_counter() - t0:.0f} s, peak RSS {peak_kb / 1024:.0f} MiB")
     assert peak_kb < RSS_LIMIT_KB, f"{path.name} peaked at {peak_kb / 1024:.0f} MiB, over Binder's 2 GB"
+
+
+# --------------------------------------------------------------------------- numbers in the prose
+
+# A number in a notebook's prose is either a fixed fact or printed by the run itself. Fixed facts: settings
+# and their defaults, published facts about other models and data, years and sections of papers, exercise
+# data, and how long a notebook takes. Each notebook lists its own; anything else must come from a cell.
+FIXED_FACTS = {
+    "00_start_here.ipynb": {"15%",  # BERT's mask rate
+                            "3.10",  # the Python version the course needs
+                            "5,000", "2,000"},  # made-up datasets of exercise 1
+    "01_tokens.ipynb": {"30,522",  # the original BERT's vocabulary (MiniLM's)
+                        "256"},  # the bytes a byte-level tokenizer starts from
+    "02_masked_language_modelling.ipynb": {"15%", "80%", "10%", "0.8", "0.9",  # the masking rule's constants
+                                           "0.5",  # a mask rate to try (and 0.9)
+                                           "1,000",  # exercise 1's text length
+                                           "2019", "3.1"},  # the BERT paper and its section
+    "03_next_sentence_prediction.ipynb": {"50%",  # chance on a balanced yes/no question
+                                          "2019"},  # RoBERTa's year
+    "04_causal_language_modelling.ipynb": {"1,024",  # the vocabulary size set in the code (1024)
+                                           "6.9",  # ln(1024), the loss of a uniform guess
+                                           "15%"},  # BERT's mask rate
+    "05_attention.ipynb": {"2 minutes",  # how long the notebook takes
+                           "2019",  # Clark et al.
+                           "1.0"},  # the highest head score, by definition
+    "06_pretraining.ipynb": {"15%",  # BERT's mask rate
+                             "5 minutes",  # the default PRETRAIN_SECONDS (300)
+                             "6 minutes",  # how long the notebook takes
+                             "128", "768",  # the widths of our BERT and of BERT-base
+                             "0.0%",  # how a probability of 1 in thousands prints with one decimal
+                             "40%",  # the course BERT's recorded mask rate, and a rate to try
+                             "2019", "2023",  # RoBERTa, Wettig et al.
+                             "4 days", "3.3"},  # BERT-base's pre-training (the paper)
+    "07_finetuning_for_sentiment.ipynb": {"1,000",  # the default MAIN_BUDGET, and a budget to try
+                                          "100",  # a budget to try
+                                          "10 minutes",  # how long the notebook takes
+                                          "8,530", "1,066",  # Rotten Tomatoes' split sizes
+                                          "384"},  # MiniLM's width
+}
+NUMBER = re.compile(r"\d+(?:\.\d+)?\s?%"  # percentages: 15%, 0.0%
+                    r"|\d+(?:\.\d+)?\s(?:minutes?|seconds?|hours?|days?)\b"  # durations: 3 minutes
+                    r"|\d+\.\d+|\d{1,3}(?:,\d{3})+|\d{3,}")  # decimals, 8,192, 2019
+
+
+def quoted_numbers(notebook: Path) -> list[str]:
+    """The numbers a notebook's prose quotes, outside code spans and model names."""
+    cells = json.loads(notebook.read_text())["cells"]
+    prose = " ".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    prose = re.sub(r"`[^`]*`|\b[\w/-]*L-\d+_H-\d+_A-\d+\b", "", prose)  # code and model names are not claims
+    return [m.group(0) for m in NUMBER.finditer(re.sub(r"\s+", " ", prose))]
+
+
+def unexplained_numbers(notebook: Path) -> set[str]:
+    """Quoted numbers that are neither a fixed fact of that notebook nor written in one of its code cells."""
+    cells = json.loads(notebook.read_text())["cells"]
+    code = " ".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    facts = FIXED_FACTS.get(notebook.name, set())
+    return {n for n in quoted_numbers(notebook) if n not in facts and n not in code}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + APPS, ids=lambda p: p.name)
+def test_prose_quotes_no_result_its_own_run_does_not_print(path):
+    """05 once said the course BERT was "pre-trained for 3 minutes" (it trained for 100) and 06 "about 1 in
+    8,000" (fast mode has 2,048 tokens): true of one run, false of another. Results are printed by cells now."""
+    assert unexplained_numbers(path) == set(), (
+        f"{path.name} quotes these numbers in its text: print them from the run, or list them in "
+        "FIXED_FACTS if they are settings or facts that no run changes")
+
+
+def test_every_fixed_fact_is_still_quoted():
+    """A fact the prose no longer quotes is taken off the list, so the list cannot hide a new result."""
+    stale = {name: facts - set(quoted_numbers(Path(NOTEBOOKS[0].parent / name)))
+             for name, facts in FIXED_FACTS.items()}
+    assert not any(stale.values()), stale
+
+
+# --------------------------------------------------------------------------- claims the run prints
+
+def _near(a: float, b: float, *, by: float) -> bool:
+    return abs(a - b) <= by + 1e-9
+
+
+def coin_claims(text: str) -> dict[str, str | None]:
+    """03: "right on R of N pairs (P%; ...): no better than | better than | worse than a coin, since ..."."""
+    found = {}
+    for m in re.finditer(r"right on (\d+) of (\d+) pairs \((\d+)%; chance is 50%\): (no better|better|worse) than "
+                         r"a coin, since a coin lands within (\d+)% of 50%", text):
+        right, n, shown, said = int(m[1]), int(m[2]), int(m[3]), m[4]
+        luck = 2 * (0.25 / n) ** 0.5
+        truth = "no better" if abs(right / n - 0.5) <= luck else "better" if right > n / 2 else "worse"
+        wrong = said != truth or not _near(100 * right / n, shown, by=0.5) or not _near(100 * luck, int(m[5]), by=0.5)
+        found[m[0]] = f"{right} of {n} is {truth} than a coin" if wrong else None
+    return found
+
+
+def gain_claims(text: str) -> dict[str, str | None]:
+    """07: "beat | lost to | tied with scratch by G points (...: A% vs B% test accuracy)" and
+    "reached A%; the same network with random weights reached B%: pre-training is worth G points"."""
+    found = {}
+    for m in re.finditer(r"(beat|lost to|tied with) scratch(?: by ([\d.]+) points)? \(mean of \d+ paired seeds: "
+                         r"([\d.]+)% vs ([\d.]+)% test accuracy\)", text):
+        sign = {"beat": 1, "lost to": -1, "tied with": 0}[m[1]]
+        gain, ours, scratch = sign * float(m[2] or 0), float(m[3]), float(m[4])
+        wrong = sign * (ours - scratch) < -0.1 or not _near(gain, ours - scratch, by=0.15)
+        found[m[0]] = f"the accuracies differ by {ours - scratch:+.1f} points" if wrong else None
+    for m in re.finditer(r"reached ([\d.]+)%; the same network with random weights reached ([\d.]+)%: "
+                         r"pre-training is worth (-?[\d.]+) points", text):
+        gap = float(m[1]) - float(m[2])
+        found[m[0]] = None if _near(float(m[3]), gap, by=0.15) else f"the accuracies differ by {gap:+.1f} points"
+    return found
+
+
+# The notebooks that print a claim about their own numbers, and the check each claim must pass.
+CLAIMS = {"03_next_sentence_prediction.ipynb": coin_claims, "07_finetuning_for_sentiment.ipynb": gain_claims}
+
+
+def printed_text(nb) -> str:
+    """Everything a run printed or displayed as text (streams, plain text, Markdown, HTML)."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            parts += [out.get("text", ""), *(data.get(kind, "") for kind in ("text/plain", "text/markdown", "text/html"))]
+    return "\n".join(p if isinstance(p, str) else "".join(p) for p in parts)
+
+
+def claim_problems(name: str, text: str) -> list[str]:
+    """The claims a run printed that its own numbers contradict, or a note that it printed none."""
+    if name not in CLAIMS:
+        return []
+    found = CLAIMS[name](text)
+    if not found:
+        return [f"{name} printed no verdict on its own numbers ({CLAIMS[name].__doc__.strip()})"]
+    return [f"{claim!r}: {why}" for claim, why in found.items() if why]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("our model is right on 21 of 40 pairs (52%; chance is 50%): no better than a coin, since a coin lands "
+     "within 16% of 50% on 40 pairs 95 times in 100.", None),
+    ("our model is right on 30 of 40 pairs (75%; chance is 50%): no better than a coin, since a coin lands "
+     "within 16% of 50% on 40 pairs 95 times in 100.", "30 of 40 is better than a coin"),
+    ("our model is right on 120 of 200 pairs (60%; chance is 50%): better than a coin, since a coin lands "
+     "within 7% of 50% on 200 pairs 95 times in 100.", None),
+    ("our model is right on 21 of 40 pairs (52%; chance is 50%): no better than a coin", "printed no verdict"),
+])
+def test_a_coin_claim_that_its_numbers_contradict_is_caught(text, problem):
+    found = claim_problems("03_next_sentence_prediction.ipynb", text)
+    assert (found == []) if problem is None else (len(found) == 1 and problem in found[0]), found
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("- **course BERT** (119.6M tokens of pre-training) beat scratch by 4.5 points (mean of 1 paired seeds: "
+     "60.0% vs 55.5% test accuracy).", None),
+    ("- **course BERT** (119.6M tokens of pre-training) beat scratch by 4.5 points (mean of 1 paired seeds: "
+     "50.0% vs 54.5% test accuracy).", "differ by -4.5 points"),  # says it helped; the numbers say it did not
+    ("- **course BERT** (119.6M tokens of pre-training) lost to scratch by 0.5 points (mean of 1 paired seeds: "
+     "49.5% vs 50.0% test accuracy).", None),
+    ("- **minilm**, pre-trained by others on billions of words, reached 52.0%; the same network with random "
+     "weights reached 55.0%: pre-training is worth 3.0 points to it.", "differ by -3.0 points"),
+    ("- *Fast mode (CI): tiny budgets and evaluation sets, so these numbers say little.*", "printed no verdict"),
+])
+def test_a_gain_claim_that_its_numbers_contradict_is_caught(text, problem):
+    found = claim_problems("07_finetuning_for_sentiment.ipynb", text)
+    assert (found == []) if problem is None else (len(found) == 1 and problem in found[0]), found

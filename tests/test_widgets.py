@@ -71,6 +71,25 @@ def test_run_fills_history_figure_and_table():
     assert not app.run_button.disabled and app.stop_button.disabled
 
 
+def test_the_next_run_hint_is_on_the_page_before_the_run_starts_working(monkeypatch):
+    """The hint and the Stop button go out together, before the worker thread starts: a busy worker (loading
+    texts, training a tokenizer) cannot hold them back, as it did when the hint waited for a live thread."""
+    app = Playground()
+    app.apply(TINY)
+    seen = {}
+
+    class Watched(threading.Thread):
+        def start(self):
+            seen["hint"], seen["stop enabled"] = app.hint.value, not app.stop_button.disabled
+            super().start()
+
+    monkeypatch.setattr("teachkit.widgets.threading.Thread", Watched)
+    assert app.run()
+    assert seen["stop enabled"] and "Run 1 keeps the settings it started with" in seen["hint"], seen
+    finished(app)
+    assert app.hint.value == ""  # the run is over: nothing applies to "the next run" any more
+
+
 def test_stop_in_pretraining_records_what_ran_and_fine_tuning_can_go_on_from_there():
     app = Playground()
     app.apply(replace(TINY, budget=600))
