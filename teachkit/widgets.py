@@ -101,6 +101,7 @@ class Playground:
         self.problems = W.HTML()
         self.hint = W.HTML()
         self.start_note = W.HTML()
+        self.size_note = W.HTML()
         self.error = W.HTML()
         self.table = W.HTML(self._table_html())
         self.downloads = W.HTML()
@@ -117,7 +118,7 @@ class Playground:
             section("1. Start from", "a pre-trained BERT, your own pre-training, or random weights"),
             W.HBox([label_for("start_from", "Start from"), c["start_from"]]), self.start_note,
             W.VBox([budget, c["budget"].note]), c["mask_rate"].widget, c["nsp"],
-            section("2. Model"), W.HBox([label_for("size", "Model size"), c["size"]]),
+            section("2. Model"), self.size_note, W.HBox([label_for("size", "Model size"), c["size"]]),
             c["layers"].widget, c["width"].widget, c["heads"].widget,
             section("3. Fine-tuning", "labelled movie reviews"), c["labels"].widget, c["epochs"].widget,
             c["frozen"].widget,
@@ -207,6 +208,16 @@ class Playground:
         except (OSError, ValueError):  # MiniLM missing: problems() says so next to Run
             return self.controls["layers"].value
 
+    @staticmethod
+    def _own_size(start: str) -> str:
+        """What a checkpoint start brings instead of the size controls (which are for my pre-training and scratch)."""
+        try:
+            cfg = engine.start_config(start)
+        except (OSError, ValueError):
+            return f"{html.escape(start)} brings its own size; these controls are for my pre-training and scratch."
+        return (f"{html.escape(start)} brings its own size: {cfg.n_layers} layers, {cfg.d_model} wide, "
+                f"{cfg.n_heads} heads. These controls are for my pre-training and scratch.")
+
     def _refresh(self) -> None:
         start = self.controls["start_from"].value
         for key in ("budget", "budget_unit", "mask_rate", "nsp"):
@@ -214,6 +225,7 @@ class Playground:
         for key in ("size", "layers", "width", "heads"):  # a checkpoint brings its own size
             self.controls[key].disabled = start not in OWN_MODEL
         self.start_note.value = f"<div class='tk-start-note'>{html.escape(engine.start_description(start))}</div>"
+        self.size_note.value = "" if start in OWN_MODEL else f"<div class='tk-start-note'>{self._own_size(start)}</div>"
         self._check()
 
     def _check(self) -> list[str]:

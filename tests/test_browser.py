@@ -238,6 +238,12 @@ def test_playground_at_projector_size_compares_runs_at_a_glance(voila):
             assert in_view(page, run_button(page)), "the Run button must be whole on a 1280x800 screen"
             assert in_view(page, page.locator("summary", has_text="Things to try"))
             assert in_view(page, page.locator("summary", has_text="How to read the plots"))
+            # 5 (issue 10): the app starts from the course BERT, whose size is its own; my pre-training has sizes.
+            expect(page.locator(".tk-start_from select")).to_have_value("course BERT")
+            expect(page.locator(".tk-start-note")).to_contain_text("movie reviews")
+            expect(page.locator(".tk-box-width input")).to_be_disabled()
+            page.locator(".tk-start_from select").select_option("my pre-training")
+            expect(page.locator(".tk-box-width input")).to_be_enabled()
             type_number(page, "heads", 5)  # 64 is not divisible by 5
             problem = page.locator(".tk-problem", has_text="not divisible by 5 heads")
             expect(problem).to_be_visible()
@@ -278,18 +284,24 @@ def test_playground_at_projector_size_compares_runs_at_a_glance(voila):
 
             # 1 and 2: run 2, without pre-training and with twice the labels, gets its own legend entry, and
             # both runs' fine-tuning is drawn against epochs, so they span the same axis.
-            page.locator(".tk-pretrain input").uncheck()
+            page.locator(".tk-start_from select").select_option("scratch")
             type_number(page, "labels", 200)
             run_button(page).click()
             expect(page.locator(".tk-status")).to_contain_text("Run 2: Finished", timeout=420_000)
             shots.append(shot(page, folder, "4-two-runs"))
+            # Run 3 starts from the course BERT: its own network, listed by where it started.
+            page.locator(".tk-start_from select").select_option("course BERT")
+            run_button(page).click()
+            expect(page.locator(".tk-status")).to_contain_text("Run 3: Finished", timeout=420_000)
             entries = legend(page)
-            assert len(entries) == 2 and entries[0].startswith(f"1: pre-train {ran} of 500 steps"), entries
+            assert len(entries) == 3 and entries[0].startswith(f"1: pre-train {ran} of 500 steps"), entries
             assert entries[1].startswith("2: no pre-training"), entries
+            assert entries[2].startswith("3: course BERT, 200 labels"), entries
             drawn = points(page)
-            assert drawn["run1-accuracy"] == drawn["run2-accuracy"] == [1, 2, 3, 4, 5], drawn
+            assert drawn["run1-accuracy"] == drawn["run2-accuracy"] == drawn["run3-accuracy"] == [1, 2, 3, 4, 5], drawn
             table = page.locator("table.tk-results")
-            expect(table.locator("tr")).to_have_count(3)  # header + two runs
+            expect(table.locator("tr")).to_have_count(4)  # header + three runs
+            expect(table.locator("tr").nth(3)).to_contain_text("2L×128")
             assert page.evaluate("() => { const t = document.querySelector('table.tk-results').parentElement;"
                                  " return t.scrollWidth <= t.clientWidth; }"), "the results table is cut off"
             assert table.bounding_box()["x"] + table.bounding_box()["width"] <= 1280
@@ -323,6 +335,7 @@ def test_playground_renders_and_trains_in_jupyterlab(lab):
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").click()
             page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
             run_button(page).wait_for(timeout=120_000)
+            page.locator(".tk-start_from select").select_option("my pre-training")
             page.locator(".tk-budget_unit select").select_option("steps")
             type_number(page, "budget", 15)
             type_number(page, "labels", 100)

@@ -330,8 +330,10 @@ def test_a_checkpoint_start_disables_the_controls_it_ignores_and_says_what_it_is
     assert app.settings().start_from == "course BERT"  # the default comparison shows pre-training's effect
     assert app.controls["width"].disabled and app.controls["budget"].disabled
     assert "movie reviews" in app.start_note.value
+    assert "2 layers, 128 wide, 4 heads" in app.size_note.value
     app.controls["start_from"].value = "my pre-training"
     assert not app.controls["width"].disabled and not app.controls["mask_rate"].disabled
+    assert app.size_note.value == ""
     app.controls["start_from"].value = "scratch"
     assert not app.controls["width"].disabled and app.controls["mask_rate"].disabled
     app.controls["start_from"].value = "MiniLM"
