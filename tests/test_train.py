@@ -24,9 +24,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ddp_worker import cfg, classification, pretraining, weights
 from teachkit import checkpoint
-from teachkit.checkpoint import NotACheckpointError, atomic_folder, load_training_state, load_weights, \
+from teachkit.checkpoint import NotACheckpointError, load_training_state, load_weights, \
     save_checkpoint
 from teachkit.devices import DeviceError
+from teachkit.files import atomic_folder
 from teachkit.model import build_model
 from teachkit.tokenization import load_tokenizer
 from teachkit.train import TrainConfig, lr_factor, train
