@@ -43,6 +43,7 @@ from teachkit import model as tk_model  # noqa: E402
 from teachkit.config import ModelConfig  # noqa: E402
 from teachkit.devices import autocast, pick_precision  # noqa: E402
 from teachkit.objectives import IGNORE_INDEX, mask_tokens  # noqa: E402
+from teachkit.pretrained import config_to_hf  # noqa: E402
 from teachkit.tasks import ClassificationTask, PretrainingTask  # noqa: E402
 from teachkit.train import TrainConfig, make_optimizer  # noqa: E402
 
@@ -122,7 +123,7 @@ def transformers_stepper(cfg, kind: str, batch, precision: str, *, variant: str 
     import transformers
 
     cfg = cfg.replace(**resolve(variant)["cfg"])  # recipe changes apply to both sides
-    hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_hf().items() if k != "model_type"})
+    hf_cfg = transformers.BertConfig(**{k: v for k, v in config_to_hf(cfg).items() if k != "model_type"})
     if kind == "pretraining":
         model = transformers.BertForPreTraining(hf_cfg)
         inputs = {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],

@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 
 from teachkit import data, finetune, tokenization
-from teachkit.config import PRESETS, ModelConfig
+from teachkit.config import PRESETS, ModelConfig, heads_problem
 from teachkit.model import build_model, count_parameters
 from teachkit.tasks import ClassificationTask, PretrainingTask
 from teachkit.train import History, TrainConfig, train
@@ -84,10 +84,9 @@ class Settings:
             value = getattr(self, name)
             if not low <= value <= high:
                 found.append(f"{_LABELS[name]} = {value} is outside {low:g} to {high:g}.")
-        if self.heads >= 1 and self.width % self.heads:
-            fits = [h for h in range(1, min(self.width, 16) + 1) if self.width % h == 0]
-            found.append(f"Width {self.width} is not divisible by {self.heads} heads (each head gets width / heads "
-                         f"dimensions): pick heads from {fits} or a width that is a multiple of {self.heads}.")
+        heads = heads_problem(d_model=self.width, n_heads=self.heads)
+        if heads:
+            found.append(heads)
         preset = SIZE_PRESETS.get(self.size)
         if preset and (preset.n_layers, preset.d_model, preset.n_heads) != (self.layers, self.width, self.heads):
             found.append(f"Model size {self.size!r} means {preset.n_layers} layers, width {preset.d_model}, "

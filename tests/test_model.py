@@ -151,7 +151,7 @@ def test_presets_build_and_count_parameters():
 
 
 def test_bad_config_messages_say_what_to_change():
-    with pytest.raises(ValueError, match="d_model=100 is not divisible by n_heads=3.*Pick n_heads"):
+    with pytest.raises(ValueError, match=r"Width 100 \(d_model\) is not divisible by 3 heads.*Pick heads from \[1, 2, 4, 5, 10\]"):
         ModelConfig(d_model=100, n_heads=3)
     with pytest.raises(ValueError, match="arch='t5'"):
         ModelConfig(arch="t5")
