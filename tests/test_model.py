@@ -189,3 +189,17 @@ def test_dropout_drops_p_of_the_values_and_keeps_the_mean(p):
     assert model_mod.dropout(x, p, training=False) is x
     layer = model_mod.Dropout(p).eval()
     assert layer(x) is x
+
+
+def test_the_course_bert_recipe_is_the_shipped_course_bert_and_the_demos_model():
+    from teachkit.checkpoint import model_config
+    from teachkit.config import course_bert_config
+    from teachkit.course import course_bert
+    from teachkit.experiments import DemoSettings
+
+    shipped = model_config(course_bert())
+    assert course_bert_config(vocab_size=shipped.vocab_size, max_len=shipped.max_len) == shipped
+    s = DemoSettings()
+    assert (s.layers, s.width, s.heads) == (shipped.n_layers, shipped.d_model, shipped.n_heads)
+    small = course_bert_config(vocab_size=99, max_len=16, width=32, heads=2, pooling="mean")
+    assert (small.d_ff, small.norm_first, small.dropout, small.pooling) == (128, True, 0.0, "mean")
