@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from conftest import B, C, H, T, V
 from teachkit.config import ModelConfig, preset
-from teachkit import model as model_mod
 from teachkit.model import (
     GPT,
     Attention,
@@ -173,22 +172,6 @@ def test_bad_input_messages():
         BertModel(gpt_cfg())
     with pytest.raises(ValueError, match="not available for GPT"):
         build_model(gpt_cfg(), task="classification")
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_drops_p_of_the_values_and_keeps_the_mean(p):
-    x = torch.ones(400_000)
-    y = model_mod.dropout(x, p)
-    assert abs(float((y == 0).float().mean()) - p) < 0.005
-    assert abs(float(y.mean()) - 1.0) < 0.01  # kept values are scaled by 1 / (1 - p)
-    assert torch.allclose(torch.unique(y), torch.tensor([0.0, 1 / (1 - p)]))
-    torch.manual_seed(3)
-    a = model_mod.dropout(x, p)
-    torch.manual_seed(3)
-    assert torch.equal(a, model_mod.dropout(x, p))  # the global seed fixes the mask, as for F.dropout
-    assert model_mod.dropout(x, p, training=False) is x
-    layer = model_mod.Dropout(p).eval()
-    assert layer(x) is x
 
 
 def test_the_course_bert_recipe_is_the_shipped_course_bert_and_the_demos_model():
