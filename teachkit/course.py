@@ -7,7 +7,7 @@ Several notebooks (masking, attention, pre-training, fine-tuning) show what "our
 does. They share the course BERT, a small BERT pre-trained with masked-LM and shipped with teachkit
 (`teachkit/assets/course_bert/`, with its MODEL_CARD.md). Notebook 03 needs a model that also learned
 next-sentence prediction: it is pre-trained once, in three minutes, and kept in the course cache
-(``TEACHKIT_CACHE``, default ``~/.cache/teachkit``; Binder builds it into the image).
+(`files.cache_dir`: ``TEACHKIT_CACHE``, default ``~/.cache/teachkit``; Binder builds it into the image).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from teachkit.checkpoint import is_checkpoint, load_model
 from teachkit.experiments import DemoSettings, pretrain_bert
-from teachkit.files import cache_dir
+from teachkit.files import cache_dir  # notebooks write course.cache_dir()
 from teachkit.tokenization import load_tokenizer
 
 FAST_ENV = "TEACHKIT_FAST"
