@@ -40,9 +40,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from teachkit import model as tk_model  # noqa: E402
+from teachkit import speed  # noqa: E402
 from teachkit.config import ModelConfig  # noqa: E402
 from teachkit.devices import autocast, pick_precision  # noqa: E402
 from teachkit.objectives import IGNORE_INDEX, mask_tokens  # noqa: E402
+from teachkit.pretrained import config_to_hf  # noqa: E402
 from teachkit.tasks import ClassificationTask, PretrainingTask  # noqa: E402
 from teachkit.train import TrainConfig, make_optimizer  # noqa: E402
 
@@ -102,6 +104,8 @@ def teachkit_stepper(cfg, kind: str, batch, precision: str, *, variant: str = ""
         with contextlib.ExitStack() as patches:
             for owner, attr, fn in change["patches"]:  # active while (and only while) the step runs
                 patches.enter_context(mock.patch.object(owner, attr, fn))
+            if change["kwargs"].get("speedups", True):  # train() runs its loop with teachkit.speed's switch on
+                patches.enter_context(speed.training_speedups(model, device=device, precision=precision))
             counts = task.counts(batch)
             with autocast(device, precision):
                 sums = task.loss_sums(model, batch)
@@ -122,7 +126,7 @@ def transformers_stepper(cfg, kind: str, batch, precision: str, *, variant: str 
     import transformers
 
     cfg = cfg.replace(**resolve(variant)["cfg"])  # recipe changes apply to both sides
-    hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_hf().items() if k != "model_type"})
+    hf_cfg = transformers.BertConfig(**{k: v for k, v in config_to_hf(cfg).items() if k != "model_type"})
     if kind == "pretraining":
         model = transformers.BertForPreTraining(hf_cfg)
         inputs = {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
@@ -257,41 +261,27 @@ def index_select_forward(self, input_ids, *, token_type_ids=None, attention_mask
     return out
 
 
-_attention_forward = tk_model.Attention.forward
+_attend = tk_model.Attention.attend
 
 
-def explicit_attention_forward(self, x, *, mask=None, causal=False, need_weights=False):
-    """teachkit's spelled-out attention (its need_weights path) whenever attention dropout is on:
-    with dropout, F.scaled_dot_product_attention on CPU leaves its fused kernel for its math path, which
-    converts bf16 q, k, v to fp32 (copies, and fp32 matmuls instead of AMX ones)."""
-    spell_out = need_weights or (self.training and self.attn_dropout > 0)
-    out, weights = _attention_forward(self, x, mask=mask, causal=causal, need_weights=spell_out)
-    return out, weights if need_weights else None
+def sdpa_attend(self, q, k, v, *, mask, causal, spelled_out):
+    """The fused kernel (SDPA) even where teachkit.speed spells attention out."""
+    return _attend(self, q, k, v, mask=mask, causal=causal, spelled_out=False)
 
 
-def fp32_softmax_attention_with_weights(q, k, v, *, mask, causal, dropout_p):
+def fp32_softmax_attend(self, q, k, v, *, mask, causal, spelled_out):
     """The spelled-out attention with its softmax in fp32 under autocast, as SDPA's math path and flash kernels do."""
+    if not spelled_out:
+        return _attend(self, q, k, v, mask=mask, causal=causal, spelled_out=False)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
-    if causal:
-        mask = tk_model._causal_mask(q.shape[-2], q.device) & (True if mask is None else mask)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1, dtype=torch.float32)
-    return tk_model.dropout(weights, dropout_p) @ v, weights
+    return self.weights_drop(weights) @ v, weights
 
 
-_dropout = F.dropout
-
-
-def fast_dropout(input, p=0.5, training=True, inplace=False):
-    """Dropout from 16-bit random integers: one 64-bit draw gives four, a quarter of the generator calls.
-    Keeps a value with probability 1 - p to within 1/65536."""
-    if not training or p == 0.0:
-        return input
-    n = input.numel()
-    bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=input.device)
-    keep = bits.view(torch.int16)[:n].view(input.shape) >= round(-32768 + p * 65536)
-    return input * keep / (1 - p)
+def plain_dropout16(x, p, *, training=True):
+    return F.dropout(x, p=p, training=training)
 
 
 VARIANTS = {  # name -> what changes; join names with "+" to combine them
@@ -300,13 +290,15 @@ VARIANTS = {  # name -> what changes; join names with "+" to combine them
     "no-float": {"patches": [(PretrainingTask, "loss_sums", loss_sums_without_float)]},
     "index-select": {"patches": [(tk_model.BertForPreTraining, "forward", index_select_forward)]},
     "no-mask": {"drop_mask": True},  # attention_mask=None: skips the bool(mask.all()) check
-    "explicit-attention": {"patches": [(tk_model.Attention, "forward", explicit_attention_forward)]},
-    "fp32-softmax": {"patches": [(tk_model, "_attention_with_weights", fp32_softmax_attention_with_weights)]},
+    "fp32-softmax": {"patches": [(tk_model.Attention, "attend", fp32_softmax_attend)]},
     "attn-dropout-0": {"cfg": {"attn_dropout": 0.0}},  # a recipe change (both sides), not an implementation one
-    "fast-dropout": {"patches": [(F, "dropout", fast_dropout)]},
+    # teachkit.speed's switch, off in part or in whole: what each speed-up is worth
+    "sdpa-attention": {"patches": [(tk_model.Attention, "attend", sdpa_attend)]},
+    "plain-dropout": {"patches": [(speed, "dropout16", plain_dropout16)]},
+    "no-speedups": {"kwargs": {"speedups": False}},
 }
-DEFAULT_VARIANTS = ("fused-adamw,foreach-clip,no-float,index-select,no-mask,explicit-attention,"
-                    "explicit-attention+fp32-softmax,explicit-attention+fused-adamw,attn-dropout-0")
+DEFAULT_VARIANTS = ("fused-adamw,foreach-clip,no-float,index-select,no-mask,fp32-softmax,attn-dropout-0,"
+                    "sdpa-attention,plain-dropout,no-speedups")
 
 
 def run_variants(args) -> list[dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -23,7 +22,6 @@ from teachkit.devices import DeviceError
 from teachkit.interrupts import TrainingStopped
 from teachkit.pretrained import CheckpointError
 
-FAST_ENV = "TEACHKIT_FAST"  # set to 1 to shrink every budget (CI); the same code path runs
 DEFAULT_SECONDS = 300.0  # teachkit pretrain's time budget when neither --seconds nor --steps is given
 MAX_SECONDS = 7 * 24 * 3600  # a longer budget is a typo: the warm-up alone (5%) would last over 8 hours
 DEVICE = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
@@ -65,6 +63,7 @@ def _device(text: str) -> str:
 
 
 def _demo(args) -> None:
+    from teachkit.course import fast_mode
     from teachkit.demo import run_demo
     from teachkit.experiments import DemoSettings
 
@@ -73,7 +72,7 @@ def _demo(args) -> None:
         settings = dataclasses.replace(settings, pretrain_seconds=args.pretrain_seconds)
     if args.no_real_bert:
         settings = dataclasses.replace(settings, real_bert=None)
-    if args.fast or os.environ.get(FAST_ENV) == "1":
+    if args.fast or fast_mode():  # TEACHKIT_FAST=1 (CI): the same code path with tiny budgets
         settings = settings.fast()
     run_demo(settings)
 
@@ -99,7 +98,7 @@ def _pretrain(args) -> None:
 
 def _check_out(folder: Path, *, resume: bool, overwrite: bool) -> None:
     """Never replace a run by accident, and never resume one that is not there."""
-    from teachkit.checkpoint import recover_folder
+    from teachkit.files import recover_folder
 
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: give only one of them.")
@@ -177,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     demo.add_argument("--pretrain-seconds", type=_seconds, help="pre-training time budget in seconds")
     demo.add_argument("--no-real-bert", action="store_true", help="skip the real pretrained BERT arm")
-    demo.add_argument("--fast", action="store_true", help=f"tiny budgets for a quick check (also: {FAST_ENV}=1)")
+    demo.add_argument("--fast", action="store_true", help="tiny budgets for a quick check (also: TEACHKIT_FAST=1)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", type=_device,
                       help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")

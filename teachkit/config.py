@@ -1,8 +1,8 @@
 """Model configuration: one dataclass, a comment per field, and named presets.
 
 The same `ModelConfig` describes a BERT encoder (`arch="bert"`) and a GPT decoder
-(`arch="gpt"`). Field names follow the papers; `to_hf` / `from_hf` translate to and from
-the `config.json` of Hugging Face checkpoints.
+(`arch="gpt"`). Field names follow the papers; `teachkit.pretrained` translates them to and from
+the `config.json` of Hugging Face checkpoints (`config_to_hf`, `config_from_hf`).
 """
 
 from __future__ import annotations
@@ -47,13 +47,9 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
             if getattr(self, name) < 1:
                 yield f"{name}={getattr(self, name)} must be at least 1"
-        if self.n_heads >= 1 and self.d_model % self.n_heads:
-            fits = [h for h in range(1, min(self.d_model, 32) + 1) if self.d_model % h == 0]
-            yield (
-                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: each head "
-                f"gets d_model / n_heads dimensions. Pick n_heads from {fits[-6:]} "
-                f"or a d_model that is a multiple of {self.n_heads}"
-            )
+        heads = heads_problem(d_model=self.d_model, n_heads=self.n_heads)
+        if heads:
+            yield heads
         if self.n_segments < 0:
             yield f"n_segments={self.n_segments} must be 0 or more"
         for name in ("dropout", "attn_dropout"):
@@ -81,87 +77,17 @@ class ModelConfig:
             raise ValueError(f"Unknown ModelConfig fields {unknown}; known fields are {sorted(known)}")
         return cls(**values)
 
-    def to_hf(self) -> dict[str, Any]:
-        """The equivalent Hugging Face `config.json` (BertConfig or GPT2Config)."""
-        if self.arch == "bert":
-            return {
-                "model_type": "bert",
-                "architectures": ["BertForPreTraining"],
-                "vocab_size": self.vocab_size,
-                "hidden_size": self.d_model,
-                "num_hidden_layers": self.n_layers,
-                "num_attention_heads": self.n_heads,
-                "intermediate_size": self.d_ff,
-                "max_position_embeddings": self.max_len,
-                "type_vocab_size": self.n_segments,
-                "hidden_dropout_prob": self.dropout,
-                "attention_probs_dropout_prob": self.attn_dropout,
-                "hidden_act": "gelu" if self.activation == "gelu" else "gelu_new",
-                "layer_norm_eps": self.layer_norm_eps,
-                "pad_token_id": self.pad_id,
-            }
-        return {
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "vocab_size": self.vocab_size,
-            "n_embd": self.d_model,
-            "n_layer": self.n_layers,
-            "n_head": self.n_heads,
-            "n_inner": self.d_ff,
-            "n_positions": self.max_len,
-            "resid_pdrop": self.dropout,
-            "embd_pdrop": self.dropout,
-            "attn_pdrop": self.attn_dropout,
-            "activation_function": "gelu_new" if self.activation == "gelu_tanh" else "gelu",
-            "layer_norm_epsilon": self.layer_norm_eps,
-        }
 
-    @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
-        """Read a Hugging Face BERT or GPT-2 `config.json` dict."""
-        kind = hf.get("model_type")
-        if kind == "bert":
-            act = hf.get("hidden_act", "gelu")
-            if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
-                raise ValueError(f"BERT checkpoint uses hidden_act={act!r}; teachkit supports gelu variants")
-            return cls(
-                arch="bert",
-                vocab_size=hf["vocab_size"],
-                d_model=hf["hidden_size"],
-                n_layers=hf["num_hidden_layers"],
-                n_heads=hf["num_attention_heads"],
-                d_ff=hf["intermediate_size"],
-                max_len=hf["max_position_embeddings"],
-                n_segments=hf.get("type_vocab_size", 2),
-                dropout=hf.get("hidden_dropout_prob", 0.1),
-                attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-                norm_first=False,
-                activation="gelu" if act == "gelu" else "gelu_tanh",
-                layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-                pad_id=hf.get("pad_token_id") or 0,
-            )
-        if kind == "gpt2":
-            d = hf["n_embd"]
-            act = hf.get("activation_function", "gelu_new")
-            return cls(
-                arch="gpt",
-                vocab_size=hf["vocab_size"],
-                d_model=d,
-                n_layers=hf["n_layer"],
-                n_heads=hf["n_head"],
-                d_ff=hf.get("n_inner") or 4 * d,
-                max_len=hf["n_positions"],
-                n_segments=0,
-                dropout=hf.get("resid_pdrop", 0.1),
-                attn_dropout=hf.get("attn_pdrop", 0.1),
-                norm_first=True,
-                activation="gelu" if act == "gelu" else "gelu_tanh",
-                layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                pad_id=0,
-            )
-        raise ValueError(
-            f"config.json has model_type={kind!r}; teachkit loads 'bert' and 'gpt2' checkpoints"
-        )
+def heads_problem(*, d_model: int, n_heads: int) -> str | None:
+    """Why `n_heads` heads cannot split a width of `d_model`, and what fits; None when they can.
+
+    Each head attends with its own d_model / n_heads dimensions, so the width must divide evenly.
+    """
+    if n_heads < 1 or d_model % n_heads == 0:
+        return None
+    fits = [h for h in range(1, min(d_model, 16) + 1) if d_model % h == 0]
+    return (f"Width {d_model} (d_model) is not divisible by {n_heads} heads (n_heads): each head gets width / heads "
+            f"dimensions. Pick heads from {fits} or a width that is a multiple of {n_heads}.")
 
 
 def _bert(**kw: Any) -> ModelConfig:
@@ -184,6 +110,20 @@ PRESETS: dict[str, ModelConfig] = {
     "gpt-tiny": _gpt(vocab_size=2048, d_model=64, n_layers=2, n_heads=2, d_ff=256, max_len=64),
     "gpt-mini": _gpt(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_len=128),
 }
+
+
+def course_bert_config(*, vocab_size: int, max_len: int, layers: int = 2, width: int = 128, heads: int = 4,
+                       **changes: Any) -> ModelConfig:
+    """The recipe of the course's BERTs (the shipped course BERT, the demo, notebook 06, the playground).
+
+    Pre-LN (`norm_first=True`): it trains stably at the high learning rates a budget of minutes needs.
+    A feed-forward layer 4x the width, as in BERT. No dropout: a short run sees each row about once,
+    so there is nothing to over-fit yet. 2 layers x 128 wide is the size a 2-core CPU trains furthest
+    in minutes. `changes` sets any other field.
+    """
+    recipe = dict(d_model=width, n_layers=layers, n_heads=heads, d_ff=4 * width, norm_first=True, dropout=0.0,
+                  attn_dropout=0.0)
+    return ModelConfig(**{**recipe, "vocab_size": vocab_size, "max_len": max_len, **changes})
 
 
 def preset(name: str, **changes: Any) -> ModelConfig:

@@ -7,28 +7,35 @@ Several notebooks (masking, attention, pre-training, fine-tuning) show what "our
 does. They share the course BERT, a small BERT pre-trained with masked-LM and shipped with teachkit
 (`teachkit/assets/course_bert/`, with its MODEL_CARD.md). Notebook 03 needs a model that also learned
 next-sentence prediction: it is pre-trained once, in three minutes, and kept in the course cache
-(``TEACHKIT_CACHE``, default ``~/.cache/teachkit``; Binder builds it into the image).
+(`files.cache_dir`: ``TEACHKIT_CACHE``, default ``~/.cache/teachkit``; Binder builds it into the image).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-FAST = os.environ.get("TEACHKIT_FAST", "").strip().lower() not in ("", "0", "false", "no")
+from teachkit.checkpoint import is_checkpoint, load_model
+from teachkit.experiments import DemoSettings, pretrain_bert
+from teachkit.files import cache_dir  # notebooks write course.cache_dir()
+from teachkit.tokenization import load_tokenizer
+
+FAST_ENV = "TEACHKIT_FAST"
+
+
+def fast_mode() -> bool:
+    """True when TEACHKIT_FAST is set to anything but "", "0", "false" or "no"."""
+    return os.environ.get(FAST_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+FAST = fast_mode()
 
 
 def budget(default, *, fast):
     """`default` normally, `fast` in fast mode (CI): the notebook's code path stays the same."""
     return fast if FAST else default
-
-
-def cache_dir() -> Path:
-    """Where the course keeps what it trains once and reuses (TEACHKIT_CACHE overrides)."""
-    folder = Path(os.environ.get("TEACHKIT_CACHE") or Path.home() / ".cache" / "teachkit").expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 class LearnerError(RuntimeError):
@@ -64,8 +71,6 @@ def course_bert() -> Path:
     It was pre-trained once, for as long as more pre-training kept helping (its MODEL_CARD.md says how
     long, on what, and the exact command that reproduces it), so no notebook has to wait for it.
     """
-    from teachkit.checkpoint import is_checkpoint
-
     if not is_checkpoint(COURSE_BERT):
         raise LearnerError(f"The course BERT is missing from {COURSE_BERT}: reinstall teachkit from a full copy "
                            "of the repository (the folder holds model.safetensors, config.json and tokenizer.json).")
@@ -74,16 +79,11 @@ def course_bert() -> Path:
 
 def course_bert_info() -> dict:
     """How the course BERT was made, as recorded by its pre-training run (tokens seen, steps, time, loss)."""
-    import json
-
     return json.loads((course_bert() / "training.json").read_text())
 
 
 def load_course_bert():
     """(model, tokenizer) of the course BERT with its masked-LM head, in eval mode."""
-    from teachkit.checkpoint import load_model
-    from teachkit.tokenization import load_tokenizer
-
     folder = course_bert()
     return load_model(folder).eval(), load_tokenizer(folder / "tokenizer.json")
 
@@ -91,8 +91,6 @@ def load_course_bert():
 def nsp_bert_settings():
     """A small BERT that also learns next-sentence prediction (notebook 03): MLM + NSP on WikiText-2,
     2 layers x 128 wide, 4 heads, three minutes. The course BERT skips NSP, as RoBERTa does."""
-    from teachkit.experiments import DemoSettings
-
     settings = DemoSettings(
         out_dir=str(cache_dir() / ("nsp-bert-fast" if FAST else "nsp-bert")), corpus=("wikitext-2",), max_len=64,
         layers=2, width=128, heads=4, mask_prob=0.4, nsp=True, pretrain_seconds=180.0, real_bert=None,
@@ -102,10 +100,6 @@ def nsp_bert_settings():
 
 def load_nsp_bert(*, retrain: bool = False, log=print):
     """(model, tokenizer) of the MLM + NSP BERT, in eval mode; pre-trains it first (once) if it is not cached."""
-    from teachkit.checkpoint import is_checkpoint, load_model
-    from teachkit.experiments import pretrain_bert
-    from teachkit.tokenization import load_tokenizer
-
     settings = nsp_bert_settings()
     folder = Path(settings.out_dir) / "pretrained"
     if retrain or not is_checkpoint(folder):

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import datasets
 
+from teachkit.files import cache_dir
+
 DATA_DIR_ENV = "TEACHKIT_DATA_DIR"
-CACHE_DIR_ENV = "TEACHKIT_CACHE"  # the course cache (see course.cache_dir): downloads that are not hub datasets
 MOVIE_REVIEWS_URL = (
     "https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/movie_reviews.zip"
 )
@@ -268,15 +269,10 @@ def _missing_split_message(spec: DatasetSpec, split: str, present: list[str]) ->
 # ----------------------------------------------------------------- movie_reviews from NLTK's zip
 
 
-def _cache_dir() -> Path:
-    value = os.environ.get(CACHE_DIR_ENV, "").strip()
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "teachkit"
-
-
 def _download(url: str) -> Path:
     """Fetch `url` once into the cache (keyed by the URL) and return the local file."""
     key = hashlib.sha256(url.encode()).hexdigest()[:12]
-    target = _cache_dir() / f"{key}-{url.rsplit('/', 1)[-1]}"
+    target = cache_dir() / f"{key}-{url.rsplit('/', 1)[-1]}"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

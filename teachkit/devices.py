@@ -8,7 +8,6 @@ fp32. On CPUs without those units bf16 is emulated and slower, so it is detected
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import platform
 from pathlib import Path
 
@@ -81,24 +80,3 @@ def autocast(device: torch.device, precision: str):
 def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Every tensor of a batch on `device`."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _glibc():
-    try:
-        return ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
-    except OSError:  # another C library (e.g. musl): nothing to do
-        return None
-
-
-_LIBC = _glibc()
-
-
-def release_freed_memory() -> None:
-    """Hand memory that PyTorch has freed back to the operating system (Linux/glibc; no-op elsewhere).
-
-    Batches change shape every step, and glibc keeps the freed blocks of each size around: in a
-    5-minute pre-training run that held ~0.5 GB more than needed. Trimming every few steps costs
-    well under a millisecond and keeps the demo within Binder's 2 GB.
-    """
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)

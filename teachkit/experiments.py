@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from teachkit import checkpoint, corpus, course, data, tokenization
-from teachkit.config import ModelConfig, preset
+from teachkit import checkpoint, corpus, data, tokenization
+from teachkit.config import course_bert_config, preset
+from teachkit.files import cache_dir
 from teachkit.model import build_model, count_parameters
 from teachkit.objectives import ROLE_NAMES, make_nsp_pairs, pretraining_batch
 from teachkit.interrupts import TrainingStopped
@@ -119,7 +120,7 @@ def _pretraining_task(s: DemoSettings, *, log=print, tokenizer=None):
     words = sum(t.count(" ") + 1 for t in texts)
     log(f"Pre-training corpus: {describe_corpus(s.corpus)}: {len(texts):,} texts, {words / 1e6:.1f}M words")
     tok = tokenizer or corpus.train_tokenizer(texts, vocab_size=s.vocab_size, seed=s.seed)
-    packed = corpus.packed_rows(texts, tok, max_len=s.max_len, cache_dir=course.cache_dir() / "corpora")
+    packed = corpus.packed_rows(texts, tok, max_len=s.max_len, cache_dir=cache_dir() / "corpora")
     log(f"  {len(packed.rows):,} rows of {s.max_len} tokens "
         f"({'read from the cache' if packed.from_cache else 'encoded once and cached'}: {packed.cache_file})")
     return tok, PackedMLMTask(packed.rows, tok, mask_prob=s.mask_prob, seed=s.seed)
@@ -144,8 +145,8 @@ def pretrain_bert(s: DemoSettings, *, log=print, callbacks=(), resume: bool = Fa
         check_resumable(folder, config)  # before minutes of data loading
     given = tokenization.load_tokenizer(folder if resume else tokenizer) if (resume or tokenizer) else None
     tok, task = _pretraining_task(s, log=log, tokenizer=given)
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), d_model=s.width, n_layers=s.layers, n_heads=s.heads,
-                      d_ff=4 * s.width, max_len=s.max_len, norm_first=True, dropout=0.0, attn_dropout=0.0)
+    cfg = course_bert_config(vocab_size=tok.get_vocab_size(), max_len=s.max_len, layers=s.layers, width=s.width,
+                             heads=s.heads)
     torch.manual_seed(s.seed)  # the initial weights, too, come from the seed
     model = build_model(cfg)
     budget = " and ".join(([f"{s.pretrain_steps} steps"] if s.pretrain_steps else []) +

@@ -32,7 +32,7 @@ import datasets
 import yaml  # installed with datasets, which reads dataset cards with it
 
 from teachkit import data, pretrained
-from teachkit.checkpoint import atomic_folder, recover_folder
+from teachkit.files import atomic_folder, recover_folder
 from teachkit.data import DataUnavailableError
 
 MANIFEST = ".teachkit-mirror.json"  # hidden, so `datasets` never takes it for a data file
@@ -257,7 +257,7 @@ def _mirror_item(item: Item, dest: Path, source: Source) -> Outcome:
 
 def _fetch(item: Item, staged: Path, source: Source) -> str:
     """Fill `staged`; return where the files came from (for the report and the manifest)."""
-    installed = pretrained._minilm_folder() if item.name == pretrained.MINILM_HUB_ID else None
+    installed = pretrained.installed_minilm() if item.name == pretrained.MINILM_HUB_ID else None
     if installed is not None:  # already on this machine, in its pip package: no download needed
         for name in item.patterns:
             if (installed / name).is_file():

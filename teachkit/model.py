@@ -36,32 +36,6 @@ def _activation(name: str) -> nn.Module:
     return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
 
 
-def dropout(x: torch.Tensor, p: float, *, training: bool = True) -> torch.Tensor:
-    """`F.dropout` (keep each value with probability 1 - p, scale by 1 / (1 - p)), cheaper on a CPU.
-
-    Drawing one random number per value is a large share of a CPU training step. Here one 64-bit
-    draw gives four 16-bit numbers, a quarter of the generator calls: the pre-training benchmark
-    step measured 1.20x faster. p is rounded to a multiple of 1/65536. GPUs keep PyTorch's kernel.
-    """
-    if not training or p == 0.0 or x.device.type != "cpu":
-        return F.dropout(x, p=p, training=training)
-    n = x.numel()
-    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)  # 4 x 16 random bits each
-    keep = bits.view(torch.int16)[:n].view(x.shape) >= round(-32768 + p * 65536)  # int16 is uniform on [-32768, 32767]
-    return x * keep / (1 - p)
-
-
-class Dropout(nn.Module):
-    """`nn.Dropout`, through teachkit's `dropout` (cheaper on a CPU)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, training=self.training)
-
-
 class Embeddings(nn.Module):
     """Token + position (+ segment) embeddings. BERT normalises the sum, GPT does not."""
 
@@ -72,7 +46,7 @@ class Embeddings(nn.Module):
         self.positions = nn.Embedding(cfg.max_len, cfg.d_model)
         self.segments = nn.Embedding(cfg.n_segments, cfg.d_model) if cfg.n_segments else None
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.arch == "bert" else None
-        self.drop = Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor, *, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         _check_ids(input_ids, self.cfg)
@@ -108,7 +82,11 @@ class Attention(nn.Module):
         self.n_heads = cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # queries, keys and values in one matmul
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.attn_dropout = cfg.attn_dropout
+        self.weights_drop = nn.Dropout(cfg.attn_dropout)  # drops attention weights while training
+        # The switch between the two ways of computing attention (see `attend`): False uses PyTorch's
+        # fused kernel unless the weights are asked for. teachkit.speed turns it on while `train()` runs
+        # on a CPU, where the spelled-out path trains faster with dropout or in bf16.
+        self.spell_out = False
 
     def forward(
         self, x: torch.Tensor, *, mask: torch.Tensor | None = None, causal: bool = False, need_weights: bool = False
@@ -117,40 +95,37 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=-1)  # (B, T, 3C) -> 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, T, C) -> (B, H, T, D)
-        dropout = self.attn_dropout if self.training else 0.0
-        # Training on a CPU, SDPA is slow with dropout (it falls back to a path that upcasts bf16 to
-        # fp32) and in bf16 (its flash kernel's backward): there the spelled-out version measured
-        # 1.2-1.45x faster per training step. In fp32 without dropout, SDPA was ~9% faster.
-        spelled_out_is_faster = x.device.type == "cpu" and self.training and (dropout > 0 or q.dtype == torch.bfloat16)
-        if need_weights or spelled_out_is_faster:
-            out, weights = _attention_with_weights(q, k, v, mask=mask, causal=causal, dropout_p=dropout)
-            weights = weights if need_weights else None
-        else:
-            # Fast path: PyTorch's fused kernel; is_causal avoids building a (T, T) mask.
-            is_causal = causal and mask is None
-            if causal and mask is not None:
-                mask = mask & _causal_mask(T, x.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
-            weights = None
+        out, weights = self.attend(q, k, v, mask=mask, causal=causal, spelled_out=need_weights or self.spell_out)
         out = out.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
-        return self.proj(out), weights
+        return self.proj(out), weights if need_weights else None
+
+    def attend(self, q, k, v, *, mask: torch.Tensor | None, causal: bool, spelled_out: bool):
+        """softmax(q k^T / sqrt(D)) v for every head: (B, H, T, D) -> (B, H, T, D), and the weights.
+
+        spelled_out=True computes it step by step (below) and also returns the weights (B, H, T, T):
+        this is the version to read. spelled_out=False hands the same computation to PyTorch's fused
+        kernel, `F.scaled_dot_product_attention`, which returns no weights (None).
+        """
+        T = q.shape[-2]
+        if not spelled_out:
+            dropout_p = self.weights_drop.p if self.training else 0.0
+            if causal and mask is not None:
+                mask = mask & _causal_mask(T, q.device)
+            # is_causal spares the kernel a (T, T) mask when causality is the only mask.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                 is_causal=causal and mask is None)
+            return out, None
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
+        if causal:
+            mask = _causal_mask(T, q.device) if mask is None else mask & _causal_mask(T, q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)  # each row sums to 1 over the keys
+        return self.weights_drop(weights) @ v, weights  # (B, H, T, T) @ (B, H, T, D) -> (B, H, T, D)
 
 
 def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()  # (T, T): query t sees keys <= t
-
-
-def _attention_with_weights(q, k, v, *, mask, causal, dropout_p):
-    """The same computation as scaled_dot_product_attention, spelled out so the weights can be returned."""
-    T = q.shape[-2]
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
-    if causal:
-        mask = _causal_mask(T, q.device) if mask is None else mask & _causal_mask(T, q.device)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = scores.softmax(dim=-1)  # each row sums to 1 over the keys
-    out = dropout(weights, dropout_p) @ v  # (B, H, T, T) @ (B, H, T, D) -> (B, H, T, D)
-    return out, weights
 
 
 class FeedForward(nn.Module):
@@ -161,7 +136,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff)
         self.act = _activation(cfg.activation)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.down(self.act(self.up(x))))  # (B, T, C) -> (B, T, F) -> (B, T, C)
@@ -185,7 +160,7 @@ class TransformerLayer(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.ff = FeedForward(cfg)
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
         self, x: torch.Tensor, *, mask: torch.Tensor | None = None, need_weights: bool = False
@@ -337,7 +312,7 @@ class BertForSequenceClassification(nn.Module):
         self.cfg = cfg
         self.n_classes = n_classes
         self.bert = BertModel(cfg)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.d_model, n_classes)
         init_weights(self, n_layers=cfg.n_layers, scale_residual=False)
 

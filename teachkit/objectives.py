@@ -304,12 +304,15 @@ def chunk_token_stream(ids: Sequence[int], *, block_size: int, drop_last: bool =
 # --------------------------------------------------------------------------- losses
 
 
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the positions whose label is not IGNORE_INDEX.
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Cross-entropy over the positions whose label is not IGNORE_INDEX: their mean, or their sum.
 
-    Written as sum / count (not `reduction="mean"`) so that a batch with no labelled position gives
-    0 with a gradient instead of NaN (0 / 0).
+    The mean is written as sum / count (not `reduction="mean"`) so that a batch with no labelled
+    position gives 0 with a gradient instead of NaN (0 / 0). Training takes the sum and divides by
+    `count_targets` over the whole global batch, so that micro-batches and processes average right.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction={reduction!r} must be 'mean' or 'sum'")
     n_classes = logits.shape[-1]
     labels = labels.long()
     wrong = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= n_classes))
@@ -320,7 +323,12 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         )
     flat_logits, flat_labels = logits.reshape(-1, n_classes), labels.reshape(-1)  # (..., V) -> (N, V)
     total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (flat_labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total if reduction == "sum" else total / count_targets(flat_labels).clamp(min=1)
+
+
+def count_targets(labels: torch.Tensor) -> torch.Tensor:
+    """How many positions take a loss: the labels that are not IGNORE_INDEX (the count a summed loss divides by)."""
+    return (labels != IGNORE_INDEX).sum()
 
 
 def _check(name: str, logits: torch.Tensor, labels: torch.Tensor, *, ranks: tuple, expected: str) -> None:
@@ -333,18 +341,19 @@ def _check(name: str, logits: torch.Tensor, labels: torch.Tensor, *, ranks: tupl
         )
 
 
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """Masked-LM loss: cross-entropy at the selected positions only.
 
     Accepts the full logits (B, T, V) with labels (B, T), or logits computed only at the masked
     positions (N, V) with their labels (N,); both give the same value. The second form saves the
     large vocabulary projection at the 85% of positions that take no loss.
+    reduction="sum" (as in every loss here) gives the sum instead of the mean: see `count_targets`.
     """
     _check("mlm_loss", logits, labels, ranks=(2, 3), expected="(B, T, V) with (B, T), or (N, V) with (N,)")
-    return _cross_entropy(logits, labels)
+    return _cross_entropy(logits, labels, reduction)
 
 
-def nsp_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def nsp_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """Next-sentence loss: two classes, NSP_IS_NEXT (0) and NSP_NOT_NEXT (1)."""
     _check("nsp_loss", logits, labels, ranks=(2,), expected="(B, 2) with (B,)")
     if logits.shape[-1] != 2:
@@ -352,16 +361,16 @@ def nsp_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             f"nsp_loss: logits {tuple(logits.shape)} with labels {tuple(labels.shape)}: "
             "expected 2 classes (IsNext, NotNext) in the last dimension"
         )
-    return _cross_entropy(logits, labels)
+    return _cross_entropy(logits, labels, reduction)
 
 
-def clm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def clm_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """Causal-LM loss. `labels` come from `causal_lm_labels`, already shifted: no shift here."""
     _check("clm_loss", logits, labels, ranks=(3,), expected="(B, T, V) with (B, T) from causal_lm_labels")
-    return _cross_entropy(logits, labels)
+    return _cross_entropy(logits, labels, reduction)
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """Fine-tuning loss: one human label per example, logits (B, C) with labels (B,)."""
     _check("classification_loss", logits, labels, ranks=(2,), expected="(B, C) with (B,)")
-    return _cross_entropy(logits, labels)
+    return _cross_entropy(logits, labels, reduction)

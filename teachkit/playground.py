@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 
 from teachkit import checkpoint, course, data, finetune, pretrained, tokenization
-from teachkit.config import PRESETS, ModelConfig
+from teachkit.config import PRESETS, ModelConfig, course_bert_config, heads_problem
 from teachkit.model import build_model, count_parameters
 from teachkit.tasks import ClassificationTask, PretrainingTask
 from teachkit.train import History, TrainConfig, train
@@ -98,10 +98,9 @@ class Settings:
             value = getattr(self, name)
             if not low <= value <= high:
                 found.append(f"{_LABELS[name]} = {value} is outside {low:g} to {high:g}.")
-        if self.start_from in OWN_MODEL and self.heads >= 1 and self.width % self.heads:
-            fits = [h for h in range(1, min(self.width, 16) + 1) if self.width % h == 0]
-            found.append(f"Width {self.width} is not divisible by {self.heads} heads (each head gets width / heads "
-                         f"dimensions): pick heads from {fits} or a width that is a multiple of {self.heads}.")
+        heads = heads_problem(d_model=self.width, n_heads=self.heads) if self.start_from in OWN_MODEL else ""
+        if heads:
+            found.append(heads)
         preset = SIZE_PRESETS.get(self.size)
         if preset and self.start_from in OWN_MODEL and (preset.n_layers, preset.d_model, preset.n_heads) != (self.layers, self.width, self.heads):
             found.append(f"Model size {self.size!r} means {preset.n_layers} layers, width {preset.d_model}, "
@@ -129,9 +128,13 @@ class Settings:
         return max(1, self.labels // min(self.batch_size, self.labels))
 
     def model_config(self, *, vocab_size: int) -> ModelConfig:
-        """The BERT this run trains (pre-LN, which tolerates the high learning rates of a short budget)."""
-        return ModelConfig(vocab_size=vocab_size, d_model=self.width, n_layers=self.layers, n_heads=self.heads,
-                           d_ff=4 * self.width, max_len=MAX_LEN, norm_first=True, pooling="mean")
+        """The BERT this run trains: the course BERT's recipe at the chosen size.
+
+        Unlike the demo it keeps BERT's dropout (0.1): fine-tuning here makes several passes over a few
+        hundred reviews, where dropout holds off over-fitting. The classifier averages the token vectors.
+        """
+        return course_bert_config(vocab_size=vocab_size, max_len=MAX_LEN, layers=self.layers, width=self.width,
+                                  heads=self.heads, dropout=0.1, attn_dropout=0.1, pooling="mean")
 
     def budget_text(self) -> str:
         return f"{self.budget} s" if self.budget_unit == "seconds" else f"{self.budget} steps"

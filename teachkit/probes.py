@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from teachkit.devices import move
 from teachkit.objectives import NSP_IS_NEXT, ROLE_NAMES, causal_lm_labels, mask_tokens
-from teachkit.tasks import predict
+from teachkit.tasks import encode_split, predict
 from teachkit.tokenization import encode, encode_pairs, special_ids
 
 HEAD_PATTERNS = ("[CLS]", "[SEP]", "previous", "next", "self", "same word")
@@ -355,9 +355,7 @@ class Predictions:
 @torch.no_grad()
 def classify(model, tokenizer, split, *, max_len: int = 64) -> Predictions:
     """A classifier's answers on a LabelledSplit (e.g. the test set), in the split's order."""
-    batch = encode(tokenizer, split.texts, max_len=min(max_len, model.cfg.max_len))
-    data = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-            "lengths": batch["attention_mask"].sum(1), "labels": torch.tensor(list(split.labels))}
+    data = encode_split(split, tokenizer, max_len=min(max_len, model.cfg.max_len))
     device = _device(model)
     with _eval_mode(model):
         probs = predict(model, data, to_device=lambda b: {k: v.to(device) for k, v in b.items()})["logits"].softmax(-1)

@@ -4,9 +4,9 @@ A task turns a step number into a batch *deterministically* (the data order and 
 depend only on the seed and the step), so an interrupted run resumes exactly where it stopped
 and a run split over several processes sees the same global batch as a single process.
 
-Losses are returned as sums with the number of targets they were summed over; the loop divides
-by the count over the whole global batch, so gradient accumulation and distributed training give
-the same average as one big batch.
+Losses are the ones in `teachkit.objectives`, returned as sums (`reduction="sum"`) with the number
+of targets they were summed over (`count_targets`); the loop divides by the count over the whole
+global batch, so gradient accumulation and distributed training give the same average as one big batch.
 """
 
 from __future__ import annotations
@@ -15,14 +15,18 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from teachkit.objectives import (
     IGNORE_INDEX,
     causal_lm_labels,
     chunk_token_stream,
+    classification_loss,
+    clm_loss,
+    count_targets,
     make_nsp_pairs,
     mask_tokens,
+    mlm_loss,
+    nsp_loss,
     pretraining_batch,
 )
 from teachkit.tokenization import encode, special_ids
@@ -106,7 +110,7 @@ class PretrainingTask:
         return {k: b[k] for k in ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "nsp_labels")}
 
     def counts(self, batch) -> dict[str, int]:
-        counts = {"mlm": int((batch["mlm_labels"] != IGNORE_INDEX).sum())}
+        counts = {"mlm": int(count_targets(batch["mlm_labels"]))}
         if self.nsp:
             counts["nsp"] = len(batch["nsp_labels"])
         return counts
@@ -115,9 +119,9 @@ class PretrainingTask:
         predict_at = batch["mlm_labels"] != IGNORE_INDEX
         out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
                     attention_mask=batch["attention_mask"], predict_at=predict_at)
-        sums = {"mlm": F.cross_entropy(out.logits.float(), batch["mlm_labels"][predict_at], reduction="sum")}
+        sums = {"mlm": mlm_loss(out.logits.float(), batch["mlm_labels"][predict_at], reduction="sum")}
         if self.nsp:
-            sums["nsp"] = F.cross_entropy(out.nsp_logits.float(), batch["nsp_labels"], reduction="sum")
+            sums["nsp"] = nsp_loss(out.nsp_logits.float(), batch["nsp_labels"], reduction="sum")
         return sums
 
     def evaluate(self, model, *, to_device) -> dict[str, float]:
@@ -131,7 +135,7 @@ class PretrainingTask:
             out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
                         attention_mask=batch["attention_mask"], predict_at=at)
             labels = batch["mlm_labels"][at]
-            totals["mlm_loss"] += float(F.cross_entropy(out.logits.float(), labels, reduction="sum"))
+            totals["mlm_loss"] += float(mlm_loss(out.logits.float(), labels, reduction="sum"))
             totals["mlm_acc"] += float((out.logits.argmax(-1) == labels).sum())
             totals["nsp_acc"] += float((out.nsp_logits.argmax(-1) == batch["nsp_labels"]).sum())
             n_tokens, n_pairs = n_tokens + len(labels), n_pairs + len(batch["nsp_labels"])
@@ -172,12 +176,12 @@ class PackedMLMTask:
         return {"input_ids": masked.input_ids, "mlm_labels": masked.labels}
 
     def counts(self, batch) -> dict[str, int]:
-        return {"mlm": int((batch["mlm_labels"] != IGNORE_INDEX).sum())}
+        return {"mlm": int(count_targets(batch["mlm_labels"]))}
 
     def loss_sums(self, model, batch) -> dict[str, torch.Tensor]:
         predict_at = batch["mlm_labels"] != IGNORE_INDEX
         out = model(batch["input_ids"], predict_at=predict_at)
-        return {"mlm": F.cross_entropy(out.logits.float(), batch["mlm_labels"][predict_at], reduction="sum")}
+        return {"mlm": mlm_loss(out.logits.float(), batch["mlm_labels"][predict_at], reduction="sum")}
 
     @torch.no_grad()
     def evaluate(self, model, *, to_device) -> dict[str, float]:
@@ -189,7 +193,7 @@ class PackedMLMTask:
             at = batch["mlm_labels"] != IGNORE_INDEX
             logits = model(batch["input_ids"], predict_at=at).logits.float()
             labels = batch["mlm_labels"][at]
-            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            loss += float(mlm_loss(logits, labels, reduction="sum"))
             correct += float((logits.argmax(-1) == labels).sum())
             n += len(labels)
         return {"mlm_loss": loss / max(n, 1), "mlm_acc": correct / max(n, 1)}
@@ -213,11 +217,11 @@ class CausalLMTask:
         return _clm_rows(self.chunks, list(indices))
 
     def counts(self, batch) -> dict[str, int]:
-        return {"clm": int((batch["labels"] != IGNORE_INDEX).sum())}
+        return {"clm": int(count_targets(batch["labels"]))}
 
     def loss_sums(self, model, batch) -> dict[str, torch.Tensor]:
         logits = model(batch["input_ids"]).logits.float()
-        return {"clm": F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum")}
+        return {"clm": clm_loss(logits, batch["labels"], reduction="sum")}
 
     def evaluate(self, model, *, to_device) -> dict[str, float]:
         if self.eval_chunks is None:
@@ -252,14 +256,14 @@ class ClassificationTask:
     def __init__(self, train, tokenizer, *, max_len: int = 128, seed: int = 0, eval_split=None):
         self.tokenizer, self.max_len, self.seed = tokenizer, max_len, seed
         self.n_classes = len(train.label_names)
-        self.train = _encode_split(train, tokenizer, max_len)
-        self.eval = _encode_split(eval_split, tokenizer, max_len) if eval_split is not None else None
+        self.train = encode_split(train, tokenizer, max_len=max_len)
+        self.eval = encode_split(eval_split, tokenizer, max_len=max_len) if eval_split is not None else None
         self.n_examples = len(self.train["labels"])
         self.sampler = EpochSampler(self.n_examples, seed=seed, lengths=self.train["lengths"].tolist())
 
     def encode(self, split) -> dict[str, torch.Tensor]:
         """Tokenise another labelled split (e.g. the test set) the way the training data was."""
-        return _encode_split(split, self.tokenizer, self.max_len)
+        return encode_split(split, self.tokenizer, max_len=self.max_len)
 
     def batch(self, indices: Sequence[int], *, step: int = 0, epoch: int = 0) -> dict[str, torch.Tensor]:
         return _rows(self.train, list(indices))
@@ -269,7 +273,7 @@ class ClassificationTask:
 
     def loss_sums(self, model, batch) -> dict[str, torch.Tensor]:
         logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        return {"cls": F.cross_entropy(logits, batch["labels"], reduction="sum")}
+        return {"cls": classification_loss(logits, batch["labels"], reduction="sum")}
 
     def evaluate(self, model, *, to_device, split=None) -> dict[str, float]:
         split = split if split is not None else self.eval
@@ -277,11 +281,12 @@ class ClassificationTask:
             return {}
         preds = predict(model, split, to_device=to_device)
         labels = split["labels"]
-        loss = float(F.cross_entropy(preds["logits"], labels))
+        loss = float(classification_loss(preds["logits"], labels))
         return {"loss": loss, "accuracy": float((preds["logits"].argmax(-1) == labels).float().mean())}
 
 
-def _encode_split(split, tokenizer, max_len: int) -> dict[str, torch.Tensor]:
+def encode_split(split, tokenizer, *, max_len: int) -> dict[str, torch.Tensor]:
+    """A labelled split as padded ids, attention mask, lengths and labels: what `predict` and batches read."""
     enc = encode(tokenizer, split.texts, max_len=max_len)
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
             "lengths": enc["attention_mask"].sum(1), "labels": torch.tensor(split.labels, dtype=torch.long)}

@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from teachkit.checkpoint import TrainingState, check_writable, checkpoint_bytes, is_checkpoint, \
     load_training_state, load_weights, read_tensors, save_or_rescue
-from teachkit.devices import autocast, move, pick_device, pick_precision, release_freed_memory
+from teachkit.devices import autocast, move, pick_device, pick_precision
 from teachkit.interrupts import Signals, check_same_settings
+from teachkit.speed import training_speedups
 
 
 @dataclass
@@ -120,7 +121,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
         groups += [{"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
                    {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
     groups = [g for g in groups if g["params"]]
-    # The fused kernel updates all tensors in one pass (25 ms -> 5 ms per step for 5M parameters on CPU).
+    # The fused kernel updates all tensors in one pass: several times faster (benchmarks/README.md).
     fused = params[0].device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
 
@@ -162,10 +163,11 @@ def train(
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     signals = Signals(stop or threading.Event())
-    run = _Run(net, task, config, device, precision, rank, world, optimizer, saved.history, tokenizer,
-               list(callbacks), signals)
-    run.best, run.best_weights = saved.best, saved.best_weights
-    with signals.installed():
+    # The CPU speed-ups (teachkit.speed) are on while the loop runs, and the model is as it was after.
+    with signals.installed(), training_speedups(model, device=device, precision=precision) as speedups:
+        run = _Run(net, task, config, device, precision, rank, world, optimizer, saved.history, tokenizer,
+                   list(callbacks), signals, speedups)
+        run.best, run.best_weights = saved.best, saved.best_weights
         return run.loop(saved.step, saved.elapsed, signals.stop)
 
 
@@ -209,11 +211,11 @@ class _Run:
     """The state of one call to `train`; its methods are the steps of the loop."""
 
     def __init__(self, net, task, cfg, device, precision, rank, world, optimizer, history, tokenizer, callbacks,
-                 signals):
+                 signals, speedups):
         self.net, self.model = net, getattr(net, "module", net)
         self.task, self.cfg, self.device, self.precision = task, cfg, device, precision
         self.rank, self.world, self.optimizer, self.history = rank, world, optimizer, history
-        self.tokenizer, self.callbacks, self.signals = tokenizer, callbacks, signals
+        self.tokenizer, self.callbacks, self.signals, self.speedups = tokenizer, callbacks, signals, speedups
         self.best: dict | None = None
         self.best_weights: dict | None = None
         self.last_save = time.perf_counter()
@@ -245,8 +247,7 @@ class _Run:
                 step += 1
                 self.history.steps.append(record)
                 self.signals.release()  # the update is counted: a second Ctrl-C during it acts now
-                if step % 10 == 0 and self.device.type == "cpu":
-                    release_freed_memory()
+                self.speedups.after_step(step)
                 self.emit({"kind": "step", **record})
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}")

@@ -196,18 +196,6 @@ def attention_head(maps, *, layer: int, head: int, title: str | None = None) -> 
     return fig
 
 
-def attention_view(*, model, tokenizer, text: str, layer: int, head: int) -> None:
-    """Draw one head for a text, for `ipywidgets.interact` (which shows the figure; nothing is returned,
-    so it is not shown twice). A text that cannot be shown is explained, not a traceback."""
-    from teachkit.course import LearnerError
-    from teachkit.probes import attention_maps
-
-    try:
-        attention_head(attention_maps(model, tokenizer, text), layer=layer, head=head)
-    except ValueError as err:
-        raise LearnerError(str(err)) from None
-
-
 def head_scores_map(scores, *, pattern: str) -> plt.Figure:
     """A (layers x heads) table of head_scores, coloured, with the value in each cell."""
     L, H = scores.shape

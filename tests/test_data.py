@@ -10,7 +10,7 @@ import datasets
 import huggingface_hub.constants
 import pytest
 
-from teachkit import data
+from teachkit import data, files
 
 # The shared mirror sits beside the repository (../shared/data); TEACHKIT_DATA_DIR overrides.
 ROWS = {
@@ -41,7 +41,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
-    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "teachkit-cache"))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "teachkit-cache"))
 
 
 # ------------------------------------------------------------------------------ finding data
@@ -136,7 +136,7 @@ def _review_zip(path: Path) -> Path:
 def test_movie_reviews_online_builds_the_mirror_layout(monkeypatch, tmp_path, mirror):
     expected_features = data.load("movie_reviews", split="train").features
     monkeypatch.delenv(data.DATA_DIR_ENV)
-    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "cache"))
     source = _review_zip(tmp_path / "movie_reviews.zip")
     monkeypatch.setattr(data, "MOVIE_REVIEWS_URL", source.as_uri())
 
@@ -155,7 +155,7 @@ def test_movie_reviews_online_builds_the_mirror_layout(monkeypatch, tmp_path, mi
 
 def test_movie_reviews_download_that_is_not_a_zip(monkeypatch, tmp_path):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "cache"))
     bad = tmp_path / "movie_reviews.zip"
     bad.write_text("<html>rate limited</html>")
     monkeypatch.setattr(data, "MOVIE_REVIEWS_URL", bad.as_uri())

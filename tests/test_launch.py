@@ -366,10 +366,10 @@ def test_the_model_is_mirrored_and_found_through_teachkit_data_dir(tmp_path, mir
                   if o.item.kind == "model"]
     assert outcome.status == "fetched"
     folder = dest / "models" / pretrained.MINILM_HUB_ID
-    assert (folder / "model.safetensors").read_bytes() == (pretrained._minilm_folder() / "model.safetensors").read_bytes()
+    assert (folder / "model.safetensors").read_bytes() == (pretrained.installed_minilm() / "model.safetensors").read_bytes()
     # Without the pip package, 'minilm' is read from the mirror named by TEACHKIT_DATA_DIR.
     monkeypatch.setenv(data.DATA_DIR_ENV, str(dest))
-    monkeypatch.setattr(pretrained, "_minilm_folder", lambda: None)
+    monkeypatch.setattr(pretrained, "installed_minilm", lambda: None)
     assert pretrained.resolve_source("minilm") == folder
     bert = pretrained.load_hf("minilm")
     assert bert.tokenizer.encode("hello world").tokens[:4] == ["[CLS]", "hello", "world", "[SEP]"]

@@ -62,6 +62,15 @@ def test_notebook_is_committed_without_outputs(path):
     assert not dirty, f"{path.name}: cells {dirty} have outputs; strip them (make strip) before committing"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS + APPS, ids=lambda p: p.name)
+def test_the_first_cell_names_the_teachkit_files_it_teaches(path):
+    first = "".join(json.loads(path.read_text())["cells"][0]["source"])
+    named = re.findall(r"teachkit/(\w+)\.py", first)
+    package = Path(__file__).parent.parent / "teachkit"
+    assert named, f"{path.name}: say in the first cell which teachkit file(s) it teaches"
+    assert all((package / f"{name}.py").is_file() for name in named), named
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_top_to_bottom_within_binder_memory(path, course_env):

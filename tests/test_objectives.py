@@ -24,6 +24,7 @@ from teachkit.objectives import (
     chunk_token_stream,
     classification_loss,
     clm_loss,
+    count_targets,
     make_nsp_pairs,
     mask_tokens,
     mlm_loss,
@@ -366,6 +367,19 @@ def test_other_losses_match_cross_entropy():
     cls_logits, cls_labels = _logits(B, 5), torch.tensor([4, 0, 2])
     expected = F.cross_entropy(cls_logits, cls_labels)
     torch.testing.assert_close(classification_loss(cls_logits, cls_labels), expected)
+
+
+def test_every_loss_has_a_sum_form_that_divides_by_count_targets_to_the_mean():
+    logits, labels = _logits(B, T, V), _mlm_labels()
+    total = mlm_loss(logits, labels, reduction="sum")
+    torch.testing.assert_close(total, F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), reduction="sum"))
+    assert count_targets(labels) == int((labels != IGNORE_INDEX).sum()) > 0
+    torch.testing.assert_close(total / count_targets(labels), mlm_loss(logits, labels))
+    cls_logits, cls_labels = _logits(B, 5), torch.tensor([4, 0, 2])
+    torch.testing.assert_close(classification_loss(cls_logits, cls_labels, reduction="sum"),
+                               F.cross_entropy(cls_logits, cls_labels, reduction="sum"))
+    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+        nsp_loss(_logits(B, 2), torch.tensor([0, 1, 1]), reduction="none")
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import C, H, V
-from teachkit.config import ModelConfig
 from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, mean_pool
 from teachkit.pretrained import (
     CheckpointError,
+    config_from_hf,
+    config_to_hf,
     from_hf_state_dict,
     load_hf,
     read_checkpoint,
@@ -113,7 +114,7 @@ def inputs():
 
 
 def test_bert_pretraining_parity_teachkit_to_transformers(tmp_path):
-    ours = BertForPreTraining(ModelConfig.from_hf({"model_type": "bert", **small_bert_config()})).eval()
+    ours = BertForPreTraining(config_from_hf({"model_type": "bert", **small_bert_config()})).eval()
     save_hf(ours, tmp_path / "ckpt")
     theirs = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "ckpt")).eval()
     ids, segments, mask = inputs()
@@ -137,7 +138,7 @@ def test_bert_pretraining_parity_transformers_to_teachkit(tmp_path):
 
 
 def test_bert_classifier_round_trip(tmp_path):
-    ours = BertForSequenceClassification(ModelConfig.from_hf({"model_type": "bert", **small_bert_config()}),
+    ours = BertForSequenceClassification(config_from_hf({"model_type": "bert", **small_bert_config()}),
                                          n_classes=3).eval()
     save_hf(ours, tmp_path / "cls")
     theirs = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path / "cls")).eval()
@@ -177,7 +178,7 @@ def test_gpt2_parity_both_directions(tmp_path):
 def test_missing_tensor_is_a_clear_error(tmp_path):
     theirs = transformers.BertModel(transformers.BertConfig(**small_bert_config()))
     state = {k: v for k, v in theirs.state_dict().items() if "layer.1.output.dense" not in k}
-    model = BertForPreTraining(ModelConfig.from_hf({"model_type": "bert", **small_bert_config()}))
+    model = BertForPreTraining(config_from_hf({"model_type": "bert", **small_bert_config()}))
     with pytest.raises(CheckpointError, match=r"(?s)2 tensors are missing.*layer\.1\.output\.dense"):
         from_hf_state_dict(model, state, source="broken")
 
@@ -204,8 +205,21 @@ def test_unknown_hub_id_offline_says_what_to_do():
 
 
 def test_save_is_atomic_and_overwrites(tmp_path):
-    model = GPT(ModelConfig.from_hf(small_gpt2_config().to_dict()))
+    model = GPT(config_from_hf(small_gpt2_config().to_dict()))
     save_hf(model, tmp_path / "ckpt")
     save_hf(model, tmp_path / "ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_config_translation_round_trips_and_names_what_is_missing():
+    from teachkit.config import preset
+
+    for name in ("bert-mini", "gpt-tiny"):
+        assert config_from_hf(config_to_hf(preset(name))) == preset(name)
+    assert config_to_hf(preset("bert-mini"))["hidden_size"] == 256
+    hf = config_to_hf(preset("gpt-tiny"))
+    assert hf["n_embd"] == 64 and hf["embd_pdrop"] == hf["resid_pdrop"] == 0.1
+    hf = {k: v for k, v in config_to_hf(preset("tiny")).items() if k != "num_attention_heads"}
+    with pytest.raises(ValueError, match="lacks num_attention_heads"):
+        config_from_hf(hf)

@@ -27,9 +27,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ddp_worker import cfg, classification, pretraining, sentiment, weights
 from teachkit import checkpoint, finetune
-from teachkit.checkpoint import NotACheckpointError, atomic_folder, load_model, load_training_state, load_weights, \
+from teachkit.checkpoint import NotACheckpointError, load_model, load_training_state, load_weights, \
     save_checkpoint
 from teachkit.compare import Labelled, Protocol, finetune_fair
+from teachkit.files import atomic_folder
 from teachkit.model import build_model
 from teachkit.train import TrainConfig, train
 

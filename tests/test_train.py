@@ -24,9 +24,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ddp_worker import cfg, classification, pretraining, weights
 from teachkit import checkpoint
-from teachkit.checkpoint import NotACheckpointError, atomic_folder, load_training_state, load_weights, \
+from teachkit.checkpoint import NotACheckpointError, load_training_state, load_weights, \
     save_checkpoint
 from teachkit.devices import DeviceError
+from teachkit.files import atomic_folder
 from teachkit.model import build_model
 from teachkit.tokenization import load_tokenizer
 from teachkit.train import TrainConfig, lr_factor, train
@@ -505,6 +506,24 @@ def test_pretraining_step_records_hold_both_losses(tok):
     for record in result.history.steps:
         assert record["loss"] == pytest.approx(record["mlm"] + record["nsp"])
     assert {"mlm_loss", "mlm_acc", "nsp_acc"} <= set(result.history.evals[-1])
+
+
+def test_the_tasks_losses_are_objectives_losses_summed(tok):
+    """Training divides each task's loss sums by its counts: that must be objectives' mean loss, to the bit."""
+    from teachkit.objectives import IGNORE_INDEX, classification_loss, mlm_loss, nsp_loss
+
+    model, task = pretraining(tok, dropout=0.0)
+    batch = task.batch(list(range(8)), step=0, epoch=0)
+    sums, counts = task.loss_sums(model, batch), task.counts(batch)
+    out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
+    at = batch["mlm_labels"] != IGNORE_INDEX
+    assert counts == {"mlm": int(at.sum()), "nsp": 8}
+    torch.testing.assert_close(sums["mlm"] / counts["mlm"], mlm_loss(out.logits, batch["mlm_labels"]))
+    torch.testing.assert_close(sums["nsp"] / counts["nsp"], nsp_loss(out.nsp_logits, batch["nsp_labels"]))
+    model, task = classification(tok, dropout=0.0)
+    batch = task.batch([0, 1, 2])
+    out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(task.loss_sums(model, batch)["cls"] / 3, classification_loss(out.logits, batch["labels"]))
 
 
 def test_learning_rate_warms_up_then_decays(tok):

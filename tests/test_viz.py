@@ -98,19 +98,6 @@ def test_neighbours_and_mask_guess_tables_have_a_row_per_word_and_mask():
     assert html.index(">before</th>") < html.index(">after</th>")
 
 
-def test_attention_view_draws_one_head_and_explains_an_empty_text(tok):
-    from teachkit.config import preset
-    from teachkit.course import LearnerError
-    from teachkit.model import build_model
-
-    model = build_model(preset("tiny", vocab_size=tok.get_vocab_size(), n_layers=L, n_heads=H, d_model=40, d_ff=64))
-    assert viz.attention_view(model=model, tokenizer=tok, text="the film was great", layer=3, head=5) is None
-    (ax,) = _heatmaps(plt.gcf())
-    assert ax.get_title() == "Layer 3, head 5" and len(ax.get_xticklabels()) == 6
-    with pytest.raises(LearnerError, match="empty"):
-        viz.attention_view(model=model, tokenizer=tok, text="", layer=1, head=1)
-
-
 def _label_boxes(fig) -> tuple[list, list]:
     """The value labels' boxes and the lines' paths of accuracy_vs_budget, in pixels, as drawn."""
     ax = fig.axes[0]
@@ -145,6 +132,20 @@ def test_accuracy_vs_budget_labels_every_point_where_no_line_or_label_crosses_it
                                       (999_999, "1 million"), (2.34e6, "2.3 million"), (4.5e10, "45 billion")])
 def test_readable_count_never_says_zero_million(n, words):
     assert viz.readable_count(n) == words
+
+
+def test_show_attention_draws_one_head_and_explains_an_empty_text(tok):
+    from teachkit import explorers
+    from teachkit.config import preset
+    from teachkit.course import LearnerError
+    from teachkit.model import build_model
+
+    model = build_model(preset("tiny", vocab_size=tok.get_vocab_size(), n_layers=L, n_heads=H, d_model=40, d_ff=64))
+    assert explorers.show_attention(model=model, tokenizer=tok, text="the film was great", layer=3, head=5) is None
+    (ax,) = _heatmaps(plt.gcf())
+    assert ax.get_title() == "Layer 3, head 5" and len(ax.get_xticklabels()) == 6
+    with pytest.raises(LearnerError, match="empty"):
+        explorers.show_attention(model=model, tokenizer=tok, text="", layer=1, head=1)
 
 
 def test_attention_explorer_keeps_its_picture_where_no_widget_can_show(tok):
