@@ -22,7 +22,6 @@ import ipywidgets as widgets
 import torch
 
 from teachkit import textviz, viz
-from teachkit.course import LearnerError
 from teachkit.objectives import SentencePair
 from teachkit.probes import (
     attention_maps,
@@ -328,20 +327,11 @@ def attention_view(model, tokenizer, *, text: str, layer: int, head: int) -> str
     return f'<img alt="attention of layer {layer}, head {head}" src="data:image/png;base64,{data}">'
 
 
-def show_attention(*, model, tokenizer, text: str, layer: int, head: int) -> None:
-    """Draw one head for a text, for `ipywidgets.interact` (which shows the figure; nothing is returned,
-    so it is not shown twice). A text that cannot be shown is explained, not a traceback."""
-    try:
-        viz.attention_head(attention_maps(model, tokenizer, text), layer=layer, head=head)
-    except ValueError as err:
-        raise LearnerError(str(err)) from None
-
-
 def attention_explorer(model, tokenizer, *, text: str, layer: int = 1, head: int = 1) -> Explorer:
     """Layer and head sliders and a sentence box over one head's attention map.
 
-    Unlike `ipywidgets.interact(show_attention, ...)`, the picture lives in the explorer's view,
-    so an HTML export keeps it (interact's output disappears with the widget state).
+    The picture lives in the explorer's view, so an HTML export keeps it (`ipywidgets.interact`'s
+    output would disappear with the widget state).
     """
     cfg = getattr(model, "bert", model).cfg
     sentence = widgets.Text(value=text, description="sentence", continuous_update=False,

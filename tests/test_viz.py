@@ -134,20 +134,6 @@ def test_readable_count_never_says_zero_million(n, words):
     assert viz.readable_count(n) == words
 
 
-def test_show_attention_draws_one_head_and_explains_an_empty_text(tok):
-    from teachkit import explorers
-    from teachkit.config import preset
-    from teachkit.course import LearnerError
-    from teachkit.model import build_model
-
-    model = build_model(preset("tiny", vocab_size=tok.get_vocab_size(), n_layers=L, n_heads=H, d_model=40, d_ff=64))
-    assert explorers.show_attention(model=model, tokenizer=tok, text="the film was great", layer=3, head=5) is None
-    (ax,) = _heatmaps(plt.gcf())
-    assert ax.get_title() == "Layer 3, head 5" and len(ax.get_xticklabels()) == 6
-    with pytest.raises(LearnerError, match="empty"):
-        explorers.show_attention(model=model, tokenizer=tok, text="", layer=1, head=1)
-
-
 def test_attention_explorer_keeps_its_picture_where_no_widget_can_show(tok):
     """interact()'s output disappears from an HTML export with the widget state; the explorer's picture stays."""
     from teachkit import explorers
