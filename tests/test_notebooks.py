@@ -27,7 +27,7 @@ RSS_LIMIT_BYTES = 1_500_000_000
 def kernel_memory(pid: int) -> tuple[int, int]:
     """(resident now, peak so far) of a kernel process, in bytes, from /proc (Linux)."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return tuple(int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) * 1024 for field in ("VmRSS", "VmHWM"))
+    return tuple(int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) * 1024 for key in ("VmRSS", "VmHWM"))
 
 
 @dataclass
