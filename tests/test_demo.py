@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 import matplotlib
 
@@ -36,6 +41,26 @@ def test_fast_demo_writes_a_measured_report(tmp_path, mirror_dir, monkeypatch):
         assert (tmp_path / name).stat().st_size > 10_000
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
     assert (tmp_path / "pretrained" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_demo_stays_within_binder_memory(tmp_path, mirror_dir):
+    """`make demo`'s whole path (every arm, MiniLM included) in fast mode, in its own process; its peak RSS
+    must leave Binder's 2,000,000,000 bytes room for the server. The peak is set by the MiniLM arms and
+    does not grow with the pre-training budget, so five seconds of pre-training are enough."""
+    from test_notebooks import RSS_LIMIT_BYTES
+
+    env = {**os.environ, "TEACHKIT_DATA_DIR": str(mirror_dir), "TEACHKIT_CACHE": str(tmp_path / "cache"),
+           "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    command = [sys.executable, "-m", "teachkit", "demo", "--fast", "--pretrain-seconds", "5", "--out", str(tmp_path)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own peak, not the largest of all children
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, output[-3000:]
+    peak = usage.ru_maxrss * 1024  # kB on Linux
+    print(f"fast demo: peak RSS {peak:,} bytes")
+    assert peak <= RSS_LIMIT_BYTES, f"the demo peaked at {peak:,} bytes RSS, over {RSS_LIMIT_BYTES:,}:\n{output[-2000:]}"
 
 
 def history(losses):
