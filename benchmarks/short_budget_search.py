@@ -107,7 +107,7 @@ def read(path: Path) -> list[dict]:
 def table(args) -> None:
     rows = read(args.results)
     scratch = {(r["shape"], r["seed"]): r["test_accuracy"] for r in rows if r["arm"] == "scratch"}
-    print("| recipe | flags | steps | seconds | test % | paired gain over scratch |")
+    print("| recipe | flags | steps | wall seconds | test % | paired gain over scratch (± s.e.) |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name in dict.fromkeys(r["recipe"] for r in rows if r["arm"] == "pretrained"):
         mine = [r for r in rows if r["recipe"] == name and r["arm"] == "pretrained"]
