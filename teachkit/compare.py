@@ -10,6 +10,7 @@ So no arm wins because it happened to be run at a learning rate that suits it.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -100,8 +101,8 @@ def finetune_fair(arm: str, source, *, tokenizer=None, config: ModelConfig | Non
         tried.append({"lr": lr, "body_lr_scale": scale, "validation_accuracy": result.best["accuracy"]})
         if best is None or result.best["accuracy"] > best[2].best["accuracy"]:
             best = (model, task, result, lr, scale)
-        else:
-            del model
+        del model, task, result
+        gc.collect()  # frees the setting that lost (see below)
     model, task, result, lr, scale = best
     device_ = next(model.parameters()).device
     test = task.evaluate(model, to_device=partial(move, device=device_), split=task.encode(labelled.test))
@@ -110,4 +111,10 @@ def finetune_fair(arm: str, source, *, tokenizer=None, config: ModelConfig | Non
            "seconds": time.perf_counter() - t0}
     log(f"  {arm:<22} {len(indices):>5} labels, seed {seed}: validation {100 * row['validation_accuracy']:.1f}%, "
         f"test {100 * row['test_accuracy']:.1f}% (lr {lr:g}, body x{scale:g}; {row['seconds']:.0f} s)")
-    return {**row, "history": result.history}
+    history = result.history
+    # A trained model sits in reference cycles, so dropping its last name does not free it; Python's cycle
+    # collector would, but only some time later, when the next arm (a second MiniLM, say) is already
+    # loaded. Collecting here keeps one arm's model in memory at a time.
+    del model, task, result, best
+    gc.collect()
+    return {**row, "history": history}

@@ -75,7 +75,7 @@ STYLE = """<style>
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .teachkit-playground .tk-problem, .teachkit-playground .tk-note { color: #7a4100; background: #fff4e0;
   padding: 4px 8px; border-radius: 4px; margin: 2px 0; font-size: 14px; line-height: 1.3; }
-.teachkit-playground .tk-start-note { color: #333; font-size: 14px; line-height: 1.3; margin: 2px 0 4px 0; }
+.teachkit-playground .tk-start-note, .teachkit-playground .tk-size-note { color: #333; font-size: 14px; line-height: 1.3; margin: 2px 0 4px 0; }
 .teachkit-playground .tk-hint { color: #1f4e79; background: #e8f1fb; padding: 4px 8px; border-radius: 4px;
   margin: 2px 0; font-size: 14px; line-height: 1.3; }
 .teachkit-playground .tk-error { color: #8b0000; background: #fde8e8; padding: 6px 10px; border-radius: 4px; }

@@ -225,7 +225,7 @@ class Playground:
         for key in ("size", "layers", "width", "heads"):  # a checkpoint brings its own size
             self.controls[key].disabled = start not in OWN_MODEL
         self.start_note.value = f"<div class='tk-start-note'>{html.escape(engine.start_description(start))}</div>"
-        self.size_note.value = "" if start in OWN_MODEL else f"<div class='tk-start-note'>{self._own_size(start)}</div>"
+        self.size_note.value = "" if start in OWN_MODEL else f"<div class='tk-size-note'>{self._own_size(start)}</div>"
         self._check()
 
     def _check(self) -> list[str]:
