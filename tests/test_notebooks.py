@@ -163,7 +163,7 @@ FIXED_FACTS = {
     "04_causal_language_modelling.ipynb": {"1,024",  # the vocabulary size set in the code (1024)
                                            "6.9",  # ln(1024), the loss of a uniform guess
                                            "15%"},  # BERT's mask rate
-    "05_attention.ipynb": {"2 minutes",  # how long the notebook takes
+    "05_attention.ipynb": {"1 minute",  # how long the notebook takes
                            "2019",  # Clark et al.
                            "1.0"},  # the highest head score, by definition
     "06_pretraining.ipynb": {"15%",  # BERT's mask rate
