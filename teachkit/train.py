@@ -373,8 +373,18 @@ class _Run:
         if self.best is None or (metrics[name] < self.best[name]) == (direction == "min"):
             self.best = record
             if self.cfg.keep_best:
-                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.keep_weights()
         self.emit({"kind": "eval", **record})
+
+    def keep_weights(self) -> None:
+        """Copy the weights into the kept best copy. In place after the first time: a fresh clone would hold
+        two copies at once, at the moment (an evaluation, optimizer state allocated) memory peaks."""
+        state = self.model.state_dict()
+        if self.best_weights is None:
+            self.best_weights = {k: v.detach().clone() for k, v in state.items()}
+            return
+        for k, v in state.items():
+            self.best_weights[k].copy_(v.detach())
 
     def save_is_due(self) -> bool:
         minutes = self.cfg.save_minutes
