@@ -61,25 +61,29 @@ def corpus_texts(name: str, *, data_dir: str | Path | None = None) -> list[str]:
     """The texts of one named corpus that pre-training may read, cleaned (labels, if any, dropped)."""
     if name not in PRETRAINING_SPLITS:
         raise ValueError(f"Unknown pre-training corpus {name!r}; choose from {', '.join(PRETRAINING_SPLITS)}.")
-    spec = data.spec_for(name)
-    dataset = data.load(name, data_dir=data_dir)
-    texts: list[str] = []
-    for split in PRETRAINING_SPLITS[name]:
-        if split not in dataset:
-            continue  # e.g. the hub's wikitext has a train split the local mirror lacks, and vice versa
-        rows = dataset[split][spec.text_field]
-        texts += data.wikitext_articles(rows) if spec.layout == "wikitext" else [data.clean_text(t) for t in rows]
+    texts = _training_texts(name, data_dir=data_dir)  # first, so a missing corpus fails before any warning
     held_out = held_out_texts(SAME_SOURCE.get(name, (name,)), data_dir=data_dir)
-    return [t for t in texts if t and t not in held_out]
+    return [t for t in texts if t not in held_out]
 
 
 def held_out_repeats(name: str, *, data_dir: str | Path | None = None) -> int:
     """How many training texts of `name` repeat an evaluation text word for word (what corpus_texts drops)."""
+    texts = _training_texts(name, data_dir=data_dir)
+    held_out = held_out_texts(SAME_SOURCE.get(name, (name,)), data_dir=data_dir)
+    return sum(t in held_out for t in texts)
+
+
+def _training_texts(name: str, *, data_dir: str | Path | None) -> list[str]:
+    """The cleaned, non-empty texts of `name`'s pre-training splits, before evaluation texts are taken out."""
     spec = data.spec_for(name)
     dataset = data.load(name, data_dir=data_dir)
-    held_out = held_out_texts(SAME_SOURCE.get(name, (name,)), data_dir=data_dir)
-    return sum(data.clean_text(t) in held_out for split in PRETRAINING_SPLITS.get(name, ()) if split in dataset
-               for t in dataset[split][spec.text_field])
+    texts: list[str] = []
+    for split in PRETRAINING_SPLITS.get(name, ()):
+        if split not in dataset:
+            continue  # e.g. the hub's wikitext has a train split the local mirror lacks, and vice versa
+        rows = dataset[split][spec.text_field]
+        texts += data.wikitext_articles(rows) if spec.layout == "wikitext" else [data.clean_text(t) for t in rows]
+    return [t for t in texts if t]
 
 
 def held_out_texts(names, *, data_dir: str | Path | None = None) -> set[str]:
