@@ -119,9 +119,16 @@ class Settings:
                          f"least one example. Use {N_CLASSES} or more.")
         return found
 
+    def model_shape(self) -> tuple[int, int, int]:
+        """(layers, width, heads) of the model fine-tuning starts from (a checkpoint brings its own size)."""
+        if self.start_from in OWN_MODEL:
+            return self.layers, self.width, self.heads
+        cfg = start_config(self.start_from)
+        return cfg.n_layers, cfg.d_model, cfg.n_heads
+
     def model_layers(self) -> int:
-        """Transformer layers of the model fine-tuning starts from (a checkpoint brings its own size)."""
-        return self.layers if self.start_from in OWN_MODEL else start_config(self.start_from).n_layers
+        """Transformer layers of the model fine-tuning starts from."""
+        return self.model_shape()[0]
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one pass over the labelled examples (a label budget below a batch is one batch)."""
@@ -318,9 +325,7 @@ class Run:
 
     def model_text(self) -> str:
         """The model's shape: "2L×64, 2h"; a checkpoint's own shape when the run starts from one."""
-        s = self.settings
-        cfg = start_config(s.start_from) if s.start_from not in OWN_MODEL else None
-        layers, width, heads = (cfg.n_layers, cfg.d_model, cfg.n_heads) if cfg else (s.layers, s.width, s.heads)
+        layers, width, heads = self.settings.model_shape()
         return f"{layers}L×{width}, {heads}h"
 
     def to_dict(self) -> dict:
