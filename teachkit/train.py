@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from teachkit.checkpoint import TrainingState, check_writable, checkpoint_bytes, is_checkpoint, \
+from teachkit.checkpoint import KeptWeights, TrainingState, check_writable, checkpoint_bytes, is_checkpoint, \
     load_training_state, load_weights, read_tensors, save_or_rescue
 from teachkit.devices import autocast, move, pick_device, pick_precision
 from teachkit.interrupts import Signals, check_same_settings
@@ -167,8 +167,13 @@ def train(
     with signals.installed(), training_speedups(model, device=device, precision=precision) as speedups:
         run = _Run(net, task, config, device, precision, rank, world, optimizer, saved.history, tokenizer,
                    list(callbacks), signals, speedups)
-        run.best, run.best_weights = saved.best, saved.best_weights
-        return run.loop(saved.step, saved.elapsed, signals.stop)
+        run.best = saved.best
+        if saved.best_weights is not None:
+            run.best_weights.keep(saved.best_weights)
+        try:
+            return run.loop(saved.step, saved.elapsed, signals.stop)
+        finally:
+            run.best_weights.discard()
 
 
 @dataclass
@@ -217,7 +222,7 @@ class _Run:
         self.rank, self.world, self.optimizer, self.history = rank, world, optimizer, history
         self.tokenizer, self.callbacks, self.signals, self.speedups = tokenizer, callbacks, signals, speedups
         self.best: dict | None = None
-        self.best_weights: dict | None = None
+        self.best_weights = KeptWeights()  # on disk, filled when keep_best is on
         self.last_save = time.perf_counter()
         self.rescued = ""  # a sentence, when the last save had to go to a rescue folder
 
@@ -271,8 +276,8 @@ class _Run:
             message = self._diverged_message(step, checkpoint)
         else:
             checkpoint = self.save(step, seconds, final=True)
-        if self.cfg.keep_best and self.best_weights is not None:
-            self.model.load_state_dict(self.best_weights)
+        if self.cfg.keep_best and not self.best_weights.empty:
+            self.model.load_state_dict(self.best_weights.read())
         message = self._ending(message, stopped, step, seconds, received, checkpoint)
         result = TrainResult(self.history, step, stopped, message, seconds, self.best, checkpoint, received)
         self.emit({"kind": "end", "step": step, "stopped": stopped, "message": message, "seconds": seconds})
@@ -373,18 +378,8 @@ class _Run:
         if self.best is None or (metrics[name] < self.best[name]) == (direction == "min"):
             self.best = record
             if self.cfg.keep_best:
-                self.keep_weights()
+                self.best_weights.keep(self.model.state_dict())
         self.emit({"kind": "eval", **record})
-
-    def keep_weights(self) -> None:
-        """Copy the weights into the kept best copy. In place after the first time: a fresh clone would hold
-        two copies at once, at the moment (an evaluation, optimizer state allocated) memory peaks."""
-        state = self.model.state_dict()
-        if self.best_weights is None:
-            self.best_weights = {k: v.detach().clone() for k, v in state.items()}
-            return
-        for k, v in state.items():
-            self.best_weights[k].copy_(v.detach())
 
     def save_is_due(self) -> bool:
         minutes = self.cfg.save_minutes
@@ -395,7 +390,8 @@ class _Run:
             return None
         state = {"step": step, "elapsed": elapsed, "history": asdict(self.history), "train_config": asdict(self.cfg),
                  "best": self.best}
-        extra = {"best.safetensors": self.best_weights} if self.best_weights is not None else {}
+        kept = self.best_weights
+        extra = {} if kept.empty else {"best.safetensors": kept.in_memory if kept.in_memory is not None else kept.path}
         parts = dict(model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, state=state, extra=extra)
         with self.signals.held(interrupt=not final):  # more Ctrl-C cannot cut a save short
             folder, self.rescued = save_or_rescue(self.cfg.checkpoint_dir, **parts)

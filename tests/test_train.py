@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -473,6 +474,38 @@ def test_keep_best_restores_the_weights_of_the_best_evaluation(tok):
     again = task.evaluate(model, to_device=lambda b: b)
     assert again["loss"] == pytest.approx(result.best["loss"], rel=1e-6)
     assert again["accuracy"] == result.best["accuracy"]
+
+
+def _best_weights_kept_on_disk_during_the_run(tok, tmp_path, monkeypatch) -> tuple[list, object]:
+    """Run keep_best with the temporary folder at tmp_path; return what that folder held at each evaluation."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, task = classification(tok)
+    task.primary_metric = ("loss", "max")  # the best evaluation is an early one
+    seen = []
+    result = train(model, task, cfg(max_steps=8, lr=3e-3, eval_every=2, keep_best=True),
+                   callbacks=[lambda e: seen.append(sorted(p.name for p in tmp_path.iterdir())) if e["kind"] == "eval"
+                              else None])
+    again = task.evaluate(model, to_device=lambda b: b)
+    assert again["loss"] == pytest.approx(result.best["loss"], rel=1e-6)  # the best weights came back
+    return seen, result
+
+
+def test_keep_best_holds_the_best_weights_in_a_temporary_file_and_removes_it(tok, tmp_path, monkeypatch):
+    seen, _ = _best_weights_kept_on_disk_during_the_run(tok, tmp_path, monkeypatch)
+    assert all(len(names) == 1 and names[0].startswith("teachkit-best-") for names in seen), seen
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_keep_best_still_works_when_the_temporary_folder_cannot_be_written(tok, tmp_path, monkeypatch):
+    def disk_full(tensors, filename, *args, **kwargs):
+        if Path(filename).parent == tmp_path:
+            raise OSError(28, "No space left on device")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    real_save = checkpoint.save_file
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    seen, _ = _best_weights_kept_on_disk_during_the_run(tok, tmp_path, monkeypatch)  # restores the best weights
+    assert seen and all(names == [] for names in seen), seen  # kept in memory instead, no debris
 
 
 def test_without_keep_best_the_final_weights_stay(tok):
