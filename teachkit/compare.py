@@ -17,7 +17,7 @@ from functools import partial
 
 import torch
 
-from teachkit import data, finetune
+from teachkit import data, finetune, speed
 from teachkit.config import ModelConfig
 from teachkit.devices import move
 from teachkit.interrupts import TrainingStopped
@@ -59,6 +59,7 @@ class Protocol:
     pooling: str = "mean"  # classifier input: the mean of the token vectors
     dropout: float = 0.1
     max_len: int = 64  # tokens per text (IMDB's long reviews want 128)
+    grad_accum: int = 1  # micro-batches per step: the same update in less memory (MiniLM in Binder's 2 GB)
 
     def epochs(self, n_labels: int) -> float:
         return self.epochs_few if n_labels <= 2000 else self.epochs_many
@@ -79,7 +80,7 @@ def finetune_once(source, *, tokenizer, config: ModelConfig | None, labelled: La
     per_epoch = max(1, len(picked) // batch)
     cfg = TrainConfig(max_steps=max(1, round(protocol.epochs(len(picked)) * per_epoch)), batch_size=batch, lr=lr,
                       warmup=0.1, eval_every=per_epoch, keep_best=True, seed=seed, device=device,
-                      body_lr_scale=body_lr_scale, progress=False)
+                      body_lr_scale=body_lr_scale, grad_accum=protocol.grad_accum, progress=False)
     result = train(model, task, cfg)
     if result.stopped in ("diverged", "interrupted") or result.signal is not None or result.best is None:
         raise TrainingStopped(result, what=f"Fine-tuning ({arm}, {len(picked)} labels)")
@@ -103,6 +104,7 @@ def finetune_fair(arm: str, source, *, tokenizer=None, config: ModelConfig | Non
             best = (model, task, result, lr, scale)
         del model, task, result
         gc.collect()  # frees the setting that lost (see below)
+        speed.release_freed_memory()
     model, task, result, lr, scale = best
     device_ = next(model.parameters()).device
     test = task.evaluate(model, to_device=partial(move, device=device_), split=task.encode(labelled.test))
@@ -117,4 +119,5 @@ def finetune_fair(arm: str, source, *, tokenizer=None, config: ModelConfig | Non
     # loaded. Collecting here keeps one arm's model in memory at a time.
     del model, task, result, best
     gc.collect()
+    speed.release_freed_memory()  # the next arm starts from what is live, not from this one's high-water mark
     return {**row, "history": history}
