@@ -121,16 +121,19 @@ def _glibc():
 
 _LIBC = _glibc()
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number for the threshold (glibc's malloc.h)
-OWN_MAPPING_BYTES = 1 << 20  # buffers of 1 MiB and more get a mapping of their own
+OWN_MAPPING_BYTES = 8 << 20  # buffers of 8 MiB and more get a mapping of their own
 
 
 def return_large_buffers() -> None:
-    """Give every buffer of 1 MiB or more (most tensors) a memory mapping of its own, which free() unmaps.
+    """Give every buffer of 8 MiB or more (the large tensors) a memory mapping of its own, which free() unmaps.
 
     By default glibc raises this threshold each time such a buffer is freed, up to 32 MiB; from then on
     tensors come from the heap, which fragments as batch shapes change and keeps the freed space. Measured
     with benchmarks/memory.py, a MiniLM fine-tune then held ~170 MB more, and every later phase of the
     demo started from the high-water mark of the one before. Fixing the threshold also stops the raising.
+    Not lower: a fresh mapping is zero-filled page by page on first touch, and at 1 MiB (every activation
+    of a small BERT) the page faults halved the training throughput (benchmarks/throughput.py: 8,324 vs
+    17,788 tokens/s at 8 MiB, 11,849 at 4 MiB), for ~70 MB less at notebook 07's peak.
     """
     if _LIBC is not None and hasattr(_LIBC, "mallopt"):
         _LIBC.mallopt(M_MMAP_THRESHOLD, OWN_MAPPING_BYTES)
