@@ -93,7 +93,8 @@ def plot(args) -> None:
     from teachkit.viz import ladder_figure
 
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-    fig = ladder_figure(rows)
+    runs = ", ".join(sorted({r["run"] for r in rows}))
+    fig = ladder_figure(rows, title=f"What pre-training is worth, by tokens seen (run: {runs})")
     out = args.results.with_suffix(".png")
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
