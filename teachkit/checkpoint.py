@@ -121,8 +121,10 @@ class KeptWeights:
         self.in_memory: dict[str, torch.Tensor] | None = None  # where the temporary folder cannot be written
 
     @property
-    def empty(self) -> bool:
-        return self.path is None and self.in_memory is None
+    def kept(self) -> dict[str, torch.Tensor] | Path | None:
+        """Where the copy is: tensors in memory, a file, or None before the first `keep`; what
+        `save_checkpoint`'s `extra` takes."""
+        return self.in_memory if self.in_memory is not None else self.path
 
     def keep(self, state: dict[str, torch.Tensor]) -> None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
@@ -139,7 +141,8 @@ class KeptWeights:
             self.in_memory = {k: v.clone() for k, v in tensors.items()}
 
     def read(self) -> dict[str, torch.Tensor]:
-        return self.in_memory if self.in_memory is not None else read_tensors(self.path)
+        kept = self.kept
+        return read_tensors(kept) if isinstance(kept, Path) else kept
 
     def discard(self) -> None:
         if self.path is not None:

@@ -276,7 +276,7 @@ class _Run:
             message = self._diverged_message(step, checkpoint)
         else:
             checkpoint = self.save(step, seconds, final=True)
-        if self.cfg.keep_best and not self.best_weights.empty:
+        if self.cfg.keep_best and self.best_weights.kept is not None:
             self.model.load_state_dict(self.best_weights.read())
         message = self._ending(message, stopped, step, seconds, received, checkpoint)
         result = TrainResult(self.history, step, stopped, message, seconds, self.best, checkpoint, received)
@@ -390,8 +390,8 @@ class _Run:
             return None
         state = {"step": step, "elapsed": elapsed, "history": asdict(self.history), "train_config": asdict(self.cfg),
                  "best": self.best}
-        kept = self.best_weights
-        extra = {} if kept.empty else {"best.safetensors": kept.in_memory if kept.in_memory is not None else kept.path}
+        kept = self.best_weights.kept
+        extra = {} if kept is None else {"best.safetensors": kept}
         parts = dict(model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, state=state, extra=extra)
         with self.signals.held(interrupt=not final):  # more Ctrl-C cannot cut a save short
             folder, self.rescued = save_or_rescue(self.cfg.checkpoint_dir, **parts)
