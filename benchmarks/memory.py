@@ -63,9 +63,9 @@ def run_phase(phase: str, *, steps: int, epochs: float | None, marks: Marks) -> 
     marks("labels loaded")
     small = phase == "small"
     source = {"small": str(course.course_bert()), "minilm": s.real_bert, "random": "random:" + s.real_bert}[phase]
-    protocol = compare.Protocol(grid=s.grid if small else s.real_bert_grid, max_len=s.finetune_len,
-                                grad_accum=1 if small else s.real_bert_grad_accum,
-                                **({"epochs_few": epochs} if epochs else {}))
+    protocol = s.protocol(real_bert=not small)
+    if epochs:
+        protocol = replace(protocol, epochs_few=epochs)
     compare.finetune_fair(phase, source, labelled=labelled, budget=s.budget, seed=0, protocol=protocol,
                           device=s.device, log=lambda m: marks(m.strip()[:60]))
 

@@ -31,14 +31,14 @@ RANDOM_SUFFIX = ", random weights"  # a real BERT's random-weight twin is named 
 
 
 def demo_arms(s: DemoSettings, own: Path) -> list[dict]:
-    """The arms: name, where the weights come from, tokens of pre-training, and the seeds to run."""
+    """The arms: name, where the weights come from, tokens of pre-training, the seeds to run and the protocol."""
     course_info = course.course_bert_info()
-    small = {"seeds": s.seeds, "grid": s.grid, "grad_accum": 1}
+    small = {"seeds": s.seeds, "protocol": s.protocol(real_bert=False)}
     arms = [{"arm": "scratch", "source": "scratch", "tokens": 0, **small},
             {"arm": "my pre-training", "source": str(own), "tokens": own_tokens(own), **small},
             {"arm": "course BERT", "source": str(course.course_bert()), "tokens": course_info["tokens_seen"], **small}]
     if s.real_bert:
-        big = {"seeds": s.real_bert_seeds, "grid": s.real_bert_grid, "grad_accum": s.real_bert_grad_accum}
+        big = {"seeds": s.real_bert_seeds, "protocol": s.protocol(real_bert=True)}
         arms += [{"arm": f"{s.real_bert}", "source": s.real_bert, "tokens": None, **big},
                  {"arm": f"{s.real_bert}{RANDOM_SUFFIX}", "source": RANDOM_PREFIX + s.real_bert, "tokens": 0, **big}]
     return arms
@@ -63,10 +63,9 @@ def run_demo(s: DemoSettings, *, log=print) -> dict:
         "and validation picks one")
     rows = []
     for arm in demo_arms(s, own):
-        protocol = compare.Protocol(grid=arm["grid"], max_len=s.finetune_len, grad_accum=arm["grad_accum"])
         for seed in arm["seeds"]:
             row = compare.finetune_fair(arm["arm"], arm["source"], tokenizer=tok, config=config, labelled=labelled,
-                                        budget=s.budget, seed=seed, protocol=protocol, device=s.device, log=log)
+                                        budget=s.budget, seed=seed, protocol=arm["protocol"], device=s.device, log=log)
             rows.append({**row, "tokens_seen": arm["tokens"]})
     report = write_report(out, s, pre, rows, seconds=time.perf_counter() - t0)
     log(f"Report: {out / 'report.md'} ({time.perf_counter() - t0:.0f} s in all)")

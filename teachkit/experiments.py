@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from teachkit import checkpoint, corpus, data, tokenization
+from teachkit.compare import Protocol
 from teachkit.config import course_bert_config, preset
 from teachkit.files import cache_dir
 from teachkit.model import build_model, count_parameters
@@ -90,6 +91,12 @@ class DemoSettings:
     real_bert_grad_accum: int = 2  # its batches in two halves: the same update, ~50 MB less memory at the peak
     seed: int = 0  # pre-training's seed
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
+
+    def protocol(self, *, real_bert: bool) -> Protocol:
+        """The fine-tuning protocol of the small arms, or of the real BERT and its random twin."""
+        if real_bert:
+            return Protocol(grid=self.real_bert_grid, max_len=self.finetune_len, grad_accum=self.real_bert_grad_accum)
+        return Protocol(grid=self.grid, max_len=self.finetune_len)
 
     def fast(self) -> "DemoSettings":
         """The same code path with tiny budgets, for CI and a first try."""
