@@ -43,7 +43,7 @@ from teachkit import model as tk_model  # noqa: E402
 from teachkit import speed  # noqa: E402
 from teachkit.config import ModelConfig  # noqa: E402
 from teachkit.devices import autocast, pick_precision  # noqa: E402
-from teachkit.objectives import IGNORE_INDEX, mask_tokens  # noqa: E402
+from teachkit.objectives import mask_tokens  # noqa: E402
 from teachkit.pretrained import config_to_hf  # noqa: E402
 from teachkit.tasks import ClassificationTask, PretrainingTask  # noqa: E402
 from teachkit.train import TrainConfig, make_optimizer  # noqa: E402
@@ -242,25 +242,6 @@ def fused_adamw(model, cfg):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=True)  # (a group's fused=None would win)
 
 
-def loss_sums_without_float(self, model, batch):
-    predict_at = batch["mlm_labels"] != IGNORE_INDEX
-    out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                attention_mask=batch["attention_mask"], predict_at=predict_at)
-    return {"mlm": F.cross_entropy(out.logits, batch["mlm_labels"][predict_at], reduction="sum"),
-            "nsp": F.cross_entropy(out.nsp_logits, batch["nsp_labels"], reduction="sum")}
-
-
-def index_select_forward(self, input_ids, *, token_type_ids=None, attention_mask=None, predict_at=None,
-                         output_attentions=False):
-    out = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
-                    output_attentions=output_attentions)
-    rows = predict_at.flatten().nonzero().squeeze(1)  # (N,) positions in row-major order, as hidden[predict_at]
-    out.logits = self.mlm(out.hidden.flatten(0, 1).index_select(0, rows),  # (B * T, C) -> (N, C)
-                          embedding_weight=self.bert.body.embed.tokens.weight)
-    out.nsp_logits = self.nsp(out.pooled)
-    return out
-
-
 _attend = tk_model.Attention.attend
 
 
@@ -287,18 +268,17 @@ def plain_dropout16(x, p, *, training=True):
 VARIANTS = {  # name -> what changes; join names with "+" to combine them
     "fused-adamw": {"kwargs": {"optimizer": fused_adamw}},
     "foreach-clip": {"kwargs": {"clip_foreach": True}},
-    "no-float": {"patches": [(PretrainingTask, "loss_sums", loss_sums_without_float)]},
-    "index-select": {"patches": [(tk_model.BertForPreTraining, "forward", index_select_forward)]},
     "no-mask": {"drop_mask": True},  # attention_mask=None: skips the bool(mask.all()) check
     "fp32-softmax": {"patches": [(tk_model.Attention, "attend", fp32_softmax_attend)]},
     "attn-dropout-0": {"cfg": {"attn_dropout": 0.0}},  # a recipe change (both sides), not an implementation one
     # teachkit.speed's switch, off in part or in whole: what each speed-up is worth
     "sdpa-attention": {"patches": [(tk_model.Attention, "attend", sdpa_attend)]},
     "plain-dropout": {"patches": [(speed, "dropout16", plain_dropout16)]},
+    "plain-mlm-loss": {"patches": [(speed, "linear_cross_entropy_sum", tk_model.MLMHead.linear_cross_entropy_sum)]},
     "no-speedups": {"kwargs": {"speedups": False}},
 }
-DEFAULT_VARIANTS = ("fused-adamw,foreach-clip,no-float,index-select,no-mask,fp32-softmax,attn-dropout-0,"
-                    "sdpa-attention,plain-dropout,no-speedups")
+DEFAULT_VARIANTS = ("fused-adamw,foreach-clip,no-mask,fp32-softmax,attn-dropout-0,"
+                    "sdpa-attention,plain-dropout,plain-mlm-loss,no-speedups")
 
 
 def run_variants(args) -> list[dict]:

@@ -7,14 +7,17 @@ measured in benchmarks/README.md ("CPU speed-ups"):
 - dropout drawn as 16-bit random numbers, four from each 64-bit draw (`Dropout16`);
 - attention spelled out (the path that can return its weights) while training with attention
   dropout or in bf16, where PyTorch's fused kernel falls back to slower code;
+- the masked-LM loss computed a few rows at a time (`linear_cross_entropy_sum`), so that its
+  (tokens x vocabulary) scores are never all in memory;
 - freed memory handed back to the operating system every few steps (`release_freed_memory`), and
   large buffers given mappings of their own that free() returns (`return_large_buffers`, on import);
 - small caches of oneDNN's bf16 kernels and of ideep's per-shape entries (set when this module is
   imported, before any kernel).
 
-`training_speedups(model, ...)` turns the first three on for the length of a `with` block and puts
+`training_speedups(model, ...)` turns the first four on for the length of a `with` block and puts
 the model back as it was afterwards, so a learner's own training loop runs exactly model.py's code.
-The results are the same computation; only the random numbers of dropout are drawn differently.
+The results are the same computation; only the random numbers of dropout are drawn differently, and
+the masked-LM gradient is summed in fp32 rather than rounded to bf16 first.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch  # noqa: E402  (after the setting above)
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from teachkit.model import Attention  # noqa: E402
+from teachkit.model import Attention, MLMHead  # noqa: E402
 
 TRIM_EVERY = 10  # steps between calls to release_freed_memory
 
@@ -47,10 +50,33 @@ def dropout16(x: torch.Tensor, p: float, *, training: bool = True) -> torch.Tens
     (to within 1/65536), scale the kept ones by 1 / (1 - p). GPUs keep PyTorch's own kernel."""
     if not training or p == 0.0 or x.device.type != "cpu":
         return F.dropout(x, p=p, training=training)
+    return _MaskMultiply.apply(x, _scaled_keep_mask(x, p))
+
+
+def _scaled_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """x's shape and dtype: 1 / (1 - p) where a value is kept, 0 where it is dropped."""
     n = x.numel()
     bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)  # 4 x 16 random bits each
     keep = bits.view(torch.int16)[:n].view(x.shape) >= round(-32768 + p * 65536)  # int16 is uniform on [-32768, 32767]
-    return x * keep / (1 - p)
+    return torch.where(keep, torch.tensor(1 / (1 - p), dtype=x.dtype), torch.tensor(0.0, dtype=x.dtype))
+
+
+class _MaskMultiply(torch.autograd.Function):
+    """x * mask, with the mask a constant: one multiplication forward and one backward.
+
+    Autograd's own `x * keep / (1 - p)` converts the boolean mask and divides, both ways: about twice
+    the passes over the tensor, which for attention weights is (B, H, T, T).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
 
 
 class Dropout16(nn.Dropout):
@@ -82,9 +108,14 @@ def training_speedups(model: nn.Module, *, device: torch.device, precision: str)
                   and (m.weights_drop.p > 0 or precision == "bf16")]
     before = [m.spell_out for m in attentions]
     hooks = [m.register_forward_pre_hook(_spell_out_while_training) for m in attentions]
+    heads = [m for m in model.modules() if isinstance(m, MLMHead)]
+    for head in heads:
+        head.linear_cross_entropy_sum = linear_cross_entropy_sum
     try:
         yield Speedups(on=True)
     finally:
+        for head in heads:
+            del head.linear_cross_entropy_sum  # back to MLMHead's own
         for hook in hooks:
             hook.remove()
         for module, value in zip(attentions, before):
@@ -120,8 +151,9 @@ def _glibc():
 
 
 _LIBC = _glibc()
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number for the threshold (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
 OWN_MAPPING_BYTES = 8 << 20  # buffers of 8 MiB and more get a mapping of their own
+KEEP_FREED_BYTES = 256 << 20  # free() hands the heap's top back only beyond this; release_freed_memory() always does
 
 
 def return_large_buffers() -> None:
@@ -134,9 +166,15 @@ def return_large_buffers() -> None:
     Not lower: a fresh mapping is zero-filled page by page on first touch, and at 1 MiB (every activation
     of a small BERT) the page faults halved the training throughput (benchmarks/throughput.py: 8,324 vs
     17,788 tokens/s at 8 MiB, 11,849 at 4 MiB), for ~70 MB less at notebook 07's peak.
+
+    Fixing the threshold also fixes glibc's trim threshold at its default, 128 KiB: every free() at the
+    top of the heap then handed memory back, and the next step's buffers were page-faulted in again.
+    Freed heap memory is kept up to 256 MiB instead (the pre-training step of benchmarks/throughput.py:
+    1.12x; 32 and 64 MiB were too small to matter), and `release_freed_memory` hands it back every few steps.
     """
     if _LIBC is not None and hasattr(_LIBC, "mallopt"):
         _LIBC.mallopt(M_MMAP_THRESHOLD, OWN_MAPPING_BYTES)
+        _LIBC.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
 
 
 return_large_buffers()  # on import (train.py imports this module), before a training run's first tensor
@@ -150,3 +188,57 @@ def release_freed_memory() -> None:
     """
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+CHUNK_BYTES = 4 << 20  # fp32 scores per chunk of linear_cross_entropy_sum: small enough to stay in the heap
+
+
+def linear_cross_entropy_sum(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                             labels: torch.Tensor) -> torch.Tensor:
+    """`F.cross_entropy(F.linear(x, weight, bias).float(), labels, reduction="sum")` a few rows at a time.
+
+    The masked-LM head's scores, (N, V) for N masked tokens and a V-word vocabulary, are the largest
+    tensors of a small BERT's step (3,277 x 8,192 in the demo: 107 MB in fp32, and as much again for
+    their gradient). Here they exist a chunk at a time: the forward keeps one log-sum-exp per row, and
+    the backward computes each chunk's scores again (one more (N, C) x (C, V) product) for its gradient.
+    Under autocast the products run at autocast's precision, the softmax in fp32, as in the plain form.
+    """
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return _LinearCrossEntropySum.apply(x, weight, bias, labels, dtype)
+
+
+class _LinearCrossEntropySum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, labels, dtype):
+        xs, w = x.to(dtype), weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        rows = max(1, CHUNK_BYTES // (4 * weight.shape[0]))
+        total = torch.zeros((), dtype=torch.float32)
+        lse = torch.empty(len(x), dtype=torch.float32)
+        with torch.autocast("cpu", enabled=False):
+            for i in range(0, len(x), rows):
+                scores = F.linear(xs[i : i + rows], w, b).float()  # (rows, V)
+                lse[i : i + rows] = scores.logsumexp(dim=-1)
+                picked = scores.gather(1, labels[i : i + rows, None]).squeeze(1)
+                total += (lse[i : i + rows] - picked).sum()
+        ctx.save_for_backward(xs, w, b, labels, lse)
+        ctx.dtypes, ctx.rows = (x.dtype, weight.dtype, None if bias is None else bias.dtype), rows
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        xs, w, b, labels, lse = ctx.saved_tensors
+        grad_x = torch.empty_like(xs)
+        grad_w = torch.zeros(w.shape, dtype=torch.float32)
+        grad_b = torch.zeros(w.shape[0], dtype=torch.float32)
+        with torch.autocast("cpu", enabled=False):
+            for i in range(0, len(xs), ctx.rows):
+                x_i, y_i = xs[i : i + ctx.rows], labels[i : i + ctx.rows]
+                probs = (F.linear(x_i, w, b).float() - lse[i : i + ctx.rows, None]).exp_()  # softmax
+                probs[torch.arange(len(y_i)), y_i] -= 1  # d(loss)/d(scores) = softmax - one-hot
+                g = (probs * grad).to(xs.dtype)
+                grad_x[i : i + ctx.rows] = g @ w
+                grad_w += (g.t() @ x_i).float()
+                grad_b += g.float().sum(0)
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        return (grad_x.to(x_dtype), grad_w.to(w_dtype), None if b is None else grad_b.to(b_dtype), None, None)

@@ -122,9 +122,9 @@ class PretrainingTask:
 
     def loss_sums(self, model, batch) -> dict[str, torch.Tensor]:
         predict_at = batch["mlm_labels"] != IGNORE_INDEX
-        out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                    attention_mask=batch["attention_mask"], predict_at=predict_at)
-        sums = {"mlm": mlm_loss(out.logits.float(), batch["mlm_labels"][predict_at], reduction="sum")}
+        out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
+                    predict_at=predict_at, mlm_labels=batch["mlm_labels"][predict_at])
+        sums = {"mlm": out.mlm_loss}
         if self.nsp:
             sums["nsp"] = nsp_loss(out.nsp_logits.float(), batch["nsp_labels"], reduction="sum")
         return sums
@@ -185,8 +185,8 @@ class PackedMLMTask:
 
     def loss_sums(self, model, batch) -> dict[str, torch.Tensor]:
         predict_at = batch["mlm_labels"] != IGNORE_INDEX
-        out = model(batch["input_ids"], predict_at=predict_at)
-        return {"mlm": mlm_loss(out.logits.float(), batch["mlm_labels"][predict_at], reduction="sum")}
+        out = model(batch["input_ids"], predict_at=predict_at, mlm_labels=batch["mlm_labels"][predict_at])
+        return {"mlm": out.mlm_loss}
 
     @torch.no_grad()
     def evaluate(self, model, *, to_device) -> dict[str, float]:

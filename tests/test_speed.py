@@ -9,7 +9,8 @@ import torch.nn as nn
 from conftest import C, H, T, V
 from ddp_worker import cfg, pretraining
 from teachkit.config import ModelConfig
-from teachkit.model import Attention, BertForSequenceClassification
+from teachkit import speed
+from teachkit.model import Attention, BertForSequenceClassification, MLMHead
 from teachkit.speed import Dropout16, dropout16, training_speedups
 from teachkit.train import train
 
@@ -81,3 +82,53 @@ def test_train_runs_with_the_speedups_and_hands_the_model_back_plain(tok):
           callbacks=[lambda e: kinds.append({type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout)})])
     assert kinds[0] == {"Dropout16"}
     assert {type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout)} == {"Dropout"}
+
+
+def test_dropout16_backward_passes_the_gradient_through_the_kept_values_only():
+    x = torch.randn(50_000, requires_grad=True)
+    y = dropout16(x, 0.25)
+    y.backward(torch.ones_like(y))
+    kept = y != 0
+    assert torch.equal(x.grad != 0, kept)
+    torch.testing.assert_close(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.75))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_the_chunked_loss_is_the_plain_cross_entropy_sum_with_its_gradients(monkeypatch, precision, with_bias):
+    monkeypatch.setattr(speed, "CHUNK_BYTES", 4 * 50 * 7)  # 7 rows per chunk: 61 rows take 9 chunks, the last short
+    x0, w0, b0 = torch.randn(61, 12), torch.randn(50, 12), torch.randn(50)
+    labels = torch.randint(0, 50, (61,))
+
+    def loss_and_grads(fn):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = fn(x, w, b if with_bias else None, labels)
+        loss.backward()
+        return [loss.detach(), x.grad, w.grad] + ([b.grad] if with_bias else [])
+
+    plain = loss_and_grads(MLMHead.linear_cross_entropy_sum)
+    chunked = loss_and_grads(speed.linear_cross_entropy_sum)
+    tol = {"fp32": 1e-5, "bf16": 2e-2}[precision]  # bf16: the plain form rounds the gradient to bf16 first
+    for a, b in zip(chunked, plain):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, atol=tol * float(b.abs().max()), rtol=tol)
+
+
+def test_pretraining_with_labels_returns_the_summed_loss_of_its_logits_with_or_without_the_speedups(tok):
+    model, task = pretraining(tok, dropout=0.0)  # no dropout: the two forwards compute the same numbers
+    model.train()
+    batch = task.batch(range(4), step=0, epoch=0)
+    at = batch["mlm_labels"] != -100
+    args = dict(token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"], predict_at=at)
+    logits = model(batch["input_ids"], **args).logits
+    expected = torch.nn.functional.cross_entropy(logits.float(), batch["mlm_labels"][at], reduction="sum")
+    heads = [m for m in model.modules() if isinstance(m, MLMHead)]
+    with training_speedups(model, device=CPU, precision="fp32"):
+        assert all(h.linear_cross_entropy_sum is speed.linear_cross_entropy_sum for h in heads)
+        fast = model(batch["input_ids"], mlm_labels=batch["mlm_labels"][at], **args)
+    plain = model(batch["input_ids"], mlm_labels=batch["mlm_labels"][at], **args)
+    assert fast.logits is None and plain.logits is None
+    torch.testing.assert_close(fast.mlm_loss, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(plain.mlm_loss, expected, rtol=1e-5, atol=1e-4)
+    assert all(h.linear_cross_entropy_sum is MLMHead.linear_cross_entropy_sum for h in heads)  # put back
