@@ -268,13 +268,15 @@ class MLMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, *, embedding_weight: torch.Tensor) -> torch.Tensor:
         """embedding_weight: the input embedding table (V, C), passed in so the two stay one tensor."""
-        h = self.norm(self.act(self.transform(hidden)))
-        return F.linear(h, embedding_weight, self.bias)  # (..., C) -> (..., V)
+        return F.linear(self.features(hidden), embedding_weight, self.bias)  # (..., C) -> (..., V)
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Dense, activation, LayerNorm: (..., C) -> (..., C), the vector compared with every word's embedding."""
+        return self.norm(self.act(self.transform(hidden)))
 
     def loss_sum(self, hidden: torch.Tensor, labels: torch.Tensor, *, embedding_weight: torch.Tensor) -> torch.Tensor:
         """The summed cross-entropy of forward(hidden) (N, V) against labels (N,)."""
-        h = self.norm(self.act(self.transform(hidden)))
-        return self.linear_cross_entropy_sum(h, embedding_weight, self.bias, labels)
+        return self.linear_cross_entropy_sum(self.features(hidden), embedding_weight, self.bias, labels)
 
     @staticmethod
     def linear_cross_entropy_sum(h, weight, bias, labels):
