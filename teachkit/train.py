@@ -35,7 +35,7 @@ from teachkit.checkpoint import KeptWeights, TrainingState, check_writable, chec
     load_training_state, load_weights, read_tensors, save_or_rescue
 from teachkit.devices import autocast, move, pick_device, pick_precision
 from teachkit.interrupts import Signals, check_same_settings
-from teachkit.speed import training_speedups
+from teachkit.speed import Speedups, training_speedups
 
 
 @dataclass
@@ -143,6 +143,7 @@ def train(
     callbacks: Sequence[Callable[[dict], None]] = (),
     stop: threading.Event | None = None,
     resume: bool = False,
+    speedups: bool = True,
 ) -> TrainResult:
     """Train `model` on `task` within the budget in `config`. See the module docstring."""
     rank, world = _world()
@@ -164,9 +165,11 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     signals = Signals(stop or threading.Event())
     # The CPU speed-ups (teachkit.speed) are on while the loop runs, and the model is as it was after.
-    with signals.installed(), training_speedups(model, device=device, precision=precision) as speedups:
+    faster = training_speedups(model, device=device, precision=precision) if speedups else \
+        contextlib.nullcontext(Speedups(on=False))
+    with signals.installed(), faster as switched:
         run = _Run(net, task, config, device, precision, rank, world, optimizer, saved.history, tokenizer,
-                   list(callbacks), signals, speedups)
+                   list(callbacks), signals, switched)
         run.best = saved.best
         if saved.best_weights is not None:
             run.best_weights.keep(saved.best_weights)
