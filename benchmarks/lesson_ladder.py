@@ -2,7 +2,7 @@
 
 For each pre-training run folder (what `teachkit pretrain --out RUN --snapshot-seconds ...` wrote: its
 snapshots and its final checkpoint), fine-tune every checkpoint and a scratch twin (same size, same
-tokenizer, random weights) on each dataset, label budget and seed, with `teachkit.compare`'s fair protocol,
+tokenizer, random weights) on each dataset, label budget and seed, with `teachkit.experiments.compare`'s fair protocol,
 and append one JSON line per result. Then draw the ladder: test accuracy and paired gain over scratch
 against tokens seen in pre-training (log scale).
 
@@ -25,8 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from teachkit import checkpoint, compare  # noqa: E402
-from teachkit.demo import own_tokens  # noqa: E402
+from teachkit.machinery import checkpoint  # noqa: E402
+from teachkit.experiments import compare
+from teachkit.experiments.demo import own_tokens  # noqa: E402
 from teachkit.tokenization import load_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "lesson_ladder.jsonl"
@@ -90,7 +91,7 @@ def run_ladder(args) -> None:
 
 
 def plot(args) -> None:
-    from teachkit.viz import ladder_figure
+    from teachkit.course.viz import ladder_figure
 
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
     runs = ", ".join(sorted({r["run"] for r in rows}))
@@ -110,7 +111,7 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--final-only", action="store_true", help="only the run's last checkpoint (and scratch)")
     r.add_argument("--grid", nargs="+", type=lambda x: tuple(map(float, x.split(":"))), metavar="LR:SCALE",
-                   help="the fine-tuning grid, e.g. 1e-3:1 3e-4:0.3 (default: teachkit.compare.Protocol's)")
+                   help="the fine-tuning grid, e.g. 1e-3:1 3e-4:0.3 (default: teachkit.experiments.compare.Protocol's)")
     r.add_argument("--out", type=Path, default=RESULTS)
     r.set_defaults(run=run_ladder, max_len={"imdb": 128})
     p = sub.add_parser("plot")

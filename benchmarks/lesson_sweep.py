@@ -19,7 +19,8 @@ from teachkit.config import ModelConfig
 from teachkit.model import build_model
 from teachkit.tasks import PretrainingTask, ClassificationTask
 from teachkit.train import train, TrainConfig
-from teachkit.finetune import sample_budget, subset, classifier, freeze
+from teachkit.finetune import sample_budget, subset, freeze
+from teachkit.machinery.loading import classifier
 OUT = os.environ.get("OUT", tempfile.gettempdir())  # where results and checkpoints go
 D = os.environ.get("DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 def col(path, c): return pq.read_table(path).column(c).to_pylist()

@@ -51,8 +51,9 @@ class Marks:
 
 
 def run_phase(phase: str, *, steps: int, epochs: float | None, marks: Marks) -> None:
-    from teachkit import compare, course
-    from teachkit.experiments import DemoSettings, pretrain_bert
+    from teachkit.experiments import compare
+    from teachkit import course
+    from teachkit.experiments.pretraining import DemoSettings, pretrain_bert
 
     s = DemoSettings(out_dir=tempfile.mkdtemp(prefix="teachkit-memory-"))
     marks("imports")

@@ -24,10 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from teachkit import checkpoint, corpus  # noqa: E402
-from teachkit.__main__ import build_parser  # noqa: E402
+from teachkit.machinery import checkpoint  # noqa: E402
+from teachkit.data import corpus
+from teachkit.experiments.cli import build_parser  # noqa: E402
 from teachkit.course import COURSE_BERT  # noqa: E402
-from teachkit.demo import own_tokens  # noqa: E402
+from teachkit.experiments.demo import own_tokens  # noqa: E402
 
 LADDER = ROOT / "benchmarks" / "results" / "lesson_ladder.jsonl"
 FILES = ("model.safetensors", "config.json", "tokenizer.json")
@@ -93,7 +94,7 @@ def model_card(info: dict, cfg, rows: list[dict]) -> str:
         "## Data", "",
         f"- Corpus: {' + '.join(info['corpus'])}: {info['corpus_words'] / 1e6:.1f}M words as teachkit reads it today. Only training text: IMDB's",
         "  `unsupervised` and `train` reviews (labels dropped) and rotten_tomatoes' `train` sentences (labels dropped).",
-        "  No validation or test split was read (`teachkit.corpus.PRETRAINING_SPLITS`).",
+        "  No validation or test split was read (`teachkit.data.corpus.PRETRAINING_SPLITS`).",
         *_repeats_note(info),
         "- Packing: documents joined with [SEP] and cut into rows of exactly "
         f"{cfg.max_len} tokens ([CLS] ... [SEP]); no padding.", "",
@@ -113,7 +114,7 @@ def model_card(info: dict, cfg, rows: list[dict]) -> str:
         "differs a little from run to run.)", "",
         "```bash", info["command"], "python benchmarks/ship_course_bert.py runs/course_bert --command \"...\"", "```", "",
         "## What it is worth (the compute ladder)", "",
-        "Fine-tuned with `teachkit.compare`'s fair protocol (the same grid of settings for every arm, validation",
+        "Fine-tuned with `teachkit.experiments.compare`'s fair protocol (the same grid of settings for every arm, validation",
         "picks, test reports), against a scratch twin (same architecture and tokenizer, random weights), paired by",
         "seed (the same label sample). Test accuracy:", "",
         *ladder_lines(rows, info["tokens_seen"]), "",

@@ -3,7 +3,7 @@
 The demo pre-trains for 5 minutes, about 6M tokens on a 2-core CPU, and the compute ladder puts the point
 where pre-training starts to beat scratch above 12M tokens of the course BERT's recipe. This script
 pre-trains each recipe below for the same number of tokens (`teachkit pretrain --steps`, so a busy machine
-changes the time, not the result), fine-tunes it with the demo's own fair protocol (`teachkit.compare`,
+changes the time, not the result), fine-tunes it with the demo's own fair protocol (`teachkit.experiments.compare`,
 the demo's grid, rotten_tomatoes at 1,000 labels, 3 seeds) and appends one JSON line per arm and seed.
 A scratch twin is fine-tuned once per tokenizer and model shape: it does not depend on the recipe.
 
@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from teachkit import checkpoint, compare  # noqa: E402
-from teachkit.experiments import DemoSettings  # noqa: E402
+from teachkit.machinery import checkpoint  # noqa: E402
+from teachkit.experiments import compare
+from teachkit.experiments.pretraining import DemoSettings  # noqa: E402
 from teachkit.tokenization import load_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "short_budget_search.jsonl"

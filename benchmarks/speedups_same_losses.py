@@ -1,9 +1,9 @@
-"""Does `teachkit.speed` change what pre-training learns? The demo's pre-training, twice, same seed and tokens.
+"""Does `teachkit.machinery.speed` change what pre-training learns? The demo's pre-training, twice, same seed and tokens.
 
     python benchmarks/speedups_same_losses.py --steps 300 --out benchmarks/results/speedups_same_losses
 
 Runs `teachkit pretrain --steps N` (the demo's model, corpus and recipe) once as `train()` runs it, with
-teachkit.speed's switch on, and once with it off, which is model.py's code as written (a learner's own
+teachkit.machinery.speed's switch on, and once with it off, which is model.py's code as written (a learner's own
 loop). Writes OUT.json (both loss histories, steps per second of each) and OUT.png (the two training-loss
 curves and held-out losses, and their difference). The course BERT has no dropout, so the two runs see the
 same masks and rows; they differ only in rounding (bf16 on CPUs with AMX).
@@ -22,7 +22,8 @@ from pathlib import Path
 from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-from teachkit import speed, train  # noqa: E402
+from teachkit.machinery import speed  # noqa: E402
+from teachkit import train
 
 
 @contextlib.contextmanager

@@ -40,11 +40,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from teachkit import model as tk_model  # noqa: E402
-from teachkit import speed  # noqa: E402
+from teachkit.machinery import speed  # noqa: E402
 from teachkit.config import ModelConfig  # noqa: E402
-from teachkit.devices import autocast, pick_precision  # noqa: E402
+from teachkit.machinery.devices import autocast, pick_precision  # noqa: E402
 from teachkit.objectives import mask_tokens  # noqa: E402
-from teachkit.pretrained import config_to_hf  # noqa: E402
+from teachkit.machinery.pretrained import config_to_hf  # noqa: E402
 from teachkit.tasks import ClassificationTask, PretrainingTask  # noqa: E402
 from teachkit.train import TrainConfig, make_optimizer  # noqa: E402
 
@@ -104,7 +104,7 @@ def teachkit_stepper(cfg, kind: str, batch, precision: str, *, variant: str = ""
         with contextlib.ExitStack() as patches:
             for owner, attr, fn in change["patches"]:  # active while (and only while) the step runs
                 patches.enter_context(mock.patch.object(owner, attr, fn))
-            if change["kwargs"].get("speedups", True):  # train() runs its loop with teachkit.speed's switch on
+            if change["kwargs"].get("speedups", True):  # train() runs its loop with teachkit.machinery.speed's switch on
                 patches.enter_context(speed.training_speedups(model, device=device, precision=precision))
             counts = task.counts(batch)
             with autocast(device, precision):
@@ -246,7 +246,7 @@ _attend = tk_model.Attention.attend
 
 
 def sdpa_attend(self, q, k, v, *, mask, causal, spelled_out):
-    """The fused kernel (SDPA) even where teachkit.speed spells attention out."""
+    """The fused kernel (SDPA) even where teachkit.machinery.speed spells attention out."""
     return _attend(self, q, k, v, mask=mask, causal=causal, spelled_out=False)
 
 
@@ -271,7 +271,7 @@ VARIANTS = {  # name -> what changes; join names with "+" to combine them
     "no-mask": {"drop_mask": True},  # attention_mask=None: skips the bool(mask.all()) check
     "fp32-softmax": {"patches": [(tk_model.Attention, "attend", fp32_softmax_attend)]},
     "attn-dropout-0": {"cfg": {"attn_dropout": 0.0}},  # a recipe change (both sides), not an implementation one
-    # teachkit.speed's switch, off in part or in whole: what each speed-up is worth
+    # teachkit.machinery.speed's switch, off in part or in whole: what each speed-up is worth
     "sdpa-attention": {"patches": [(tk_model.Attention, "attend", sdpa_attend)]},
     "plain-dropout": {"patches": [(speed, "dropout16", plain_dropout16)]},
     "plain-mlm-loss": {"patches": [(speed, "linear_cross_entropy_sum", tk_model.MLMHead.linear_cross_entropy_sum)]},

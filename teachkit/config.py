@@ -1,7 +1,7 @@
 """Model configuration: one dataclass, a comment per field, and named presets.
 
 The same `ModelConfig` describes a BERT encoder (`arch="bert"`) and a GPT decoder
-(`arch="gpt"`). Field names follow the papers; `teachkit.pretrained` translates them to and from
+(`arch="gpt"`). Field names follow the papers; `teachkit.machinery.pretrained` translates them to and from
 the `config.json` of Hugging Face checkpoints (`config_to_hf`, `config_from_hf`).
 """
 

@@ -1,18 +1,16 @@
-"""Fine-tuning choices: where the model starts, which layers learn, and how many labels it gets."""
+"""Fine-tuning choices: which layers learn, and how many labels the model gets.
+
+Where a fine-tuning run starts (scratch, a checkpoint folder, a real BERT) is loaded by
+`teachkit.machinery.loading.classifier`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn as nn
-
-from teachkit import checkpoint, pretrained
-from teachkit.config import ModelConfig
-from teachkit.data import LabelledSplit
-from teachkit.model import build_model
-from teachkit.tokenization import load_tokenizer
 
 
 def sample_budget(labels: Sequence[int], *, budget: int | None, seed: int = 0) -> list[int]:
@@ -40,9 +38,9 @@ def sample_budget(labels: Sequence[int], *, budget: int | None, seed: int = 0) -
     return sorted(chosen)
 
 
-def subset(split: LabelledSplit, indices: Sequence[int]) -> LabelledSplit:
-    return LabelledSplit(texts=[split.texts[i] for i in indices], labels=[split.labels[i] for i in indices],
-                         label_names=split.label_names)
+def subset(split, indices: Sequence[int]):
+    """The examples of a labelled split (texts, labels, label_names) at `indices`, as a split of the same kind."""
+    return dataclasses.replace(split, texts=[split.texts[i] for i in indices], labels=[split.labels[i] for i in indices])
 
 
 def freeze(model: nn.Module, *, embeddings: bool = False, layers: int = 0) -> list[str]:
@@ -66,31 +64,3 @@ def freeze(model: nn.Module, *, embeddings: bool = False, layers: int = 0) -> li
         if not p.requires_grad:
             frozen.append(name)
     return frozen
-
-
-RANDOM_PREFIX = "random:"  # "random:minilm": MiniLM's architecture with fresh weights (the clean control)
-
-
-def classifier(source: str | Path, *, n_classes: int = 2, config: ModelConfig | None = None, **changes):
-    """A BERT classifier and its tokenizer (None when the source has none).
-
-    source: "scratch" (random weights, needs `config`), a teachkit checkpoint folder (e.g. a
-    pre-training run), a real pretrained BERT: "minilm", a hub id, or a Hugging Face folder, or
-    "random:" + one of those: the same architecture and tokenizer with random weights.
-    changes: config fields to override that keep weight shapes, e.g. dropout=0.1, pooling="mean".
-    """
-    if "dropout" in changes:
-        changes.setdefault("attn_dropout", changes["dropout"])
-    if str(source).startswith(RANDOM_PREFIX):  # a real BERT's architecture and tokenizer, weights never trained
-        cfg, tokenizer = pretrained.architecture(str(source)[len(RANDOM_PREFIX):])
-        return build_model(cfg.replace(**changes), task="classification", n_classes=n_classes), tokenizer
-    if str(source) == "scratch":
-        if config is None:
-            raise ValueError("source='scratch' needs config=... (the model size to build).")
-        return build_model(config.replace(**changes), task="classification", n_classes=n_classes), None
-    if checkpoint.is_checkpoint(source):
-        model = checkpoint.load_model(source, task="classification", n_classes=n_classes, **changes)
-        tok_file = Path(source) / "tokenizer.json"
-        return model, (load_tokenizer(tok_file) if tok_file.is_file() else None)
-    loaded = pretrained.load_hf(source, task="classification", n_classes=n_classes, **changes)
-    return loaded.model, loaded.tokenizer

@@ -4,7 +4,7 @@ Read top to bottom: embeddings, attention, feed-forward, the layer that combines
 the stack of layers (`Transformer`), and the models with their heads. Shapes use
 B = batch, T = sequence length, C = d_model, H = heads, D = head_dim, V = vocab size.
 
-Parameter names are chosen so that one explicit table (`teachkit.pretrained`) maps them onto
+Parameter names are chosen so that one explicit table (`teachkit.machinery.pretrained`) maps them onto
 Hugging Face BERT and GPT-2 checkpoints; the outputs then match `transformers` to ~1e-5.
 """
 
@@ -85,7 +85,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.weights_drop = nn.Dropout(cfg.attn_dropout)  # drops attention weights while training
         # The switch between the two ways of computing attention (see `attend`): False uses PyTorch's
-        # fused kernel unless the weights are asked for. teachkit.speed turns it on while `train()` runs
+        # fused kernel unless the weights are asked for. teachkit.machinery.speed turns it on while `train()` runs
         # on a CPU, where the spelled-out path trains faster with dropout or in bf16.
         self.spell_out = False
 
@@ -280,7 +280,7 @@ class MLMHead(nn.Module):
 
     @staticmethod
     def linear_cross_entropy_sum(h, weight, bias, labels):
-        # teachkit.speed swaps in the same sum computed a few rows at a time while training on a CPU.
+        # teachkit.machinery.speed swaps in the same sum computed a few rows at a time while training on a CPU.
         return F.cross_entropy(F.linear(h, weight, bias).float(), labels, reduction="sum")
 
 

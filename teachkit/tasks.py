@@ -153,7 +153,7 @@ class PretrainingTask:
 
 
 class PackedMLMTask:
-    """BERT pre-training on rows packed full of running text (see `teachkit.corpus`): masked-LM only.
+    """BERT pre-training on rows packed full of running text (see `teachkit.data.corpus`): masked-LM only.
 
     The rows are already token ids, so a step only picks rows and masks them (afresh every step, from
     the step's seed). The last `n_eval` rows are held out to measure the MLM loss on unseen text.

@@ -31,11 +31,11 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from teachkit.checkpoint import KeptWeights, TrainingState, check_writable, checkpoint_bytes, is_checkpoint, \
+from teachkit.machinery.checkpoint import KeptWeights, TrainingState, check_writable, checkpoint_bytes, is_checkpoint, \
     load_training_state, load_weights, read_tensors, save_or_rescue
-from teachkit.devices import autocast, move, pick_device, pick_precision
-from teachkit.interrupts import Signals, check_same_settings
-from teachkit.speed import Speedups, training_speedups
+from teachkit.machinery.devices import autocast, move, pick_device, pick_precision
+from teachkit.machinery.interrupts import Signals, check_same_settings
+from teachkit.machinery.speed import Speedups, training_speedups
 
 
 @dataclass
@@ -164,7 +164,7 @@ def train(
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     signals = Signals(stop or threading.Event())
-    # The CPU speed-ups (teachkit.speed) are on while the loop runs, and the model is as it was after.
+    # The CPU speed-ups (teachkit.machinery.speed) are on while the loop runs, and the model is as it was after.
     faster = training_speedups(model, device=device, precision=precision) if speedups else \
         contextlib.nullcontext(Speedups(on=False))
     with signals.installed(), faster as switched:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from teachkit import data
-from teachkit.__main__ import build_parser, main
+from teachkit.experiments.cli import build_parser, main
 from teachkit.tokenization import save_tokenizer, train_wordpiece
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""Pre-training text at scale (teachkit.corpus), the fair fine-tuning protocol (teachkit.compare), and the
+"""Pre-training text at scale (teachkit.data.corpus), the fair fine-tuning protocol (teachkit.experiments.compare), and the
 shipped course BERT: it loads, matches its card, and its pre-training is worth something."""
 
 from __future__ import annotations
@@ -6,9 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teachkit import checkpoint, compare, corpus, course, data, finetune
+from teachkit.machinery import checkpoint
+from teachkit.experiments import compare
+from teachkit.data import corpus
+from teachkit import course, data, finetune
 from teachkit.tasks import PackedMLMTask
 from teachkit.tokenization import special_ids, train_wordpiece
+from teachkit.machinery import loading
 
 
 @pytest.fixture
@@ -139,7 +143,7 @@ def test_the_course_bert_loads_and_matches_its_card():
     assert info["command"] in card and info["command"].startswith("teachkit pretrain")
     assert sum(p.stat().st_size for p in folder.iterdir()) < 25e6
     # every body tensor of the checkpoint is used: nothing starts fresh but the new head
-    fresh = checkpoint.load_weights(finetune.classifier("scratch", config=cfg)[0], folder, strict_heads=False)
+    fresh = checkpoint.load_weights(loading.classifier("scratch", config=cfg)[0], folder, strict_heads=False)
     assert all(not name.startswith("bert.") for name in fresh)
     assert not model.training
 

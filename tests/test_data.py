@@ -10,7 +10,8 @@ import datasets
 import huggingface_hub.constants
 import pytest
 
-from teachkit import data, files
+from teachkit import data
+from teachkit.machinery import files
 
 # The shared mirror sits beside the repository (../shared/data); TEACHKIT_DATA_DIR overrides.
 ROWS = {

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ddp_worker
-from teachkit.checkpoint import load_training_state
+from teachkit.machinery.checkpoint import load_training_state
 
 KINDS = ["classification", "pretraining", "pretraining-accum"]
 WORKER = Path(__file__).with_name("ddp_worker.py")

@@ -14,9 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from teachkit import viz  # noqa: E402
-from teachkit.demo import run_demo  # noqa: E402
-from teachkit.experiments import DemoSettings  # noqa: E402
+from teachkit.course import viz  # noqa: E402
+from teachkit.experiments.demo import run_demo  # noqa: E402
+from teachkit.experiments.pretraining import DemoSettings  # noqa: E402
 from teachkit.train import History  # noqa: E402
 
 

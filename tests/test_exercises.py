@@ -6,7 +6,7 @@ import pytest
 from ddp_worker import reference_masking_rule
 import torch
 
-from teachkit import exercises
+from teachkit.course import exercises
 
 
 @pytest.mark.parametrize("answer, expected, right", [

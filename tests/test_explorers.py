@@ -10,7 +10,7 @@ import pytest
 from ddp_worker import reference_masking_rule
 import torch
 
-from teachkit import exercises, explorers
+from teachkit.course import exercises, explorers
 from teachkit.config import preset
 from teachkit.model import build_model
 from teachkit.objectives import make_nsp_pairs
@@ -185,7 +185,7 @@ def test_model_answer_checks(wordpiece):
     feedback = exercises.check_nsp(model, wordpiece, "The cat sat.", "The dog slept.")
     assert feedback.ok in (True, False) and "%" in feedback.message
     assert exercises.check_nsp(model, wordpiece, None, None).ok is None
-    from teachkit.probes import MaskGuess
+    from teachkit.course.probes import MaskGuess
 
     guesses = [MaskGuess(3, ["sat", "slept"], [0.6, 0.2])]
     assert exercises.check_fill(guesses, word="Slept").ok is True

@@ -11,12 +11,13 @@ from safetensors.torch import load_file
 
 from ddp_worker import classification, pretraining, sentiment
 from teachkit import finetune
-from teachkit.checkpoint import save_checkpoint
+from teachkit.machinery.checkpoint import save_checkpoint
 from teachkit.config import preset
 from teachkit.data import LabelledSplit
 from teachkit.model import BertForSequenceClassification
 from teachkit.tasks import ClassificationTask
 from teachkit.train import TrainConfig, make_optimizer, train
+from teachkit.machinery import loading
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -164,11 +165,11 @@ def test_freezing_everything_leaves_nothing_to_train(tok):
 
 def test_classifier_from_scratch(tok):
     config = preset("tiny", vocab_size=tok.get_vocab_size())
-    model, tokenizer = finetune.classifier("scratch", n_classes=3, config=config, dropout=0.2)
+    model, tokenizer = loading.classifier("scratch", n_classes=3, config=config, dropout=0.2)
     assert isinstance(model, BertForSequenceClassification) and tokenizer is None
     assert model.n_classes == 3 and model.cfg.dropout == 0.2 and model.cfg.attn_dropout == 0.2
     with pytest.raises(ValueError, match=r"source='scratch' needs config="):
-        finetune.classifier("scratch")
+        loading.classifier("scratch")
 
 
 def test_classifier_from_a_pretraining_checkpoint_keeps_the_pretrained_body(tok, tmp_path):
@@ -177,7 +178,7 @@ def test_classifier_from_a_pretraining_checkpoint_keeps_the_pretrained_body(tok,
     train(model, task, cfg(max_steps=2, checkpoint_dir=str(folder)), tokenizer=tok)
     saved = load_file(str(folder / "model.safetensors"))
 
-    clf, tokenizer = finetune.classifier(folder, n_classes=3, dropout=0.1)
+    clf, tokenizer = loading.classifier(folder, n_classes=3, dropout=0.1)
     assert isinstance(clf, BertForSequenceClassification) and clf.n_classes == 3
     assert tokenizer is not None and tokenizer.get_vocab() == tok.get_vocab()
     own = clf.state_dict()
@@ -190,7 +191,7 @@ def test_classifier_from_a_classifier_checkpoint_with_other_classes_gets_a_fresh
     """Fine-tune a 2-class (sentiment) model further on a 3-class task: the body carries over, the head is new."""
     two, _ = classification(tok)
     save_checkpoint(tmp_path / "two", model=two, tokenizer=tok)
-    clf, _ = finetune.classifier(tmp_path / "two", n_classes=3)
+    clf, _ = loading.classifier(tmp_path / "two", n_classes=3)
     assert clf.n_classes == 3 and clf.classifier.weight.shape == (3, two.cfg.d_model)
     own, saved = clf.state_dict(), two.state_dict()
     assert all(torch.equal(own[k], saved[k]) for k in saved if k.startswith("bert."))
@@ -201,7 +202,7 @@ def test_a_fair_fine_tune_leaves_no_model_behind(tok):
     the next arm (in the demo and notebook 07, a second 22M-parameter MiniLM) loaded on top of them."""
     import gc
 
-    from teachkit.compare import Labelled, Protocol, finetune_fair
+    from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
     from teachkit.model import BertModel
 
     labelled = Labelled(sentiment(48), sentiment(24, offset=100), sentiment(24, offset=200))

@@ -26,8 +26,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from teachkit import data, mirror, pretrained
-from teachkit.__main__ import main
+from teachkit import data
+from teachkit.data import mirror
+from teachkit.machinery import pretrained
+from teachkit.experiments.cli import main
 
 try:
     import tomllib

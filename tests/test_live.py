@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 from ddp_worker import classification
 
-from teachkit import live
+from teachkit.course import live
 from teachkit.train import TrainConfig, train
 
 

@@ -175,10 +175,10 @@ def test_bad_input_messages():
 
 
 def test_the_course_bert_recipe_is_the_shipped_course_bert_and_the_demos_model():
-    from teachkit.checkpoint import model_config
+    from teachkit.machinery.checkpoint import model_config
     from teachkit.config import course_bert_config
     from teachkit.course import course_bert
-    from teachkit.experiments import DemoSettings
+    from teachkit.experiments.pretraining import DemoSettings
 
     shipped = model_config(course_bert())
     assert course_bert_config(vocab_size=shipped.vocab_size, max_len=shipped.max_len) == shipped

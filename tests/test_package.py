@@ -3,32 +3,51 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import teachkit
 
 PACKAGE = Path(teachkit.__file__).parent
-MODULES = {path.stem: ast.parse(path.read_text(), filename=str(path)) for path in sorted(PACKAGE.glob("*.py"))}
+
+
+def _dotted(path: Path) -> str:
+    """teachkit/machinery/checkpoint.py -> "machinery.checkpoint"; teachkit/data/__init__.py -> "data"."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_dotted(path): ast.parse(path.read_text(), filename=str(path)) for path in sorted(PACKAGE.rglob("*.py"))
+           if _dotted(path)}
 
 
 def _imports(tree: ast.Module) -> list[tuple[str, str, int]]:
-    """(teachkit module, name taken from it or "", line) for every import, at the top or inside a function."""
+    """(teachkit module, name taken from it or "", line) for every import, at the top or inside a function.
+
+    Modules are named as in MODULES: `from teachkit.machinery import checkpoint` imports "machinery.checkpoint".
+    """
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "teachkit":
+            base = node.module[len("teachkit."):] if node.module != "teachkit" else ""
             for alias in node.names:
-                if node.module == "teachkit":  # from teachkit import data, viz
-                    found.append((alias.name, "", node.lineno))
-                else:
-                    found.append((node.module.split(".")[1], alias.name, node.lineno))
+                module = f"{base}.{alias.name}".strip(".")
+                found.append((module, "", node.lineno) if module in MODULES else (base, alias.name, node.lineno))
         elif isinstance(node, ast.Import):
-            found += [(a.name.split(".")[1], "", node.lineno) for a in node.names if a.name.startswith("teachkit.")]
+            found += [(a.name[len("teachkit."):], "", node.lineno) for a in node.names if a.name.startswith("teachkit.")]
     return found
 
 
+def _from_imports(tree: ast.Module) -> list[tuple[str, ast.alias]]:
+    """(teachkit module after "teachkit.", alias) for every `from teachkit... import` name."""
+    return [(node.module[len("teachkit."):], alias) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and node.module and node.module.split(".")[0] == "teachkit" for alias in node.names]
+
+
 def _private_uses(name: str, tree: ast.Module) -> list[str]:
-    modules = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-               and node.module == "teachkit" for alias in node.names}
+    modules = {alias.asname or alias.name for module, alias in _from_imports(tree)
+               if f"{module}.{alias.name}".strip(".") in MODULES}
     uses = [f"{name}.py:{line} imports {imported}" for module, imported, line in _imports(tree)
             if imported.startswith("_") and module != name]
     uses += [f"{name}.py:{node.lineno} uses {node.value.id}.{node.attr}" for node in ast.walk(tree)
@@ -44,7 +63,8 @@ def test_no_module_uses_another_modules_private_names():
 
 def test_the_checker_sees_a_private_import_and_a_private_attribute():
     tree = ast.parse("from teachkit.tasks import _rows\nfrom teachkit import data\ndata._download('x')\n")
-    assert _private_uses("probes", tree) == ["probes.py:1 imports _rows", "probes.py:3 uses data._download"]
+    assert _private_uses("course.probes", tree) == ["course.probes.py:1 imports _rows",
+                                                    "course.probes.py:3 uses data._download"]
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -72,3 +92,13 @@ def test_no_import_circle_not_even_through_an_import_inside_a_function():
     assert _cycle(graph) is None
     assert _cycle({"course": {"experiments"}, "experiments": {"viz"}, "viz": {"course"}}) == \
         ["course", "experiments", "viz", "course"]
+
+
+def test_a_notebooks_first_import_loads_neither_the_trainer_nor_the_speed_ups():
+    """`from teachkit import course` opens every notebook: it must stay light, and change no allocator setting."""
+    code = ("import sys\nfrom teachkit import course\n"
+            "print(sorted(m for m in sys.modules if m.startswith('teachkit')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'teachkit.course'" in loaded
+    for heavy in ("teachkit.train", "teachkit.machinery.speed", "teachkit.experiments"):
+        assert f"'{heavy}'" not in loaded and f"'{heavy}." not in loaded, f"{heavy} was imported: {loaded}"

@@ -9,7 +9,7 @@ import torch
 
 from conftest import C, H, V
 from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, mean_pool
-from teachkit.pretrained import (
+from teachkit.machinery.pretrained import (
     CheckpointError,
     config_from_hf,
     config_to_hf,

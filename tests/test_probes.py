@@ -6,7 +6,7 @@ import pytest
 import torch
 from ddp_worker import sentiment
 
-from teachkit import probes
+from teachkit.course import probes
 from teachkit.config import preset
 from teachkit.model import build_model
 from teachkit.tokenization import encode, tokens

@@ -26,13 +26,15 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ddp_worker import cfg, classification, pretraining, sentiment, weights
-from teachkit import checkpoint, finetune
-from teachkit.checkpoint import NotACheckpointError, load_model, load_training_state, load_weights, \
+from teachkit.machinery import checkpoint
+from teachkit import finetune
+from teachkit.machinery.checkpoint import NotACheckpointError, load_model, load_training_state, load_weights, \
     save_checkpoint
-from teachkit.compare import Labelled, Protocol, finetune_fair
-from teachkit.files import atomic_folder
+from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
+from teachkit.machinery.files import atomic_folder
 from teachkit.model import build_model
 from teachkit.train import TrainConfig, train
+from teachkit.machinery import loading
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,7 +96,7 @@ def test_a_body_that_does_not_fit_is_refused_on_every_load_path(saved, how):
     edit(saved)
     loads = {"load_model, new head": lambda: load_model(saved, task="classification", log=None),
              "load_model, same task": lambda: load_model(saved, log=None),
-             "finetune.classifier (teachkit finetune --from)": lambda: finetune.classifier(saved)}
+             "finetune.classifier (teachkit finetune --from)": lambda: loading.classifier(saved)}
     for path, load in loads.items():
         with pytest.raises(NotACheckpointError) as err:
             load()
@@ -327,7 +329,7 @@ def test_divergence_names_a_checkpoint_only_when_there_is_one(tok, tmp_path):
 
 def test_a_diverged_fine_tuning_says_so(tok):
     """Before: TypeError: 'NoneType' object is not subscriptable (result.best)."""
-    from teachkit.interrupts import TrainingStopped
+    from teachkit.machinery.interrupts import TrainingStopped
 
     labelled = Labelled(sentiment(48), sentiment(24, offset=100), sentiment(24, offset=200))
     model, _ = classification(tok)

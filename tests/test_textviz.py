@@ -1,4 +1,4 @@
-"""The pictures of notebooks 00-04 (teachkit.textviz) and the questions behind them (teachkit.probes).
+"""The pictures of notebooks 00-04 (teachkit.course.textviz) and the questions behind them (teachkit.course.probes).
 
 Every figure is drawn without a display (Agg); the tests count what a learner would see: one box
 per token, one bar per guess, one cell per table entry, and the colours/labels that carry meaning.
@@ -16,12 +16,12 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from teachkit import probes as ins
-from teachkit import textviz
+from teachkit.course import probes as ins
+from teachkit.course import textviz
 from teachkit.config import preset
 from teachkit.model import build_model
 from teachkit.objectives import ROLE_NAMES, mask_tokens
-from teachkit.probes import MaskGuess
+from teachkit.course.probes import MaskGuess
 from teachkit.tokenization import special_ids, train_bpe, train_wordpiece
 
 TEXTS = [
@@ -201,7 +201,7 @@ def test_a_token_a_browser_may_not_draw_shows_its_id(wordpiece):
 
 
 def test_the_masking_explorer_shows_the_models_guesses_and_a_static_snapshot(wordpiece):
-    from teachkit import explorers
+    from teachkit.course import explorers
 
     model = build_model(preset("tiny", vocab_size=wordpiece.get_vocab_size(), n_layers=1, d_model=32, n_heads=2,
                                d_ff=64, max_len=64))

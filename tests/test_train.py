@@ -24,11 +24,11 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ddp_worker import cfg, classification, pretraining, weights
-from teachkit import checkpoint
-from teachkit.checkpoint import NotACheckpointError, load_training_state, load_weights, \
+from teachkit.machinery import checkpoint
+from teachkit.machinery.checkpoint import NotACheckpointError, load_training_state, load_weights, \
     save_checkpoint
-from teachkit.devices import DeviceError
-from teachkit.files import atomic_folder
+from teachkit.machinery.devices import DeviceError
+from teachkit.machinery.files import atomic_folder
 from teachkit.model import build_model
 from teachkit.tokenization import load_tokenizer
 from teachkit.train import TrainConfig, lr_factor, train

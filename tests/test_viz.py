@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from teachkit import probes, viz
+from teachkit.course import probes, viz
 from teachkit.train import History
 
 L, H, T = 3, 5, 7
@@ -136,7 +136,7 @@ def test_readable_count_never_says_zero_million(n, words):
 
 def test_attention_explorer_keeps_its_picture_where_no_widget_can_show(tok):
     """interact()'s output disappears from an HTML export with the widget state; the explorer's picture stays."""
-    from teachkit import explorers
+    from teachkit.course import explorers
     from teachkit.config import preset
     from teachkit.model import build_model
 

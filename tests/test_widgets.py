@@ -18,10 +18,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from teachkit import checkpoint, course
-from teachkit import playground as engine
-from teachkit.playground import Settings
-from teachkit.widgets import Playground
+from teachkit.machinery import checkpoint
+from teachkit import course
+from teachkit.app import playground as engine
+from teachkit.app.playground import Settings
+from teachkit.app.widgets import Playground
 
 TINY = Settings(start_from="my pre-training", budget=6, budget_unit="steps", labels=48, epochs=2, batch_size=16)
 
@@ -83,7 +84,7 @@ def test_the_next_run_hint_is_on_the_page_before_the_run_starts_working(monkeypa
             seen["hint"], seen["stop enabled"] = app.hint.value, not app.stop_button.disabled
             super().start()
 
-    monkeypatch.setattr("teachkit.widgets.threading.Thread", Watched)
+    monkeypatch.setattr("teachkit.app.widgets.threading.Thread", Watched)
     assert app.run()
     assert seen["stop enabled"] and "Run 1 keeps the settings it started with" in seen["hint"], seen
     finished(app)
@@ -297,7 +298,7 @@ def test_the_status_line_shows_a_steady_speed(monkeypatch):
         on_event({"kind": "run_end", "phase": "run"})
 
     monkeypatch.setattr(engine, "run_experiment", fake_run)
-    monkeypatch.setattr("teachkit.widgets.REDRAW_EVERY", 0.0)  # a status line after every step
+    monkeypatch.setattr("teachkit.app.widgets.REDRAW_EVERY", 0.0)  # a status line after every step
     app = Playground()
     app.apply(TINY)
     assert app.run()

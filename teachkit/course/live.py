@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 
-from teachkit.viz import arm_colour, running_mean
+from teachkit.course.viz import arm_colour, running_mean
 
 # Plotly's default palette, one colour per curve; the same order as the matplotlib figure.
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from teachkit.config import ModelConfig
-from teachkit.files import atomic_folder, recover_folder
+from teachkit.machinery.files import atomic_folder, recover_folder
 from teachkit.model import BertForPreTraining, BertForSequenceClassification, build_model
 
 FORMAT = "teachkit-checkpoint"
@@ -269,7 +269,7 @@ def load_weights(model: nn.Module, folder: str | Path, *, strict_heads: bool = T
     if problems:
         raise NotACheckpointError(f"Cannot load {path} into this {type(model).__name__}: " + "; ".join(problems) +
                                   ". The file does not match its config.json, or was damaged: save the checkpoint "
-                                  "again, or load it with the config it was saved with (teachkit.checkpoint."
+                                  "again, or load it with the config it was saved with (teachkit.machinery.checkpoint."
                                   "load_model).")
     heads = [k for k in own if _is_head(k)]
     resized = [k for k in heads if k in saved and saved[k].shape != own[k].shape]
@@ -324,7 +324,7 @@ def _check_same_size(saved: ModelConfig, ours: ModelConfig, folder) -> None:
         raise NotACheckpointError(
             f"The checkpoint in {folder} is from a different model size: " +
             ", ".join(f"{k} is {v} there but {mine[k]} here" for k, v in theirs.items() if mine[k] != v) +
-            ". Build the model from the checkpoint's own config (teachkit.checkpoint.load_model) or start a new run."
+            ". Build the model from the checkpoint's own config (teachkit.machinery.checkpoint.load_model) or start a new run."
         )
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import datasets
 
-from teachkit.files import cache_dir
+from teachkit.machinery.files import cache_dir
 
 DATA_DIR_ENV = "TEACHKIT_DATA_DIR"
 MOVIE_REVIEWS_URL = (

@@ -17,9 +17,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from teachkit.checkpoint import is_checkpoint, load_model
-from teachkit.experiments import DemoSettings, pretrain_bert
-from teachkit.files import cache_dir  # notebooks write course.cache_dir()
+from teachkit.machinery.checkpoint import is_checkpoint, load_model
+from teachkit.machinery.files import cache_dir  # notebooks write course.cache_dir()
 from teachkit.tokenization import load_tokenizer
 
 FAST_ENV = "TEACHKIT_FAST"
@@ -62,7 +61,7 @@ def require(namespace: Mapping, *names: str, cell: str) -> None:
 
 # --------------------------------------------------------------------------- the course's BERTs
 
-COURSE_BERT = Path(__file__).parent / "assets" / "course_bert"  # shipped: see MODEL_CARD.md there
+COURSE_BERT = Path(__file__).resolve().parents[1] / "assets" / "course_bert"  # shipped: see MODEL_CARD.md there
 
 
 def course_bert() -> Path:
@@ -91,6 +90,9 @@ def load_course_bert():
 def nsp_bert_settings():
     """A small BERT that also learns next-sentence prediction (notebook 03): MLM + NSP on WikiText-2,
     2 layers x 128 wide, 4 heads, three minutes. The course BERT skips NSP, as RoBERTa does."""
+    # Imported here, not at the top: a notebook's first import must not load the trainer.
+    from teachkit.experiments.pretraining import DemoSettings
+
     settings = DemoSettings(
         out_dir=str(cache_dir() / ("nsp-bert-fast" if FAST else "nsp-bert")), corpus=("wikitext-2",), max_len=64,
         layers=2, width=128, heads=4, mask_prob=0.4, nsp=True, pretrain_seconds=180.0, real_bert=None,
@@ -105,5 +107,7 @@ def load_nsp_bert(*, retrain: bool = False, log=print):
     if retrain or not is_checkpoint(folder):
         log(f"The MLM + NSP BERT is not in {folder} yet: pre-training it now "
             f"({settings.pretrain_seconds:.0f} s, once; it is kept for next time).")
+        from teachkit.experiments.pretraining import pretrain_bert
+
         folder, _, _ = pretrain_bert(settings, log=log)
     return load_model(folder).eval(), load_tokenizer(folder / "tokenizer.json")

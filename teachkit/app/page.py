@@ -1,5 +1,5 @@
 """The training playground's page: help for every control, a number control that says when it changed
-what was typed, the texts around the plots, and the style. `teachkit.widgets.Playground` uses them."""
+what was typed, the texts around the plots, and the style. `teachkit.app.widgets.Playground` uses them."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from teachkit import playground as engine
-from teachkit.playground import LIMITS, SIZE_PRESETS, VOCAB_SIZE, Run, Settings
+from teachkit.app import playground as engine
+from teachkit.app.playground import LIMITS, SIZE_PRESETS, VOCAB_SIZE, Run, Settings
 
 COLOURS = qualitative.D3  # run n gets COLOURS[(n - 1) % 10]
 FONT = {"size": 15}  # projector-sized text in every figure

@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from teachkit.checkpoint import NotACheckpointError
+from teachkit.machinery.checkpoint import NotACheckpointError
 
 WATCHED = (signal.SIGINT, signal.SIGTERM)
 # Settings that may change between an interrupted run and its resumption: they do not change the result.

@@ -4,7 +4,7 @@ How does this text split into pieces? What happens to each token under BERT's ma
 sure is the model that sentence B follows sentence A? Where does each attention head look? What
 does the model put in place of [MASK]? Which words have similar embeddings? Which reviews does the
 classifier get wrong? Each function answers one such question, runs the model without gradients,
-and returns lists, tensors or dataclasses: `teachkit.textviz` and `teachkit.viz` draw them, and the
+and returns lists, tensors or dataclasses: `teachkit.course.textviz` and `teachkit.course.viz` draw them, and the
 tests check them without a display. Layers and heads are numbered from 1, as in the papers and in
 the figures (layer 1 is the one nearest the input).
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from teachkit.devices import move
+from teachkit.machinery.devices import move
 from teachkit.objectives import NSP_IS_NEXT, ROLE_NAMES, causal_lm_labels, mask_tokens
 from teachkit.tasks import encode_split, predict
 from teachkit.tokenization import encode, encode_pairs, special_ids

@@ -1,7 +1,7 @@
 """The training playground's engine: settings, one run (pre-train, then fine-tune), and its record.
 
 This module knows nothing about widgets, so it can be tested and scripted on its own;
-`teachkit.widgets.Playground` puts controls and live figures on top of it.
+`teachkit.app.widgets.Playground` puts controls and live figures on top of it.
 
 One run is the course's whole story in miniature:
 
@@ -27,11 +27,13 @@ from functools import lru_cache
 
 import torch
 
-from teachkit import checkpoint, course, data, finetune, pretrained, tokenization
+from teachkit.machinery import checkpoint, pretrained
+from teachkit import course, data, finetune, tokenization
 from teachkit.config import PRESETS, ModelConfig, course_bert_config, heads_problem
 from teachkit.model import build_model, count_parameters
 from teachkit.tasks import ClassificationTask, PretrainingTask
 from teachkit.train import History, TrainConfig, train
+from teachkit.machinery import loading
 
 # The model sizes on offer: the BERT presets of teachkit.config (GPT ones do not fine-tune for sentiment).
 SIZE_PRESETS = {name: cfg for name, cfg in PRESETS.items() if cfg.arch == "bert"}
@@ -430,7 +432,7 @@ def starting_point(settings: Settings, res: Resources):
         tokenizer = tokenization.load_tokenizer(course.course_bert() / "tokenizer.json")
         return build_model(cfg, task="classification", n_classes=N_CLASSES), tokenizer
     source = course.course_bert() if settings.start_from == "course BERT" else "minilm"
-    return finetune.classifier(source, n_classes=N_CLASSES, pooling="mean", dropout=0.1)
+    return loading.classifier(source, n_classes=N_CLASSES, pooling="mean", dropout=0.1)
 
 
 def continue_to_finetuning(run: Run, *, on_event: Listener, stop: threading.Event) -> Run:

@@ -22,7 +22,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from teachkit.files import atomic_folder
+from teachkit.machinery.files import atomic_folder
 from teachkit.config import ModelConfig
 from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, BertModel, build_model
 

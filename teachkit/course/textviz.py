@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch
 
-from teachkit.probes import MaskedSentence, MaskGuess, Piece, TokenizerStats
+from teachkit.course.probes import MaskedSentence, MaskGuess, Piece, TokenizerStats
 
 SEGMENT_COLOURS = ("#cfe2ff", "#ffd8b0")  # sentence A, sentence B
 SPECIAL_COLOUR = "#dddddd"

@@ -1,6 +1,6 @@
 """The demo (`teachkit demo`, `make demo`): what is pre-training worth, and what does it cost?
 
-Five starting points are fine-tuned on the same labels with the same fair protocol (`teachkit.compare`):
+Five starting points are fine-tuned on the same labels with the same fair protocol (`teachkit.experiments.compare`):
 
     scratch            our small BERT with random weights: no pre-training at all
     my pre-training    the same model after the demo's own few minutes of masked-LM pre-training
@@ -22,11 +22,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from teachkit import checkpoint, compare, course, viz
-from teachkit.experiments import DemoSettings, describe_corpus, pretrain_bert, tokens_per_s
-from teachkit.finetune import RANDOM_PREFIX
+from teachkit.machinery import checkpoint
+from teachkit.experiments import compare
+from teachkit import course
+from teachkit.course import viz
+from teachkit.experiments.pretraining import DemoSettings, describe_corpus, pretrain_bert, tokens_per_s
+from teachkit.machinery.loading import RANDOM_PREFIX
 
-LADDER = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lesson_ladder.jsonl"
+LADDER = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "lesson_ladder.jsonl"
 RANDOM_SUFFIX = ", random weights"  # a real BERT's random-weight twin is named "<real BERT>, random weights"
 
 

@@ -23,7 +23,7 @@ from teachkit.objectives import (
     causal_lm_labels,
     mask_tokens,
 )
-from teachkit.probes import masking_draws, nsp_probability
+from teachkit.course.probes import masking_draws, nsp_probability
 from teachkit.tokenization import special_ids
 
 

@@ -17,12 +17,14 @@ from functools import partial
 
 import torch
 
-from teachkit import data, finetune, speed
+from teachkit import data, finetune
+from teachkit.machinery import speed
 from teachkit.config import ModelConfig
-from teachkit.devices import move
-from teachkit.interrupts import TrainingStopped
+from teachkit.machinery.devices import move
+from teachkit.machinery.interrupts import TrainingStopped
 from teachkit.tasks import ClassificationTask
 from teachkit.train import TrainConfig, train
+from teachkit.machinery import loading
 
 VALIDATION_CARVE = 2000  # rows held out of `train` as validation when a dataset has no validation split
 
@@ -71,7 +73,7 @@ def finetune_once(source, *, tokenizer, config: ModelConfig | None, labelled: La
                   arm: str = "model"):
     """One fine-tuning run; returns (model, task, result). Validation picks the best epoch."""
     torch.manual_seed(seed)
-    model, own_tokenizer = finetune.classifier(source, n_classes=len(labelled.train.label_names), config=config,
+    model, own_tokenizer = loading.classifier(source, n_classes=len(labelled.train.label_names), config=config,
                                               dropout=protocol.dropout, pooling=protocol.pooling)
     picked = finetune.subset(labelled.train, indices)
     task = ClassificationTask(picked, own_tokenizer or tokenizer, max_len=protocol.max_len, seed=seed,

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import ipywidgets as widgets
 import torch
 
-from teachkit import textviz, viz
+from teachkit.course import textviz, viz
 from teachkit.objectives import SentencePair
-from teachkit.probes import (
+from teachkit.course.probes import (
     attention_maps,
     generate_text,
     mask_sentence,

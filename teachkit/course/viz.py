@@ -4,7 +4,7 @@ neighbours.
 
 Figures are matplotlib Figures and tables are `Html` strings, so every one can be tested without a
 display, shown in a notebook (offline: no script from a CDN), or saved for a report. The data they
-draw comes from `teachkit.train` (histories) and `teachkit.probes` (attention, guesses, answers)."""
+draw comes from `teachkit.train` (histories) and `teachkit.course.probes` (attention, guesses, answers)."""
 
 from __future__ import annotations
 
@@ -305,7 +305,7 @@ def ladder_figure(rows: Sequence[Mapping], *, highlight: Sequence[Mapping] = (),
                   title: str = "What pre-training is worth, by tokens seen") -> plt.Figure:
     """The compute ladder: test accuracy (left) and paired gain over scratch (right) against pre-training tokens.
 
-    rows: results of `benchmarks/lesson_ladder.py` / `teachkit.compare` with arm ("scratch" or "pretrained"),
+    rows: results of `benchmarks/lesson_ladder.py` / `teachkit.experiments.compare` with arm ("scratch" or "pretrained"),
     tokens_seen, dataset, budget, seed and test_accuracy. Scratch (0 tokens) is a dashed line, since a log
     axis has no zero. highlight: this run's own points, drawn on top as stars.
     """

@@ -31,8 +31,9 @@ from typing import Protocol
 import datasets
 import yaml  # installed with datasets, which reads dataset cards with it
 
-from teachkit import data, pretrained
-from teachkit.files import atomic_folder, recover_folder
+from teachkit import data
+from teachkit.machinery import pretrained
+from teachkit.machinery.files import atomic_folder, recover_folder
 from teachkit.data import DataUnavailableError
 
 MANIFEST = ".teachkit-mirror.json"  # hidden, so `datasets` never takes it for a data file

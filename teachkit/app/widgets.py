@@ -1,12 +1,12 @@
 """The training playground: change a setting, press Run, watch pre-training and fine-tuning respond.
 
-    from teachkit.widgets import Playground
+    from teachkit.app.widgets import Playground
     Playground()          # in a notebook cell (JupyterLab), or served as an app by Voila (`make app`)
 
 Training runs in a background thread, so the controls stay live; the loop reports every step
 through a callback and the plotly figure redraws a few times a second. Every run is kept and
 overlaid in its own colour, with a legend entry and a row in the results table. The engine
-(settings, data, one run) is `teachkit.playground`; this module is only the page, the figure and
+(settings, data, one run) is `teachkit.app.playground`; this module is only the page, the figure and
 the thread.
 """
 
@@ -22,9 +22,9 @@ from dataclasses import asdict, fields
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from teachkit import playground as engine
-from teachkit.playground import OWN_MODEL, SIZE_PRESETS, Run, Settings
-from teachkit.playground_page import (
+from teachkit.app import playground as engine
+from teachkit.app.playground import OWN_MODEL, SIZE_PRESETS, Run, Settings
+from teachkit.app.page import (
     INTRO,
     READING,
     STYLE,

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import torch
 
-from teachkit import checkpoint, corpus, data, tokenization
-from teachkit.compare import Protocol
+from teachkit.machinery import checkpoint
+from teachkit.data import corpus
+from teachkit import data, tokenization
+from teachkit.experiments.compare import Protocol
 from teachkit.config import course_bert_config, preset
-from teachkit.files import cache_dir
+from teachkit.machinery.files import cache_dir
 from teachkit.model import build_model, count_parameters
 from teachkit.objectives import ROLE_NAMES, make_nsp_pairs, pretraining_batch
-from teachkit.interrupts import TrainingStopped
+from teachkit.machinery.interrupts import TrainingStopped
 from teachkit.tasks import PackedMLMTask, PretrainingTask
 from teachkit.train import TrainConfig, check_resumable, train
 
@@ -61,7 +63,7 @@ class DemoSettings:
     sweeps of `benchmarks/`) on in-domain text: IMDB's unlabelled and training reviews plus the sentiment
     set's training sentences, labels dropped, packed into rows of 128 tokens. A 2-layer, 128-wide BERT
     (the size a 2-core CPU trains furthest in minutes), 40% masking (more predictions per row: Wettig et
-    al., 2023). Fine-tuning: the fair protocol of `teachkit.compare` on 1,000 labels.
+    al., 2023). Fine-tuning: the fair protocol of `teachkit.experiments.compare` on 1,000 labels.
     """
 
     out_dir: str = "reports/demo"  # where the report, plots and checkpoints go
@@ -82,7 +84,7 @@ class DemoSettings:
     mask_prob: float = 0.4  # more predictions per row than BERT's 15%: better in a short budget
     nsp: bool = False  # True: sentence pairs with next-sentence prediction instead of packed rows
     budget: int = 1000  # labelled examples for fine-tuning
-    # fine-tuning settings every arm tries, (lr, body scale); validation picks one (see teachkit.compare)
+    # fine-tuning settings every arm tries, (lr, body scale); validation picks one (see teachkit.experiments.compare)
     grid: tuple[tuple[float, float], ...] = ((1e-3, 1.0), (3e-4, 0.3))
     seeds: tuple[int, ...] = (0, 1, 2)  # label samples and initialisations for the small arms
     real_bert: str | None = "minilm"  # a real pretrained BERT to compare with (None to skip)
