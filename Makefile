@@ -17,7 +17,7 @@ export TEACHKIT_DATA_DIR ?= $(SHARED_DATA)
 endif
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo smoke test app html export-html strip clean
+.PHONY: install demo smoke test lint app html export-html strip clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,11 @@ smoke: install
 
 test: install
 	$(PY) -m pytest
+
+# Code style, checked by CI: the formatting ruff would give, and pyflakes/pycodestyle errors and import order.
+lint: install
+	$(VENV)/bin/ruff format --check
+	$(VENV)/bin/ruff check
 
 # The training playground as a web app (Voila), on this machine only. APP_PORT=... picks another port.
 APP_PORT ?= 8866
