@@ -411,7 +411,7 @@ def test_checkpoint_folder_is_safetensors_json_and_a_weights_only_optimizer_file
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary or .old folders left beside it
     for path in folder.iterdir():  # nothing pickled but optimizer.pt: safetensors start with a JSON header
         head = path.read_bytes()[:16]
-        pickled = head.startswith(b"\x80") or head.startswith(b"PK")  # a pickle, or torch.save's zip of one
+        pickled = head.startswith((b"\x80", b"PK"))  # a pickle, or torch.save's zip of one
         assert pickled == (path.name == "optimizer.pt"), f"{path.name}: pickled={pickled}"
     config = json.loads((folder / "config.json").read_text())
     assert config["task"] == "classification" and config["n_classes"] == 2

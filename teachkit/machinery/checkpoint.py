@@ -305,9 +305,10 @@ def _load_state(model: nn.Module, saved: dict[str, torch.Tensor], path: Path, *,
 
 
 def _does_not_fit(path: Path, model: nn.Module, problems: list[str]) -> CheckpointError:
-    return CheckpointError(f"Cannot load {path} into this {type(model).__name__}: " + "; ".join(p for p in problems if p)
-                           + ". The file does not match its config.json, or was damaged: save the checkpoint again, "
-                           "or load it with the config it was saved with (teachkit.machinery.checkpoint.load_model).")
+    what = "; ".join(p for p in problems if p)
+    return CheckpointError(f"Cannot load {path} into this {type(model).__name__}: {what}. The file does not match its "
+                           "config.json, or was damaged: save the checkpoint again, or load it with the config it was "
+                           "saved with (teachkit.machinery.checkpoint.load_model).")
 
 
 def _some(names: list[str], what: str, *, sep: str = ", ") -> str:
@@ -360,9 +361,10 @@ def load_training_state(folder: str | Path) -> TrainingState:
         raise CheckpointError(f"{folder} holds a model but no training state, so a run cannot resume from it; "
                               "use it as a starting point instead (init_from=...).")
     if (folder / OLD_OPTIMIZER_FILE).is_file() and not optimizer_file.is_file():
-        raise CheckpointError(f"{folder} was saved by an older teachkit (its optimizer state is in {OLD_OPTIMIZER_FILE}, "
-                              f"which this version no longer reads), so the run cannot resume: start it again (on the "
-                              "command line: --overwrite). Its weights still load, e.g. as a starting point (init_from=...).")
+        raise CheckpointError(f"{folder} was saved by an older teachkit (its optimizer state is in "
+                              f"{OLD_OPTIMIZER_FILE}, which this version no longer reads), so the run cannot resume: "
+                              "start it again (on the command line: --overwrite). Its weights still load, e.g. as a "
+                              "starting point (init_from=...).")
     state = read_json(path)
     saved = _read_optimizer(optimizer_file)
     return TrainingState(state=state, optimizer=saved["optimizer"], rng=saved["rng"])

@@ -104,8 +104,8 @@ def check_same_settings(folder: str | Path, before: dict, now: dict) -> None:
              if k in before and k not in FREE_ON_RESUME and before[k] != v]
     if diffs:
         raise CheckpointError(f"{folder} holds a run with other settings, so it cannot be resumed with these: "
-                                  + "; ".join(diffs) + ". Resume with the settings it was started with, or start a "
-                                  "new run (on the command line: --overwrite, or another --out).")
+                              + "; ".join(diffs) + ". Resume with the settings it was started with, or start a "
+                              "new run (on the command line: --overwrite, or another --out).")
 
 
 def _flat(settings: dict) -> dict:
