@@ -28,7 +28,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from ddp_worker import cfg, classification, pretraining, sentiment, weights
 from teachkit.machinery import checkpoint
 from teachkit import finetune
-from teachkit.machinery.checkpoint import NotACheckpointError, load_model, load_training_state, load_weights, \
+from teachkit.machinery.checkpoint import CheckpointError, load_model, load_training_state, load_weights, \
     save_checkpoint
 from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
 from teachkit.machinery.files import atomic_folder
@@ -98,11 +98,25 @@ def test_a_body_that_does_not_fit_is_refused_on_every_load_path(saved, how):
              "load_model, same task": lambda: load_model(saved, log=None),
              "finetune.classifier (teachkit finetune --from)": lambda: loading.classifier(saved)}
     for path, load in loads.items():
-        with pytest.raises(NotACheckpointError) as err:
+        with pytest.raises(CheckpointError) as err:
             load()
         message = str(err.value)
         assert str(saved / "model.safetensors") in message and tensor in message, (path, message)
         assert "config.json" in message, (path, message)  # what to check
+
+
+@pytest.mark.parametrize("how", ["a missing head", "a tensor of another shape"])
+def test_a_checkpoint_that_does_not_fit_leaves_the_model_as_it_was(saved, how):
+    """load_state_dict copies what fits before it says what does not: the dry run on the meta device comes first."""
+    if how == "a missing head":  # a pre-training checkpoint has no classifier
+        model, expected = build_model(checkpoint.model_config(saved), task="classification"), "lacks tensors"
+    else:
+        edit_header(saved / "model.safetensors", swap_shape("bert.body.layers.1.ff.down.weight"))
+        model, expected = build_model(checkpoint.model_config(saved)), "1 tensors have another shape"
+    before = weights(model)
+    with pytest.raises(CheckpointError, match=expected):
+        load_weights(model, saved)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
 
 
 def test_a_new_head_is_the_only_fresh_part_and_is_reported(saved):
@@ -353,9 +367,48 @@ def test_train_config_refuses_non_finite_budgets(changes):
 def test_a_damaged_checkpoint_names_the_file(saved, tmp_path):
     weights_file = saved / "model.safetensors"
     weights_file.write_bytes(b"\xff" * 8 + weights_file.read_bytes()[8:])  # "header too large"
-    with pytest.raises(NotACheckpointError, match=f"{weights_file} is damaged or is not a safetensors file"):
+    with pytest.raises(CheckpointError, match=f"{weights_file} is damaged or is not a safetensors file"):
         load_model(saved, log=None)
     config = saved / "config.json"
     config.write_text(config.read_text()[:40])  # cut short
-    with pytest.raises(NotACheckpointError, match=f"{config} is damaged: it is not valid JSON"):
+    with pytest.raises(CheckpointError, match=f"{config} is damaged: it is not valid JSON"):
         load_model(saved, log=None)
+
+
+@pytest.fixture
+def run(tok, tmp_path) -> Path:
+    """The checkpoint of a 2-step classification run: what `resume=True` reads."""
+    model, task = classification(tok)
+    train(model, task, cfg(max_steps=2, checkpoint_dir=str(tmp_path / "run")))
+    return tmp_path / "run"
+
+
+def test_a_damaged_or_missing_optimizer_file_is_named(tok, run):
+    optimizer_file = run / "optimizer.pt"
+    optimizer_file.write_bytes(optimizer_file.read_bytes()[:100])  # cut short
+    model, task = classification(tok)
+    with pytest.raises(CheckpointError, match=f"{optimizer_file} is damaged.*Save the checkpoint again"):
+        train(model, task, cfg(max_steps=4, checkpoint_dir=str(run)), resume=True)
+    optimizer_file.unlink()
+    with pytest.raises(CheckpointError, match=f"{optimizer_file} is missing, so the run cannot resume"):
+        load_training_state(run)
+
+
+def test_an_optimizer_file_that_would_run_code_is_refused(run, tmp_path):
+    """optimizer.pt is read with torch.load(weights_only=True): a pickled call is refused, never made."""
+    class Payload:
+        def __reduce__(self):
+            return Path.write_text, (tmp_path / "ran.txt", "the checkpoint ran code")
+
+    torch.save({"optimizer": Payload(), "rng": torch.get_rng_state()}, run / "optimizer.pt")
+    with pytest.raises(CheckpointError, match="holds more than tensors and plain values"):
+        load_training_state(run)
+    assert not (tmp_path / "ran.txt").exists()
+
+
+def test_a_run_saved_before_optimizer_pt_cannot_resume_and_says_so(tok, run):
+    (run / "optimizer.pt").rename(run / "optimizer.safetensors")  # where older versions kept the optimizer
+    model, task = classification(tok)
+    with pytest.raises(CheckpointError, match=r"older teachkit .*optimizer\.safetensors.*start it again"):
+        train(model, task, cfg(max_steps=4, checkpoint_dir=str(run)), resume=True)
+    load_model(run, log=None)  # its weights still load

@@ -43,11 +43,11 @@ SLICED = ("wikipedia",)  # hub datasets far larger than the course needs: a slic
 
 
 class MirrorError(DataUnavailableError):
-    """One or more items could not be mirrored; the message says which, why, and what to do."""
+    """One or more items could not be mirrored; the message says which, why, and what to do.
 
-
-class SourceUnreachable(MirrorError):
-    """The network source (the hub, NLTK's archive) did not answer: offline, blocked, or a bad id."""
+    A source that does not answer at all (offline, blocked) raises a plain DataUnavailableError instead,
+    for which the report adds how to mirror from a local folder.
+    """
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class HubSource:
         except RepositoryNotFoundError as err:
             raise MirrorError(f"the hub has no {item.kind} {item.hub_id!r}: check the name") from err
         except Exception as err:  # offline, blocked, timed out: the same advice for all
-            raise SourceUnreachable(f"cannot download {item.hub_id} from the hub ({type(err).__name__})") from err
+            raise DataUnavailableError(f"cannot download {item.hub_id} from the hub ({type(err).__name__})") from err
         shutil.rmtree(dest / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
         if item.config:
             _keep_only_config(dest / "README.md", item.config)
@@ -174,7 +174,7 @@ def _rows_from_online_source(item: Item, dest: Path) -> None:
     try:
         splits = data.load_online(item.name)
     except DataUnavailableError as err:
-        raise SourceUnreachable(f"cannot download {item.name} ({type(err.__cause__).__name__})") from err
+        raise DataUnavailableError(f"cannot download {item.name} ({type(err.__cause__).__name__})") from err
     (dest / "data").mkdir(parents=True, exist_ok=True)
     splits["train"].to_parquet(str(dest / "data" / "train-00000-of-00001.parquet"))
     (dest / "README.md").write_text(
@@ -224,7 +224,7 @@ def mirror(
         outcomes.append(outcome)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
-        offline = any(isinstance(o.error, SourceUnreachable) for o in failed)
+        offline = any(_unreachable(o.error) for o in failed)
         raise MirrorError(
             f"{len(failed)} of {len(outcomes)} items failed ({', '.join(o.item.name for o in failed)}); "
             f"nothing was written for them and the other items in {dest} are complete. "
@@ -233,6 +233,11 @@ def mirror(
         )
     log(f"Done. Use it with: export {data.DATA_DIR_ENV}={dest.resolve()}")
     return outcomes
+
+
+def _unreachable(err: Exception | None) -> bool:
+    """A source that did not answer (a bad copy or a bad name is a MirrorError, whose advice differs)."""
+    return isinstance(err, DataUnavailableError) and not isinstance(err, MirrorError)
 
 
 def _mirror_item(item: Item, dest: Path, source: Source) -> Outcome:
@@ -250,7 +255,7 @@ def _mirror_item(item: Item, dest: Path, source: Source) -> Outcome:
             rows = _verify(item, staged, scratch=Path(scratch))
             _write_manifest(staged, item=item, origin=origin, rows=rows)
     except Exception as err:  # noqa: BLE001 (any failure of one item is reported; the others go on)
-        detail = f"{err}" if isinstance(err, MirrorError) else f"{type(err).__name__}: {err}"
+        detail = f"{err}" if isinstance(err, DataUnavailableError) else f"{type(err).__name__}: {err}"
         return Outcome(item, "failed", detail, error=err)
     status, why = ("replaced", f" (the copy there was replaced: {problem})") if problem else ("fetched", "")
     return Outcome(item, status, f"from {origin}{why}", rows=rows)

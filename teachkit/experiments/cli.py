@@ -16,11 +16,10 @@ import re
 import sys
 from pathlib import Path
 
-from teachkit.machinery.checkpoint import NotACheckpointError, SaveError
+from teachkit.machinery.checkpoint import CheckpointError, SaveError
 from teachkit.data import DataUnavailableError
 from teachkit.machinery.devices import DeviceError
 from teachkit.machinery.interrupts import TrainingStopped
-from teachkit.machinery.pretrained import CheckpointError
 
 DEFAULT_SECONDS = 300.0  # teachkit pretrain's time budget when neither --seconds nor --steps is given
 MAX_SECONDS = 7 * 24 * 3600  # a longer budget is a typo: the warm-up alone (5%) would last over 8 hours
@@ -278,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             stopped.result.signal and stopped.result.checkpoint else ""
         print(f"teachkit {args.command}: {str(stopped).rstrip('.')}.{hint}", file=sys.stderr)
         return stopped.exit_code
-    except (DataUnavailableError, DeviceError, CheckpointError, NotACheckpointError, ValueError,
+    except (DataUnavailableError, DeviceError, CheckpointError, ValueError,
             FileNotFoundError, SaveError) as err:
         # Learners see the explanation, not a stack trace.
         print(f"teachkit {args.command}: {err}", file=sys.stderr)

@@ -1,20 +1,24 @@
-"""Checkpoints: a folder of safetensors and JSON, written atomically, read without unpickling.
+"""Checkpoints: a folder of safetensors, JSON and one PyTorch file, written atomically, read safely.
 
     folder/
       config.json            the model config, the task and the number of classes
       model.safetensors      the weights, under teachkit's own parameter names
       tokenizer.json         the tokenizer, when one is given
-      optimizer.safetensors  AdamW's moment estimates and the RNG states (training checkpoints)
-      training_state.json    step, elapsed time, history, optimizer hyper-parameters
+      optimizer.pt           AdamW's state_dict and the random-number state (training checkpoints)
+      training_state.json    step, elapsed time, history, the run's settings
 
-A checkpoint is written to a temporary folder beside the target and renamed into place, so an
-interrupted save leaves the previous checkpoint intact rather than half a new one.
+optimizer.pt is `torch.save`d and read with `torch.load(weights_only=True)`, which builds only
+tensors and plain Python values (dicts, lists, numbers, strings) and refuses anything else, so a
+checkpoint from someone else cannot run code. A checkpoint is written to a temporary folder beside
+the target and renamed into place, so an interrupted save leaves the previous checkpoint intact
+rather than half a new one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -31,10 +35,16 @@ from teachkit.machinery.files import atomic_folder, recover_folder
 from teachkit.model import BertForPreTraining, BertForSequenceClassification, build_model
 
 FORMAT = "teachkit-checkpoint"
+OPTIMIZER_FILE = "optimizer.pt"
+OLD_OPTIMIZER_FILE = "optimizer.safetensors"  # written by teachkit before optimizer.pt: not read any more
 
 
-class NotACheckpointError(ValueError):
-    """A folder that does not hold a teachkit checkpoint, or one that does not fit the model."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked: not a checkpoint, damaged, or not fitting the model or the run.
+
+    The message names the file or the tensors and says what to do. Raised here and by
+    `teachkit.machinery.pretrained` (Hugging Face checkpoints).
+    """
 
 
 class SaveError(OSError):
@@ -96,10 +106,8 @@ def save_checkpoint(folder: str | Path, *, model: nn.Module, tokenizer=None, opt
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
         if optimizer is not None:
-            tensors, groups = _flatten_optimizer(optimizer)
-            tensors["rng.torch"] = torch.get_rng_state()
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-            (tmp / "training_state.json").write_text(json.dumps({**(state or {}), "param_groups": groups}))
+            torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, tmp / OPTIMIZER_FILE)
+            (tmp / "training_state.json").write_text(json.dumps(state or {}))
         for name, tensors in (extra or {}).items():
             if isinstance(tensors, Path):
                 shutil.copyfile(tensors, tmp / name)
@@ -167,24 +175,6 @@ def save_or_rescue(folder: str | Path, **parts) -> tuple[Path, str]:
                        "instead: move it where you want it.")
 
 
-def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    sd = optimizer.state_dict()
-    tensors = {}
-    for index, values in sd["state"].items():
-        for key, value in values.items():
-            tensors[f"state.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    return tensors, sd["param_groups"]
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict:
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("state."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    return {"state": state, "param_groups": groups}
-
-
 def is_checkpoint(folder: str | Path) -> bool:
     folder = Path(folder)
     recover_folder(folder)  # a save killed between its renames left the checkpoint aside
@@ -202,9 +192,9 @@ def read_json(path: Path) -> dict:
     else:
         why = f"it holds a {type(values).__name__}, not a JSON object"
     if not isinstance(values, dict):
-        raise NotACheckpointError(f"{path} is damaged: {why}. The save that wrote it was probably cut short, or "
-                                  "the file was edited: save the checkpoint again, or copy it again from where it "
-                                  "came from.")
+        raise CheckpointError(f"{path} is damaged: {why}. The save that wrote it was probably cut short, or "
+                              "the file was edited: save the checkpoint again, or copy it again from where it "
+                              "came from.")
     return values
 
 
@@ -213,15 +203,15 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise NotACheckpointError(f"{path} is damaged or is not a safetensors file ({err}). Save the checkpoint "
-                                  "again, or copy it again from where it came from.") from err
+        raise CheckpointError(f"{path} is damaged or is not a safetensors file ({err}). Save the checkpoint "
+                              "again, or copy it again from where it came from.") from err
 
 
 def read_config(folder: str | Path) -> dict:
     folder = Path(folder)
     if not is_checkpoint(folder):
         found = sorted(p.name for p in folder.iterdir())[:8] if folder.is_dir() else "no such folder"
-        raise NotACheckpointError(
+        raise CheckpointError(
             f"{folder} is not a teachkit checkpoint (it needs config.json with format {FORMAT!r} and "
             f"model.safetensors; found: {found}). Pass the folder a training run saved to, e.g. runs/pretrain."
         )
@@ -246,7 +236,7 @@ def load_model(folder: str | Path, *, task: str | None = None, n_classes: int | 
     n_classes = n_classes or config["n_classes"] or 2
     model = build_model(cfg, task=task or config["task"], n_classes=n_classes)
     same_head = task in (None, config["task"]) and n_classes == (config["n_classes"] or n_classes)
-    fresh = load_weights(model, folder, strict_heads=same_head)
+    fresh = _load(model, folder, config, strict_heads=same_head)
     if fresh and log is not None:
         log(f"Loaded {folder}; new head, starting from random weights: {', '.join(fresh)}")
     return model
@@ -256,72 +246,94 @@ def load_weights(model: nn.Module, folder: str | Path, *, strict_heads: bool = T
     """Load saved weights into `model`; returns the names it left freshly initialised.
 
     Every tensor of the model's body must be in the file, with its shape and a fitting dtype, and the
-    file may hold no body tensor that the model lacks: else NotACheckpointError names them. Only a task
-    head may differ, and only with strict_heads=False (another task or number of classes): then the
-    model's head starts fresh and the file's head is left unused.
+    file may hold no body tensor that the model lacks: else CheckpointError names them, and the model
+    is left as it was. Only a task head may differ, and only with strict_heads=False (another task or
+    number of classes): then the model's head starts fresh and the file's head is left unused.
     """
-    config = read_config(folder)
+    return _load(model, folder, read_config(folder), strict_heads=strict_heads)
+
+
+def _load(model: nn.Module, folder: str | Path, config: dict, *, strict_heads: bool) -> list[str]:
+    """load_state_dict with the checkpoint's tensors, and what its report means for a checkpoint."""
     _check_same_size(ModelConfig.from_dict(config["model"]), model.cfg, folder)
     path = Path(folder) / "model.safetensors"
+    saved = _to_layout(read_tensors(path), model)
     own = model.state_dict()
-    saved = _to_layout(read_tensors(path), own)
-    problems = _body_problems(saved, own)
-    if problems:
-        raise NotACheckpointError(f"Cannot load {path} into this {type(model).__name__}: " + "; ".join(problems) +
-                                  ". The file does not match its config.json, or was damaged: save the checkpoint "
-                                  "again, or load it with the config it was saved with (teachkit.machinery.checkpoint."
-                                  "load_model).")
-    heads = [k for k in own if _is_head(k)]
-    resized = [k for k in heads if k in saved and saved[k].shape != own[k].shape]
-    fresh = sorted(k for k in heads if k not in saved or k in resized)
+    resized = {k: tuple(v.shape) for k, v in saved.items() if _is_head(k) and k in own and v.shape != own[k].shape}
+    saved = {k: v for k, v in saved.items() if k not in resized}  # a head that does not fit is never loaded
+    # load_state_dict would cast integers into float weights without a word: any float fits (a bf16 copy), no more.
+    typed = [f"{k} {v.dtype} in the file, {own[k].dtype} in the model" for k, v in saved.items()
+             if k in own and v.dtype != own[k].dtype and not (v.is_floating_point() and own[k].is_floating_point())]
+    if typed:
+        raise _does_not_fit(path, model, [_some(typed, "tensors have another dtype")])
+    # A dry run first, so that a checkpoint that does not fit leaves the model as it was.
+    report = _load_state(_skeleton(model), saved, path, assign=True)
+    missing = [k for k in report.missing_keys if not _is_head(k)]
+    unexpected = [k for k in report.unexpected_keys if not _is_head(k)]
+    if missing or unexpected:
+        raise _does_not_fit(path, model, [_some(missing, "tensors of the model are missing from the file"),
+                                          _some(unexpected, "tensors in the file have no place in the model")])
     if resized and strict_heads:
-        shapes = "; ".join(f"{k}: {tuple(saved[k].shape)} there, {tuple(own[k].shape)} here" for k in resized[:3])
-        raise NotACheckpointError(f"The head saved in {folder} does not fit this model ({shapes}), e.g. another "
-                                  "number of classes. Start a new run, or load only the body with task=... .")
+        shapes = "; ".join(f"{k}: {shape} there, {tuple(own[k].shape)} here" for k, shape in list(resized.items())[:3])
+        raise CheckpointError(f"The head saved in {folder} does not fit this model ({shapes}), e.g. another "
+                              "number of classes. Start a new run, or load only the body with task=... .")
+    fresh = sorted(k for k in report.missing_keys if _is_head(k))
     if fresh and strict_heads:
-        raise NotACheckpointError(f"{folder} lacks tensors this model needs: {fresh[:5]}")
-    model.load_state_dict({k: v for k, v in saved.items() if k in own and k not in fresh}, strict=False)
+        raise CheckpointError(f"{folder} lacks tensors this model needs: {fresh[:5]}")
+    _load_state(model, saved, path)
     return fresh
+
+
+def _skeleton(model: nn.Module) -> nn.Module:
+    """The same model on the meta device: its names and shapes, with no memory behind them."""
+    with torch.device("meta"):
+        return build_model(model.cfg, task=task_of(model), n_classes=getattr(model, "n_classes", 2))
+
+
+def _load_state(model: nn.Module, saved: dict[str, torch.Tensor], path: Path, *, assign: bool = False):
+    """model.load_state_dict(saved, strict=False): its report of missing and unexpected names, or the tensors
+    of another shape (its RuntimeError), said as a checkpoint problem.
+
+    assign=True, for the dry run on the meta device: the file's tensors are put in place, not copied into
+    weights that have no memory.
+    """
+    try:
+        return model.load_state_dict(saved, strict=False, assign=assign)
+    except RuntimeError as err:  # "size mismatch for NAME: copying a param with shape ...", one line each
+        lines = [line.strip().rstrip(".") for line in str(err).splitlines()[1:]]
+        raise _does_not_fit(path, model, [_some(lines, "tensors have another shape", sep="; ")]) from err
+
+
+def _does_not_fit(path: Path, model: nn.Module, problems: list[str]) -> CheckpointError:
+    what = "; ".join(p for p in problems if p)
+    return CheckpointError(f"Cannot load {path} into this {type(model).__name__}: {what}. The file does not match its "
+                           "config.json, or was damaged: save the checkpoint again, or load it with the config it was "
+                           "saved with (teachkit.machinery.checkpoint.load_model).")
+
+
+def _some(names: list[str], what: str, *, sep: str = ", ") -> str:
+    """'3 WHAT: a, b, c', showing at most four names; '' for none."""
+    if not names:
+        return ""
+    return f"{len(names)} {what}: {sep.join(names[:4])}{sep + '...' if len(names) > 4 else ''}"
 
 
 def _is_head(name: str) -> bool:
     return name.split(".")[0] in HEADS
 
 
-def _to_layout(saved: dict[str, torch.Tensor], own: dict) -> dict[str, torch.Tensor]:
-    """The saved names as the model spells them: a bare BertModel has no 'bert.' in front of its body."""
-    bare_model, bare_file = not any(k.startswith("bert.") for k in own), not any(k.startswith("bert.") for k in saved)
-    if bare_model and not bare_file:
-        return {k.removeprefix("bert."): v for k, v in saved.items()}
-    if bare_file and not bare_model:
-        return {k if _is_head(k) else f"bert.{k}": v for k, v in saved.items()}
-    return saved
-
-
-def _body_problems(saved: dict[str, torch.Tensor], own: dict) -> list[str]:
-    body = [k for k in own if not _is_head(k)]
-    missing = [k for k in body if k not in saved]
-    unexpected = [k for k in saved if not _is_head(k) and k not in own]
-    shaped = [f"{k} {tuple(saved[k].shape)} in the file, {tuple(own[k].shape)} in the model"
-              for k in body if k in saved and saved[k].shape != own[k].shape]
-    typed = [f"{k} {saved[k].dtype} in the file, {own[k].dtype} in the model" for k in own
-             if k in saved and not _same_kind(saved[k].dtype, own[k].dtype)]
-    problems = [(missing, "tensors of the model are missing from the file"),
-                (unexpected, "tensors in the file have no place in the model"),
-                (shaped, "tensors have another shape"), (typed, "tensors have another dtype")]
-    return [f"{len(names)} {what}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
-            for names, what in problems if names]
-
-
-def _same_kind(saved: torch.dtype, own: torch.dtype) -> bool:
-    """Any float loads into a float (e.g. a bf16 copy); anything else must be the very same dtype."""
-    return saved == own or (saved.is_floating_point and own.is_floating_point)
+def _to_layout(saved: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The saved names as the model spells them: the body sits under 'bert.', except in a bare BertModel (or GPT)."""
+    prefix = "bert." if hasattr(model, "bert") else ""
+    return {k if _is_head(k) else prefix + k.removeprefix("bert."): v for k, v in saved.items()}
 
 
 def _check_same_size(saved: ModelConfig, ours: ModelConfig, folder) -> None:
+    """Compare the configs first: it names the setting that differs, and catches what has the same shapes
+    but is another model (arch, norm_first), which load_state_dict would load without a word."""
     theirs, mine = _shape_fields(saved), _shape_fields(ours)
     if theirs != mine:
-        raise NotACheckpointError(
+        raise CheckpointError(
             f"The checkpoint in {folder} is from a different model size: " +
             ", ".join(f"{k} is {v} there but {mine[k]} here" for k, v in theirs.items() if mine[k] != v) +
             ". Build the model from the checkpoint's own config (teachkit.machinery.checkpoint.load_model) or start a new run."
@@ -341,12 +353,35 @@ class TrainingState:
 
 
 def load_training_state(folder: str | Path) -> TrainingState:
+    """What a run needs to resume: its training_state.json and optimizer.pt."""
     read_config(folder)
-    path = Path(folder) / "training_state.json"
+    folder = Path(folder)
+    path, optimizer_file = folder / "training_state.json", folder / OPTIMIZER_FILE
     if not path.is_file():
-        raise NotACheckpointError(f"{folder} holds a model but no training state, so a run cannot resume from it; "
-                                  "use it as a starting point instead (init_from=...).")
+        raise CheckpointError(f"{folder} holds a model but no training state, so a run cannot resume from it; "
+                              "use it as a starting point instead (init_from=...).")
+    if (folder / OLD_OPTIMIZER_FILE).is_file() and not optimizer_file.is_file():
+        raise CheckpointError(f"{folder} was saved by an older teachkit (its optimizer state is in "
+                              f"{OLD_OPTIMIZER_FILE}, which this version no longer reads), so the run cannot resume: "
+                              "start it again (on the command line: --overwrite). Its weights still load, e.g. as a "
+                              "starting point (init_from=...).")
     state = read_json(path)
-    tensors = read_tensors(Path(folder) / "optimizer.safetensors")
-    return TrainingState(state=state, optimizer=_unflatten_optimizer(tensors, state.pop("param_groups")),
-                         rng=tensors["rng.torch"])
+    saved = _read_optimizer(optimizer_file)
+    return TrainingState(state=state, optimizer=saved["optimizer"], rng=saved["rng"])
+
+
+def _read_optimizer(path: Path) -> dict:
+    """optimizer.pt, through PyTorch's safe loader: tensors and plain values only, on the CPU (the optimizer
+    moves its state to the weights' device when it loads it)."""
+    again = "Save the checkpoint again, or copy it again from where it came from."
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing, so the run cannot resume. {again}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        # Not torch's own text: it suggests weights_only=False, which would run whatever the file holds.
+        raise CheckpointError(f"{path} is damaged, or holds more than tensors and plain values, so it is not "
+                              f"loaded ({type(err).__name__}). {again}") from err
+    if not isinstance(saved, dict) or not {"optimizer", "rng"} <= saved.keys():
+        raise CheckpointError(f"{path} is not a teachkit optimizer file (it needs 'optimizer' and 'rng'). {again}")
+    return saved

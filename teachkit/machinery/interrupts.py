@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from teachkit.machinery.checkpoint import NotACheckpointError
+from teachkit.machinery.checkpoint import CheckpointError
 
 WATCHED = (signal.SIGINT, signal.SIGTERM)
 # Settings that may change between an interrupted run and its resumption: they do not change the result.
@@ -103,9 +103,9 @@ def check_same_settings(folder: str | Path, before: dict, now: dict) -> None:
     diffs = [f"{k} was {before[k]!r} there, {v!r} now" for k, v in now.items()
              if k in before and k not in FREE_ON_RESUME and before[k] != v]
     if diffs:
-        raise NotACheckpointError(f"{folder} holds a run with other settings, so it cannot be resumed with these: "
-                                  + "; ".join(diffs) + ". Resume with the settings it was started with, or start a "
-                                  "new run (on the command line: --overwrite, or another --out).")
+        raise CheckpointError(f"{folder} holds a run with other settings, so it cannot be resumed with these: "
+                              + "; ".join(diffs) + ". Resume with the settings it was started with, or start a "
+                              "new run (on the command line: --overwrite, or another --out).")
 
 
 def _flat(settings: dict) -> dict:

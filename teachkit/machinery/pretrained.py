@@ -22,6 +22,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from teachkit.machinery.checkpoint import CheckpointError
 from teachkit.machinery.files import atomic_folder
 from teachkit.config import ModelConfig
 from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, BertModel, build_model
@@ -104,10 +105,6 @@ MIRROR_MODELS = "models"  # models in a TEACHKIT_DATA_DIR mirror: models/<hub id
 GPT2_VOCAB = 50257  # GPT-2's vocabulary; its last id is <|endoftext|>
 # Buffers some checkpoints carry that are not parameters (recomputed by the model).
 _IGNORED_SUFFIXES = ("position_ids", "attn.bias", "attn.masked_bias")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the model asked for."""
 
 
 @dataclass(frozen=True)
