@@ -7,6 +7,7 @@ the tests should mean the same on every machine.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ddp_worker import classification, fit, pretraining, weights
+from ddp_worker import cfg, classification, fit, pretraining, weights
 from teachkit.machinery import checkpoint
 from teachkit.machinery.checkpoint import NotACheckpointError, load_training_state, load_weights, \
     save_checkpoint
@@ -31,7 +32,8 @@ from teachkit.machinery.devices import DeviceError
 from teachkit.machinery.files import atomic_folder
 from teachkit.model import build_model
 from teachkit.tokenization import load_tokenizer
-from teachkit.train import TrainConfig, lr_factor
+from teachkit.objectives import IGNORE_INDEX, mlm_loss, nsp_loss
+from teachkit.train import TrainConfig, lr_factor, make_optimizer, train, train_step
 
 CHECKPOINT_FILES = {"config.json", "model.safetensors", "optimizer.safetensors", "training_state.json"}
 
@@ -570,6 +572,84 @@ def test_time_budget_stops_the_run(tok):
     result = fit(model, task, max_steps=None, max_seconds=0.3)
     assert result.stopped == "max_seconds" and result.step >= 1
     assert "max seconds" in result.message
+
+
+# ----------------------------------------------------------------------------- the lesson's loop, alone
+
+
+def test_the_lesson_loop_loads_no_machinery():
+    """teachkit.train is a lesson file: importing it loads lesson files and libraries, nothing of machinery."""
+    code = "import sys, teachkit.train\nprint(sorted(m for m in sys.modules if m.startswith('teachkit')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'teachkit.train'" in loaded
+    for other in ("machinery", "course", "experiments", "app", "data"):
+        assert f"'teachkit.{other}" not in loaded, loaded
+
+
+def written_out_step(model, batch, optimizer, *, lr):
+    """A notebook's pre-training step: forward, objectives' mean losses, backward, clip to 1.0, AdamW."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    at = batch["mlm_labels"] != IGNORE_INDEX
+    out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
+                predict_at=at)
+    loss = mlm_loss(out.logits, batch["mlm_labels"][at]) + nsp_loss(out.nsp_logits, batch["nsp_labels"])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_train_step_is_the_step_a_notebook_writes_out(tok, grad_accum):
+    """What notebooks 04, 06 and 07 check, here for every change: the same losses and weights, nothing switched off."""
+    model, task = pretraining(tok, dropout=0.0)
+    config = cfg(max_steps=3, lr=3e-3, grad_accum=grad_accum)
+    mine, theirs = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    my_optimizer, their_optimizer = make_optimizer(mine, config), make_optimizer(theirs, config)
+    for step in range(3):
+        lr = config.lr * lr_factor(step / 3, config.warmup)
+        batch = task.batch(task.sampler.indices(step, 8)[1], step=step, epoch=0)
+        my_loss = written_out_step(mine, batch, my_optimizer, lr=lr)
+        record = train_step(theirs, task, batch, their_optimizer, lr=lr, grad_accum=grad_accum)
+        assert record["lr"] == lr and record["loss"] == pytest.approx(record["mlm"] + record["nsp"])
+        torch.testing.assert_close(record["loss"], my_loss, rtol=0, atol=1e-5)
+    table = "bert.body.embed.tokens.weight"
+    assert not torch.equal(weights(theirs)[table], weights(model)[table])  # the steps did train
+    torch.testing.assert_close(weights(theirs), weights(mine), rtol=0, atol=1e-5)
+
+
+def test_train_step_refuses_a_non_finite_loss_and_leaves_the_weights(tok):
+    model, task = pretraining(tok, dropout=0.0)
+    before, optimizer = weights(model), make_optimizer(model, cfg())
+    faulty = Faulty(task, at=1, fault=lambda s: s * math.nan)
+    batch = faulty.batch(list(range(8)), step=0, epoch=0)  # the first step's: its loss sums are NaN
+    assert train_step(model, faulty, batch, optimizer, lr=1e-3) is None
+    assert_same_weights(weights(model), before)
+    assert all(p.grad is None for p in model.parameters())  # nothing left over for the next step
+
+
+def test_the_plain_run_keeps_the_best_weights_and_stops_cleanly(tok):
+    """train() without a run: the model's device, fp32, nothing saved, and still keep_best, Ctrl-C and divergence."""
+    model, task = classification(tok)
+    task.primary_metric = ("loss", "max")  # the best evaluation is an early one
+    result = train(model, task, cfg(max_steps=8, lr=3e-3, eval_every=2, keep_best=True))
+    assert result.stopped == "max_steps" and result.checkpoint is None and result.signal is None
+    assert result.best == max(result.history.evals, key=lambda e: e["loss"]) and result.best["step"] < 8
+    assert task.evaluate(model, to_device=lambda b: b)["loss"] == pytest.approx(result.best["loss"], rel=1e-6)
+    assert result.message.startswith("Stopped after 8 steps (max steps reached)")
+
+    model, task = classification(tok)
+    events = []
+    result = train(model, task, cfg(), callbacks=[on_step(3, raise_interrupt), events.append])
+    assert result.stopped == "interrupted" and result.step == 3 and "history so far is kept" in result.message
+    assert events[-1] == {"kind": "end", "step": 3, "stopped": "interrupted", "message": result.message,
+                          "seconds": result.seconds}
+
+    model, task = pretraining(tok)
+    result = train(model, task, cfg(max_steps=12, lr=1e4, warmup=0.0))
+    assert result.stopped == "diverged" and "not finite" in result.message and all_finite(model)
 
 
 # ------------------------------------------------------------------------------------------- bad input
