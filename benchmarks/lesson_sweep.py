@@ -19,6 +19,7 @@ from teachkit.config import ModelConfig
 from teachkit.model import build_model
 from teachkit.tasks import PretrainingTask, ClassificationTask
 from teachkit.train import train, TrainConfig
+from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.finetune import sample_budget, subset, freeze
 from teachkit.machinery.loading import classifier
 OUT = os.environ.get("OUT", tempfile.gettempdir())  # where results and checkpoints go
@@ -43,7 +44,8 @@ def ft(model, tok, budget, lr, seed, epochs, max_len=64):
     idx = sample_budget(TR.labels, budget=budget, seed=seed)
     task = ClassificationTask(subset(TR, idx), tok, max_len=max_len, seed=seed, eval_split=VA)
     spe = max(1, len(idx)//32); steps = int(epochs*spe)
-    r = train(model, task, TrainConfig(max_steps=steps, batch_size=32, lr=lr, warmup=0.1, eval_every=max(1,spe//2), keep_best=True, progress=False, device=DEV, seed=seed))
+    r = train(model, task, TrainConfig(max_steps=steps, batch_size=32, lr=lr, warmup=0.1, eval_every=max(1,spe//2), keep_best=True, seed=seed),
+              run=ManagedRun(RunSettings(progress=False, device=DEV)))
     te = task.evaluate(model, to_device=lambda b: {k: v.to(DEV) for k, v in b.items()}, split=task.encode(TE))
     return r.best["accuracy"], te["accuracy"]
 
@@ -69,7 +71,8 @@ def run(c):
     steps = int(c.get("time_mult",1) * CPU_SECONDS * CPU_TPS[(L,W)] / (64*50))
     ck = os.path.join(OUT, f"ck_{name}")
     task = PretrainingTask(docs, tok, max_len=64, mask_prob=c["mask"], nsp=c.get("nsp", False))
-    r = train(build_model(cfg), task, TrainConfig(max_steps=steps, batch_size=64, lr=c["lr"], warmup=0.05, progress=False, device=DEV, checkpoint_dir=ck), tokenizer=tok)
+    r = train(build_model(cfg), task, TrainConfig(max_steps=steps, batch_size=64, lr=c["lr"], warmup=0.05),
+              run=ManagedRun(RunSettings(progress=False, device=DEV, checkpoint_dir=ck), tokenizer=tok))
     mlm = sum(s["mlm"] for s in r.history.steps[-50:]) / len(r.history.steps[-50:])
     for budget in ((200 if os.environ.get('SMOKE') else 1000), None):
         for arm, pooling, lr, frozen, epochs in (ARMS if budget else ARMS_FULL):

@@ -2,7 +2,7 @@
 
     python benchmarks/speedups_same_losses.py --steps 300 --out benchmarks/results/speedups_same_losses
 
-Runs `teachkit pretrain --steps N` (the demo's model, corpus and recipe) once as `train()` runs it, with
+Runs `teachkit pretrain --steps N` (the demo's model, corpus and recipe) once as a ManagedRun runs it, with
 teachkit.machinery.speed's switch on, and once with it off, which is model.py's code as written (a learner's own
 loop). Writes OUT.json (both loss histories, steps per second of each) and OUT.png (the two training-loss
 curves and held-out losses, and their difference). The course BERT has no dropout, so the two runs see the
@@ -22,8 +22,7 @@ from pathlib import Path
 from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-from teachkit.machinery import speed  # noqa: E402
-from teachkit import train
+from teachkit.machinery import runs, speed  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -34,7 +33,7 @@ def speedups_off(model, *, device, precision):
 def pretrain(steps: int, seed: int, out: Path, *, on: bool) -> dict:
     argv = ["teachkit", "pretrain", "--steps", str(steps), "--seed", str(seed), "--eval-every", str(max(steps // 6, 1)),
             "--out", str(out), "--overwrite"]
-    patch = contextlib.nullcontext() if on else mock.patch.object(train, "training_speedups", speedups_off)
+    patch = contextlib.nullcontext() if on else mock.patch.object(runs, "training_speedups", speedups_off)
     with patch, mock.patch.object(sys, "argv", argv):
         t0 = time.perf_counter()
         try:
@@ -57,7 +56,7 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
 
     fig, (ax, diff) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run, style in zip(runs, ("-", "--")):
-        label = "speed-ups on (train())" if run["speedups"] else "speed-ups off (model.py as written)"
+        label = "speed-ups on (ManagedRun)" if run["speedups"] else "speed-ups off (model.py as written)"
         ax.plot([r["step"] for r in run["steps"]], [r["loss"] for r in run["steps"]], style, lw=1, label=f"{label}: training")
         ax.plot([e["step"] for e in run["evals"]], [e["mlm_loss"] for e in run["evals"]], style, marker="o",
                 label=f"{label}: held-out")

@@ -8,9 +8,10 @@
 
 Both sides train on the same synthetic batch (full-length sequences, no padding, BERT's 15% masking
 drawn by teachkit's own `mask_tokens`), built from the same seed, with the same model config.
-teachkit's step is its loop's step (teachkit.train._Run.train_step without the data loading):
+teachkit's step is its loop's step, `teachkit.train.train_step` (the data loading apart):
 `task.loss_sums` (MLM logits only at the masked positions), sums / target counts, backward,
-gradient clipping, AdamW from `teachkit.train.make_optimizer`. transformers' step is what its
+gradient clipping, AdamW from `teachkit.train.make_optimizer`, with teachkit.machinery.speed's switch on
+as a ManagedRun turns it on. transformers' step is what its
 `Trainer` does with its defaults: the loss from the model output (labels -100 elsewhere), backward,
 clipping to 1.0, `AdamW(fused=True)` (Trainer's default optimizer for torch >= 2.8).
 Settings: "default" runs each side at its default precision (teachkit: `pick_precision(cpu, "auto")`,
@@ -46,7 +47,7 @@ from teachkit.machinery.devices import autocast, pick_precision  # noqa: E402
 from teachkit.objectives import mask_tokens  # noqa: E402
 from teachkit.machinery.pretrained import config_to_hf  # noqa: E402
 from teachkit.tasks import ClassificationTask, PretrainingTask  # noqa: E402
-from teachkit.train import TrainConfig, make_optimizer  # noqa: E402
+from teachkit.train import TrainConfig, make_optimizer, train_step  # noqa: E402
 
 CPU = torch.device("cpu")
 CLS, SEP, MASK = 2, 3, 4  # synthetic special ids 0-4; ordinary tokens are 5 .. vocab-1
@@ -104,19 +105,10 @@ def teachkit_stepper(cfg, kind: str, batch, precision: str, *, variant: str = ""
         with contextlib.ExitStack() as patches:
             for owner, attr, fn in change["patches"]:  # active while (and only while) the step runs
                 patches.enter_context(mock.patch.object(owner, attr, fn))
-            if change["kwargs"].get("speedups", True):  # train() runs its loop with teachkit.machinery.speed's switch on
+            if change["kwargs"].get("speedups", True):  # a ManagedRun runs the loop with speed's switch on
                 patches.enter_context(speed.training_speedups(model, device=device, precision=precision))
-            counts = task.counts(batch)
-            with autocast(device, precision):
-                sums = task.loss_sums(model, batch)
-                loss = sum(s / max(counts[k], 1) for k, s in sums.items())
-            loss.backward()
-            _ = {k: float(s.detach()) for k, s in sums.items()}  # the loop logs the losses every step
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_norm,
-                                                  foreach=change["kwargs"].get("clip_foreach"))
-            float(norm)  # the loop checks that it is finite before stepping
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            train_step(model, task, batch, opt, lr=train_cfg.lr, clip_norm=train_cfg.clip_norm,
+                       autocast=lambda: autocast(device, precision))
 
     return step
 
@@ -261,13 +253,20 @@ def fp32_softmax_attend(self, q, k, v, *, mask, causal, spelled_out):
     return self.weights_drop(weights) @ v, weights
 
 
+_clip_grad_norm = torch.nn.utils.clip_grad_norm_  # train_step calls it through torch.nn.utils: a patch reaches it
+
+
+def foreach_clip(parameters, max_norm, **kwargs):
+    return _clip_grad_norm(parameters, max_norm, foreach=True, **kwargs)
+
+
 def plain_dropout16(x, p, *, training=True):
     return F.dropout(x, p=p, training=training)
 
 
 VARIANTS = {  # name -> what changes; join names with "+" to combine them
     "fused-adamw": {"kwargs": {"optimizer": fused_adamw}},
-    "foreach-clip": {"kwargs": {"clip_foreach": True}},
+    "foreach-clip": {"patches": [(torch.nn.utils, "clip_grad_norm_", foreach_clip)]},
     "no-mask": {"drop_mask": True},  # attention_mask=None: skips the bool(mask.all()) check
     "fp32-softmax": {"patches": [(tk_model.Attention, "attend", fp32_softmax_attend)]},
     "attn-dropout-0": {"cfg": {"attn_dropout": 0.0}},  # a recipe change (both sides), not an implementation one

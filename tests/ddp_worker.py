@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -31,7 +31,8 @@ from teachkit.config import preset
 from teachkit.model import build_model
 from teachkit.tasks import ClassificationTask, PretrainingTask
 from teachkit.tokenization import BERT_SPECIALS, load_tokenizer
-from teachkit.train import TrainConfig, train
+from teachkit.machinery.runs import ManagedRun, RunSettings
+from teachkit.train import TrainConfig, TrainResult, train
 
 MAX_LEN = 48
 COLOURS = ["red", "green", "blue", "amber", "violet"]
@@ -70,10 +71,25 @@ def sentiment(n: int, *, offset: int = 0) -> Split:
     return Split(texts, labels, ["neg", "pos"])
 
 
+RUN_SETTINGS = {f.name for f in fields(RunSettings)}
+
+
 def cfg(**changes) -> TrainConfig:
-    """A small, exact training config for tests: CPU, fp32, no progress bar."""
-    return TrainConfig(**{"max_steps": 6, "batch_size": 8, "lr": 1e-3, "device": "cpu", "precision": "fp32",
-                          "progress": False, **changes})
+    """A small training config for tests."""
+    return TrainConfig(**{"max_steps": 6, "batch_size": 8, "lr": 1e-3, **changes})
+
+
+def managed(*, tokenizer=None, resume: bool = False, **changes) -> ManagedRun:
+    """An exact managed run for tests: CPU, fp32, no progress bar."""
+    settings = RunSettings(**{"device": "cpu", "precision": "fp32", "progress": False, **changes})
+    return ManagedRun(settings, tokenizer=tokenizer, resume=resume)
+
+
+def fit(model, task, *, tokenizer=None, resume: bool = False, callbacks=(), stop=None, **changes) -> TrainResult:
+    """train(model, task, cfg(...), run=managed(...)): each of `changes` goes to TrainConfig or RunSettings by name."""
+    settings = {k: changes.pop(k) for k in list(changes) if k in RUN_SETTINGS}
+    run = managed(tokenizer=tokenizer, resume=resume, **settings)
+    return train(model, task, cfg(**changes), run=run, callbacks=callbacks, stop=stop)
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -146,12 +162,14 @@ KINDS = {
 GRAD_STEPS = 2  # gradients recorded for the first steps (the first step has lr 0: both see the same weights)
 
 
-def ddp_config(kind: str, folder: Path, **changes) -> TrainConfig:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    settings = {"max_steps": 4, "batch_size": 8, "lr": 2e-3, "warmup": 0.25, "clip_norm": None, "seed": 0,
-                "device": "cpu", "precision": "fp32", "progress": False,
-                "checkpoint_dir": str(folder / f"{kind}-world{world}-checkpoint")}
+def ddp_config(kind: str, **changes) -> TrainConfig:
+    settings = {"max_steps": 4, "batch_size": 8, "lr": 2e-3, "warmup": 0.25, "clip_norm": None, "seed": 0}
     return TrainConfig(**{**settings, **KINDS[kind][1], **changes})
+
+
+def ddp_run(kind: str, folder: Path) -> ManagedRun:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return managed(checkpoint_dir=str(folder / f"{kind}-world{world}-checkpoint"))
 
 
 def run(folder: Path, kind: str) -> dict:
@@ -173,7 +191,7 @@ def run(folder: Path, kind: str) -> dict:
 
     hook = register_optimizer_step_pre_hook(record_gradients)
     try:
-        result = train(model, task, ddp_config(kind, folder))
+        result = train(model, task, ddp_config(kind), run=ddp_run(kind, folder))
     finally:
         hook.remove()
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddp_worker import classification, pretraining, sentiment
+from ddp_worker import classification, managed, pretraining, sentiment
 from teachkit import finetune
 from teachkit.machinery.checkpoint import save_checkpoint
 from teachkit.config import preset
@@ -24,8 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**changes) -> TrainConfig:
-    return TrainConfig(**{"max_steps": 4, "batch_size": 8, "lr": 1e-3, "device": "cpu", "precision": "fp32",
-                          "progress": False, **changes})
+    return TrainConfig(**{"max_steps": 4, "batch_size": 8, "lr": 1e-3, **changes})
 
 
 def shuffled_labels(counts: dict[int, int], seed: int = 0) -> list[int]:
@@ -175,7 +174,7 @@ def test_classifier_from_scratch(tok):
 def test_classifier_from_a_pretraining_checkpoint_keeps_the_pretrained_body(tok, tmp_path):
     folder = tmp_path / "pretrained"
     model, task = pretraining(tok)
-    train(model, task, cfg(max_steps=2, checkpoint_dir=str(folder)), tokenizer=tok)
+    train(model, task, cfg(max_steps=2), run=managed(checkpoint_dir=str(folder), tokenizer=tok))
     saved = load_file(str(folder / "model.safetensors"))
 
     clf, tokenizer = loading.classifier(folder, n_classes=3, dropout=0.1)

@@ -19,6 +19,7 @@ import torch
 
 from ddp_worker import classification, pretraining
 from teachkit.tasks import PackedMLMTask
+from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.train import TrainConfig, train
 
 GOLDEN = Path(__file__).parent / "golden" / "training_losses.json"
@@ -29,8 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(**changes) -> TrainConfig:
-    return TrainConfig(**{"max_steps": 30, "batch_size": 8, "lr": 2e-3, "warmup": 0.1, "seed": 3, "device": "cpu",
-                          "precision": "fp32", "progress": False, **changes})
+    return TrainConfig(**{"max_steps": 30, "batch_size": 8, "lr": 2e-3, "warmup": 0.1, "seed": 3, **changes})
 
 
 def _packed(tok):
@@ -47,18 +47,23 @@ RUNS = {
 }
 
 
-def _losses(tok, name: str, speedups: bool) -> dict:
+def _losses(tok, name: str, speedups: str) -> dict:
+    """speedups: "on" or "off" (a ManagedRun on the CPU in fp32, with the switch on or off), or "lesson": the
+    lesson's loop alone (`train` with its plain Run), which must give the "off" numbers."""
     model, task = RUNS[name](tok)
-    result = train(model, task, _config(eval_every=10), speedups=speedups)
+    run = None if speedups == "lesson" else \
+        ManagedRun(RunSettings(device="cpu", precision="fp32", progress=False, speedups=speedups == "on"))
+    result = train(model, task, _config(eval_every=10), run=run)
     return {"loss": result.history.column("loss"), "evals": result.history.evals}
 
 
-@pytest.mark.parametrize("speedups", ["off", "on"])
+@pytest.mark.parametrize("speedups", ["off", "on", "lesson"])
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_the_run_gives_the_recorded_losses(tok, name, speedups):
-    got = _losses(tok, name, speedups == "on")
+    got = _losses(tok, name, speedups)
+    lesson, speedups = speedups == "lesson", "off" if speedups == "lesson" else speedups  # lesson: model.py as written
     key = f"{name}/speedups-{speedups}"
-    if RECORD:
+    if RECORD and not lesson:
         recorded = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps({**recorded, key: got}, indent=1, sort_keys=True) + "\n")

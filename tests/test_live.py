@@ -112,7 +112,7 @@ def test_bad_settings_are_explained():
 def test_a_real_training_run_feeds_the_curves(tok, one_thread):
     model, task = classification(tok)
     curves = live.LiveCurves(widget=False)
-    config = TrainConfig(max_steps=4, batch_size=8, eval_every=2, progress=False)
+    config = TrainConfig(max_steps=4, batch_size=8, eval_every=2)
     result = train(model, task, config, callbacks=[curves])
     assert curves.steps["cls"][0] == [1, 2, 3, 4]
     assert curves.evals["accuracy"][0] == [2, 4]

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ddp_worker import cfg, classification, pretraining, sentiment, weights
+from ddp_worker import classification, fit, pretraining, sentiment, weights
 from teachkit.machinery import checkpoint
 from teachkit import finetune
 from teachkit.machinery.checkpoint import CheckpointError, load_model, load_training_state, load_weights, \
@@ -33,7 +33,8 @@ from teachkit.machinery.checkpoint import CheckpointError, load_model, load_trai
 from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
 from teachkit.machinery.files import atomic_folder
 from teachkit.model import build_model
-from teachkit.train import TrainConfig, train
+from teachkit.machinery.runs import RunSettings
+from teachkit.train import TrainConfig
 from teachkit.machinery import loading
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,13 +169,13 @@ def killed_between_renames(folder: Path) -> tuple[Path, Path]:
 def test_a_checkpoint_set_aside_by_a_killed_save_is_recovered_on_load(tok, tmp_path):
     folder = tmp_path / "run"
     model, task = classification(tok)
-    train(model, task, cfg(max_steps=2, checkpoint_dir=str(folder)))
+    fit(model, task, max_steps=2, checkpoint_dir=str(folder))
     expected = weights(model)
     killed_between_renames(folder)
     loaded = load_model(folder, log=None)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items())
     model, task = classification(tok)
-    assert train(model, task, cfg(max_steps=2, checkpoint_dir=str(folder)), resume=True).step == 2
+    assert fit(model, task, max_steps=2, checkpoint_dir=str(folder), resume=True).step == 2
 
 
 def test_the_next_save_keeps_the_set_aside_checkpoint_and_cleans_up(tok, tmp_path):
@@ -229,7 +230,7 @@ def test_an_unwritable_checkpoint_folder_fails_before_the_first_step(tok, tmp_pa
     model, task = classification(tok)
     before, steps = weights(model), []
     with pytest.raises(checkpoint.SaveError, match=re.escape(f"Cannot save a checkpoint to {folder}")):
-        train(model, task, cfg(checkpoint_dir=str(folder)), callbacks=[steps.append])
+        fit(model, task, checkpoint_dir=str(folder), callbacks=[steps.append])
     assert steps == [] and all(torch.equal(v, weights(model)[k]) for k, v in before.items())
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -238,7 +239,7 @@ def test_a_disk_too_full_for_the_checkpoint_fails_before_the_first_step(tok, tmp
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=1000))
     model, task = classification(tok)
     with pytest.raises(checkpoint.SaveError, match=r"needs about \d+ MB and that disk has 0 MB free"):
-        train(model, task, cfg(checkpoint_dir=str(tmp_path / "run")))
+        fit(model, task, checkpoint_dir=str(tmp_path / "run"))
 
 
 def test_a_save_that_fails_late_goes_to_a_rescue_folder(tok, tmp_path, monkeypatch):
@@ -253,7 +254,7 @@ def test_a_save_that_fails_late_goes_to_a_rescue_folder(tok, tmp_path, monkeypat
     monkeypatch.setattr(checkpoint, "save_checkpoint", full_disk)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     model, task = classification(tok)
-    result = train(model, task, cfg(checkpoint_dir=str(target)))
+    result = fit(model, task, checkpoint_dir=str(target))
     rescue = tmp_path / "tmp" / "teachkit-rescue" / f"run-{os.getpid()}"
     assert result.checkpoint == rescue and load_training_state(rescue).state["step"] == 6
     assert f"could not be written to {target}" in result.message and str(rescue) in result.message
@@ -272,7 +273,7 @@ def test_saves_every_few_minutes(tok, tmp_path):
             seen[event["step"]] = load_training_state(folder).state["step"] if folder.exists() else None
 
     model, task = classification(tok)
-    train(model, task, cfg(checkpoint_dir=str(folder), save_minutes=1e-9), callbacks=[look])
+    fit(model, task, checkpoint_dir=str(folder), save_minutes=1e-9, callbacks=[look])
     assert seen == {1: None, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5}  # saved after every step (the event comes first)
 
 
@@ -295,7 +296,7 @@ def test_sigterm_stops_after_the_step_and_saves(tok, tmp_path, default_signals):
         if event["kind"] == "step" and event["step"] == 2:
             signal.raise_signal(signal.SIGTERM)
 
-    result = train(model, task, cfg(checkpoint_dir=str(folder)), callbacks=[terminate])
+    result = fit(model, task, checkpoint_dir=str(folder), callbacks=[terminate])
     assert result.signal == signal.SIGTERM and result.step == 2 and result.checkpoint == folder
     assert "Stopped by SIGTERM after 2 steps" in result.message and "resume=True" in result.message
     assert load_training_state(folder).state["step"] == 2
@@ -306,7 +307,7 @@ def test_a_second_ctrl_c_during_the_update_is_held_until_the_step_is_counted(tok
     """Before: the second Ctrl-C raised at once, wherever it landed."""
     model, task = classification(tok)
     snaps = {0: weights(model)}
-    train(model, task, cfg(), callbacks=[lambda e: snaps.__setitem__(e["step"], weights(model))
+    fit(model, task, callbacks=[lambda e: snaps.__setitem__(e["step"], weights(model))
                                          if e["kind"] == "step" else None])
 
     calls = []
@@ -321,7 +322,7 @@ def test_a_second_ctrl_c_during_the_update_is_held_until_the_step_is_counted(tok
     model, task = classification(tok)
     hook = register_optimizer_step_post_hook(twice_in_third_update)
     try:
-        result = train(model, task, cfg(checkpoint_dir=str(folder)))
+        result = fit(model, task, checkpoint_dir=str(folder))
     finally:
         hook.remove()
     assert result.stopped == "interrupted" and result.signal == signal.SIGINT
@@ -336,7 +337,7 @@ def test_a_second_ctrl_c_during_the_update_is_held_until_the_step_is_counted(tok
 def test_divergence_names_a_checkpoint_only_when_there_is_one(tok, tmp_path):
     folder = tmp_path / "run"
     model, task = pretraining(tok)
-    result = train(model, task, cfg(max_steps=12, lr=1e6, warmup=0.0, checkpoint_dir=str(folder)))
+    result = fit(model, task, max_steps=12, lr=1e6, warmup=0.0, checkpoint_dir=str(folder))
     assert result.stopped == "diverged" and result.checkpoint is None and not folder.exists()
     assert "last good checkpoint" not in result.message and "No checkpoint was saved" in result.message
 
@@ -353,12 +354,13 @@ def test_a_diverged_fine_tuning_says_so(tok):
                       protocol=protocol, device="cpu", log=lambda _: None)
 
 
-@pytest.mark.parametrize("changes", [dict(max_seconds=math.nan), dict(max_seconds=math.inf),
-                                     dict(lr=math.inf), dict(save_minutes=0), dict(save_minutes=math.nan)])
-def test_train_config_refuses_non_finite_budgets(changes):
+@pytest.mark.parametrize("settings, changes", [
+    (TrainConfig, dict(max_seconds=math.nan)), (TrainConfig, dict(max_seconds=math.inf)),
+    (TrainConfig, dict(lr=math.inf)), (RunSettings, dict(save_minutes=0)), (RunSettings, dict(save_minutes=math.nan))])
+def test_train_config_refuses_non_finite_budgets(settings, changes):
     """Before: max_seconds=nan or inf trained forever at learning rate 0."""
     with pytest.raises(ValueError, match=f"{next(iter(changes))}=.*finite"):
-        TrainConfig(**changes)
+        settings(**changes)
 
 
 # --------------------------------------------------------------------------- 13. damaged checkpoint files

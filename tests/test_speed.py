@@ -1,4 +1,4 @@
-"""teachkit.machinery.speed: the CPU speed-ups that train() turns on give model.py's numbers, and leave the model as it was."""
+"""teachkit.machinery.speed: the CPU speed-ups that a ManagedRun turns on give model.py's numbers, and leave the model as it was."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import torch
 import torch.nn as nn
 
 from conftest import C, H, T, V
-from ddp_worker import cfg, pretraining
+from ddp_worker import fit, pretraining
 from teachkit.config import ModelConfig
 from teachkit.machinery import speed
 from teachkit.model import Attention, BertForSequenceClassification, MLMHead
 from teachkit.machinery.speed import Dropout16, dropout16, training_speedups
-from teachkit.train import train
 
 CPU = torch.device("cpu")
 
@@ -78,8 +77,8 @@ def test_the_speedups_are_on_in_the_block_and_the_model_is_as_before_after_it():
 def test_train_runs_with_the_speedups_and_hands_the_model_back_plain(tok):
     model, task = pretraining(tok)
     kinds = []
-    train(model, task, cfg(max_steps=2, device="cpu"),
-          callbacks=[lambda e: kinds.append({type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout)})])
+    fit(model, task, max_steps=2,
+        callbacks=[lambda e: kinds.append({type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout)})])
     assert kinds[0] == {"Dropout16"}
     assert {type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout)} == {"Dropout"}
 

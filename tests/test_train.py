@@ -7,6 +7,7 @@ the tests should mean the same on every machine.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ddp_worker import cfg, classification, pretraining, weights
+from ddp_worker import cfg, classification, fit, pretraining, weights
 from teachkit.machinery import checkpoint
 from teachkit.machinery.checkpoint import CheckpointError, load_training_state, load_weights, \
     save_checkpoint
@@ -31,7 +32,8 @@ from teachkit.machinery.devices import DeviceError
 from teachkit.machinery.files import atomic_folder
 from teachkit.model import build_model
 from teachkit.tokenization import load_tokenizer
-from teachkit.train import TrainConfig, lr_factor, train
+from teachkit.objectives import IGNORE_INDEX, mlm_loss, nsp_loss
+from teachkit.train import TrainConfig, lr_factor, make_optimizer, train, train_step
 
 CHECKPOINT_FILES = {"config.json", "model.safetensors", "optimizer.pt", "training_state.json"}
 
@@ -128,7 +130,7 @@ def test_same_seed_same_loss_curve(tok):
     runs = []
     for _ in range(2):
         model, task = pretraining(tok, dropout=0.1)
-        result = train(model, task, cfg())
+        result = fit(model, task)
         runs.append((result.history.column("loss"), weights(model)))
     assert len(runs[0][0]) == 6
     assert runs[0][0] == runs[1][0]
@@ -139,7 +141,7 @@ def test_another_seed_another_loss_curve(tok):
     losses = []
     for seed in (0, 1):
         model, task = pretraining(tok, dropout=0.1, seed=seed, model_seed=seed)
-        losses.append(train(model, task, cfg(seed=seed)).history.column("loss"))
+        losses.append(fit(model, task, seed=seed).history.column("loss"))
     assert all(a != b for a, b in zip(*losses))
 
 
@@ -147,7 +149,7 @@ def test_seeds_do_what_their_comments_say(tok):
     """TrainConfig.seed fixes dropout only; the task's seed fixes data order and masking."""
     def run(*, train_seed, task_seed, dropout):
         model, task = pretraining(tok, dropout=dropout, seed=task_seed)
-        return train(model, task, cfg(seed=train_seed)).history.column("loss")
+        return fit(model, task, seed=train_seed).history.column("loss")
 
     base = run(train_seed=0, task_seed=0, dropout=0.0)
     assert run(train_seed=1, task_seed=0, dropout=0.0) == base  # no dropout: nothing for TrainConfig.seed to do
@@ -169,7 +171,7 @@ tok = tokenization.train_wordpiece((s for d in docs for s in d), vocab_size=1024
 torch.manual_seed(0)
 model = build_model(preset("tiny", vocab_size=tok.get_vocab_size()))
 task = PretrainingTask(docs, tok, max_len=64, seed=0)
-result = train(model, task, TrainConfig(max_steps=3, batch_size=8, device="cpu", precision="fp32", progress=False))
+result = train(model, task, TrainConfig(max_steps=3, batch_size=8))  # the lesson's loop alone: CPU, fp32
 print(json.dumps({"losses": result.history.column("loss"), "vocab": tok.get_vocab()}))
 """
 
@@ -196,7 +198,7 @@ def test_gradient_accumulation_gives_the_same_training(tok):
     runs = []
     for grad_accum in (1, 2, 4):
         model, task = pretraining(tok, dropout=0.0)
-        result = train(model, task, cfg(grad_accum=grad_accum))
+        result = fit(model, task, grad_accum=grad_accum)
         runs.append((result.history.column("loss"), weights(model)))
     for losses, final in runs[1:]:
         torch.testing.assert_close(losses, runs[0][0], rtol=0, atol=1e-5)
@@ -220,7 +222,7 @@ def test_resume_is_exact(tok, tmp_path, kind):
         settings.update(precision="bf16", eval_every=4)
 
     model, task = setup(tok, dropout=0.1)
-    whole = train(model, task, cfg(checkpoint_dir=str(tmp_path / "whole"), **settings))
+    whole = fit(model, task, checkpoint_dir=str(tmp_path / "whole"), **settings)
     whole_weights = weights(model)
     assert whole.stopped == "max_steps" and len(whole.history.steps) == 12
 
@@ -228,13 +230,13 @@ def test_resume_is_exact(tok, tmp_path, kind):
     model, task = setup(tok, dropout=0.1)
     stop = threading.Event()
     action = stop.set if kind == "pretraining" else raise_interrupt
-    first = train(model, task, cfg(checkpoint_dir=folder, **settings), stop=stop, callbacks=[on_step(stop_at, action)])
+    first = fit(model, task, checkpoint_dir=folder, **settings, stop=stop, callbacks=[on_step(stop_at, action)])
     assert first.stopped == ("stop requested" if kind == "pretraining" else "interrupted")
     assert first.step == stop_at and len(first.history.steps) == stop_at
     assert load_training_state(folder).state["step"] == stop_at
 
     model, task = setup(tok, dropout=0.1, model_seed=99)  # other initial weights: the checkpoint must win
-    second = train(model, task, cfg(checkpoint_dir=folder, **settings), resume=True)
+    second = fit(model, task, checkpoint_dir=folder, **settings, resume=True)
     assert second.stopped == "max_steps" and second.step == 12
     assert second.history.column("step") == list(range(1, 13))
     assert second.history.column("loss") == whole.history.column("loss")
@@ -253,17 +255,16 @@ def test_keep_best_survives_resume(tok, tmp_path):
 
     model, task = classification(tok)
     snaps, record = snapshots(model)
-    whole = train(model, Scripted(task, scores), cfg(**settings), callbacks=[record])
+    whole = fit(model, Scripted(task, scores), **settings, callbacks=[record])
     assert whole.best == {"step": 3, "accuracy": 0.9}
     assert_same_weights(weights(model), snaps[3])  # keep_best on an uninterrupted run
 
     folder = str(tmp_path / "run")
     model, task = classification(tok)
     stop = threading.Event()
-    train(model, Scripted(task, scores), cfg(checkpoint_dir=folder, **settings), stop=stop,
-          callbacks=[on_step(6, stop.set)])
+    fit(model, Scripted(task, scores), checkpoint_dir=folder, **settings, stop=stop, callbacks=[on_step(6, stop.set)])
     model, task = classification(tok)
-    resumed = train(model, Scripted(task, scores), cfg(checkpoint_dir=folder, **settings), resume=True)
+    resumed = fit(model, Scripted(task, scores), checkpoint_dir=folder, **settings, resume=True)
     assert [e["accuracy"] for e in resumed.history.evals] == [0.9, 0.5, 0.6, 0.7]
     assert resumed.best == {"step": 3, "accuracy": 0.9}, (
         f"after resuming, result.best is {resumed.best}: the best evaluation from before the interruption "
@@ -278,8 +279,7 @@ def test_keyboard_interrupt_keeps_history_and_checkpoint(tok, tmp_path):
     folder = tmp_path / "run"
     model, task = classification(tok)
     events = []
-    result = train(model, task, cfg(checkpoint_dir=str(folder)),
-                   callbacks=[on_step(3, raise_interrupt), events.append])
+    result = fit(model, task, checkpoint_dir=str(folder), callbacks=[on_step(3, raise_interrupt), events.append])
     assert result.stopped == "interrupted"
     assert result.step == 3 and result.history.column("step") == [1, 2, 3]
     assert "interrupted" in result.message.lower() and "history" in result.message
@@ -289,7 +289,7 @@ def test_keyboard_interrupt_keeps_history_and_checkpoint(tok, tmp_path):
     assert_same_weights(load_file(str(folder / "model.safetensors")), weights(model))
 
     model, task = classification(tok)
-    resumed = train(model, task, cfg(checkpoint_dir=str(folder)), resume=True)
+    resumed = fit(model, task, checkpoint_dir=str(folder), resume=True)
     assert resumed.stopped == "max_steps" and resumed.step == 6
     assert resumed.history.column("step") == [1, 2, 3, 4, 5, 6]
 
@@ -297,7 +297,7 @@ def test_keyboard_interrupt_keeps_history_and_checkpoint(tok, tmp_path):
 def test_stop_event_ends_the_run_cleanly(tok, tmp_path):
     model, task = classification(tok)
     stop = threading.Event()
-    result = train(model, task, cfg(checkpoint_dir=str(tmp_path / "run")), stop=stop, callbacks=[on_step(2, stop.set)])
+    result = fit(model, task, checkpoint_dir=str(tmp_path / "run"), stop=stop, callbacks=[on_step(2, stop.set)])
     assert result.stopped == "stop requested" and result.step == 2
     assert len(result.history.steps) == 2 and "2 steps" in result.message
     assert load_training_state(tmp_path / "run").state["step"] == 2
@@ -308,7 +308,7 @@ def test_stop_event_set_before_the_start_trains_nothing(tok):
     before = weights(model)
     stop = threading.Event()
     stop.set()
-    result = train(model, task, cfg(), stop=stop)
+    result = fit(model, task, stop=stop)
     assert result.stopped == "stop requested" and result.step == 0 and result.history.steps == []
     assert_same_weights(weights(model), before)
 
@@ -329,7 +329,7 @@ def test_ctrl_c_during_the_update_keeps_weights_and_step_count_consistent(tok, t
     """
     model, task = classification(tok)
     snaps, record = snapshots(model)
-    train(model, task, cfg(), callbacks=[record])  # the reference: weights after each step
+    fit(model, task, callbacks=[record])  # the reference: weights after each step
 
     calls = []
 
@@ -342,7 +342,7 @@ def test_ctrl_c_during_the_update_keeps_weights_and_step_count_consistent(tok, t
     model, task = classification(tok)
     hook = register_optimizer_step_post_hook(sigint_in_third_update)
     try:
-        result = train(model, task, cfg(checkpoint_dir=str(folder)))
+        result = fit(model, task, checkpoint_dir=str(folder))
     finally:
         hook.remove()
     assert result.stopped in ("interrupted", "stop requested")
@@ -362,8 +362,8 @@ def test_nan_loss_stops_before_the_bad_update(tok, tmp_path):
     folder = tmp_path / "run"
     model, task = pretraining(tok)
     snaps, record = snapshots(model)
-    result = train(model, Faulty(task, at=5, fault=lambda s: s * math.nan),
-                   cfg(max_steps=12, save_every=2, checkpoint_dir=str(folder)), callbacks=[record])
+    result = fit(model, Faulty(task, at=5, fault=lambda s: s * math.nan), max_steps=12, save_every=2,
+                 checkpoint_dir=str(folder), callbacks=[record])
     assert result.stopped == "diverged"
     assert result.step == 4 and len(result.history.steps) == 4
     assert "learning rate" in result.message and "lr=0.001" in result.message and "lr=0.0001" in result.message
@@ -382,7 +382,7 @@ def test_non_finite_gradient_with_finite_loss_stops_before_the_bad_update(tok):
     """An overflow in the backward pass (bf16, a huge learning rate) gives inf gradients while the loss is finite."""
     model, task = pretraining(tok)
     snaps, record = snapshots(model)
-    result = train(model, Faulty(task, at=3, fault=_InfiniteGradient.apply), cfg(), callbacks=[record])
+    result = fit(model, Faulty(task, at=3, fault=_InfiniteGradient.apply), callbacks=[record])
     assert all_finite(model), (
         f"stopped={result.stopped!r} after {result.step} steps with NaN/inf weights: the loop checks only the "
         "loss, and clipping/AdamW turned the non-finite gradient of step 3 into NaN weights")
@@ -393,7 +393,7 @@ def test_non_finite_gradient_with_finite_loss_stops_before_the_bad_update(tok):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_too_high_learning_rate_stops_with_the_weights_intact(tok, precision):
     model, task = pretraining(tok)
-    result = train(model, task, cfg(max_steps=12, lr=1e4, warmup=0.0, precision=precision))
+    result = fit(model, task, max_steps=12, lr=1e4, warmup=0.0, precision=precision)
     assert result.stopped == "diverged"
     assert "learning rate" in result.message and "lr=10000" in result.message
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
@@ -406,7 +406,7 @@ def test_too_high_learning_rate_stops_with_the_weights_intact(tok, precision):
 def test_checkpoint_folder_is_safetensors_json_and_a_weights_only_optimizer_file(tok, tmp_path):
     folder = tmp_path / "run"
     model, task = classification(tok)
-    train(model, task, cfg(max_steps=3, checkpoint_dir=str(folder)), tokenizer=tok)
+    fit(model, task, max_steps=3, checkpoint_dir=str(folder), tokenizer=tok)
     assert {p.name for p in folder.iterdir()} == CHECKPOINT_FILES | {"tokenizer.json"}
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary or .old folders left beside it
     for path in folder.iterdir():  # nothing pickled but optimizer.pt: safetensors start with a JSON header
@@ -427,7 +427,7 @@ def test_checkpoint_folder_is_safetensors_json_and_a_weights_only_optimizer_file
 
 def test_without_tokenizer_the_checkpoint_has_no_tokenizer_file(tok, tmp_path):
     model, task = classification(tok)
-    train(model, task, cfg(max_steps=1, checkpoint_dir=str(tmp_path / "run")))
+    fit(model, task, max_steps=1, checkpoint_dir=str(tmp_path / "run"))
     assert {p.name for p in (tmp_path / "run").iterdir()} == CHECKPOINT_FILES
 
 
@@ -444,7 +444,7 @@ class _BrokenTokenizer:
 def test_interrupted_save_leaves_the_previous_checkpoint_intact(tok, tmp_path, error):
     folder = tmp_path / "run"
     model, task = classification(tok)
-    train(model, task, cfg(max_steps=2, checkpoint_dir=str(folder)), tokenizer=tok)
+    fit(model, task, max_steps=2, checkpoint_dir=str(folder), tokenizer=tok)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with torch.no_grad():
         for p in model.parameters():
@@ -469,7 +469,7 @@ def test_keep_best_restores_the_weights_of_the_best_evaluation(tok):
     model, task = classification(tok)
     # Pick the *worst* loss as "best", so that the best evaluation is an early one, not the last.
     task.primary_metric = ("loss", "max")
-    result = train(model, task, cfg(max_steps=8, lr=3e-3, eval_every=2, keep_best=True))
+    result = fit(model, task, max_steps=8, lr=3e-3, eval_every=2, keep_best=True)
     assert [e["step"] for e in result.history.evals] == [2, 4, 6, 8]
     assert result.best == max(result.history.evals, key=lambda e: e["loss"])
     assert result.best["step"] < result.step, "the test needs the best evaluation to be an early one"
@@ -484,9 +484,9 @@ def _best_weights_kept_on_disk_during_the_run(tok, tmp_path, monkeypatch) -> tup
     model, task = classification(tok)
     task.primary_metric = ("loss", "max")  # the best evaluation is an early one
     seen = []
-    result = train(model, task, cfg(max_steps=8, lr=3e-3, eval_every=2, keep_best=True),
-                   callbacks=[lambda e: seen.append(sorted(p.name for p in tmp_path.iterdir())) if e["kind"] == "eval"
-                              else None])
+    result = fit(model, task, max_steps=8, lr=3e-3, eval_every=2, keep_best=True,
+                 callbacks=[lambda e: seen.append(sorted(p.name for p in tmp_path.iterdir())) if e["kind"] == "eval"
+                            else None])
     again = task.evaluate(model, to_device=lambda b: b)
     assert again["loss"] == pytest.approx(result.best["loss"], rel=1e-6)  # the best weights came back
     return seen, result
@@ -513,7 +513,7 @@ def test_keep_best_still_works_when_the_temporary_folder_cannot_be_written(tok, 
 def test_without_keep_best_the_final_weights_stay(tok):
     model, task = classification(tok)
     task.primary_metric = ("loss", "max")
-    result = train(model, task, cfg(max_steps=8, lr=3e-3, eval_every=2))
+    result = fit(model, task, max_steps=8, lr=3e-3, eval_every=2)
     again = task.evaluate(model, to_device=lambda b: b)
     assert again["loss"] == pytest.approx(result.history.evals[-1]["loss"], rel=1e-6)
 
@@ -521,7 +521,7 @@ def test_without_keep_best_the_final_weights_stay(tok):
 def test_callbacks_receive_step_eval_and_end_events_in_order(tok):
     model, task = classification(tok)
     events = []
-    result = train(model, task, cfg(max_steps=4, eval_every=2), callbacks=[events.append])
+    result = fit(model, task, max_steps=4, eval_every=2, callbacks=[events.append])
     assert [e["kind"] for e in events] == ["step", "step", "eval", "step", "step", "eval", "end"]
     steps = [e for e in events if e["kind"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3, 4]
@@ -537,7 +537,7 @@ def test_callbacks_receive_step_eval_and_end_events_in_order(tok):
 
 def test_pretraining_step_records_hold_both_losses(tok):
     model, task = pretraining(tok, evaluate=True)
-    result = train(model, task, cfg(max_steps=2))
+    result = fit(model, task, max_steps=2)
     for record in result.history.steps:
         assert record["loss"] == pytest.approx(record["mlm"] + record["nsp"])
     assert {"mlm_loss", "mlm_acc", "nsp_acc"} <= set(result.history.evals[-1])
@@ -563,8 +563,7 @@ def test_the_tasks_losses_are_objectives_losses_summed(tok):
 
 def test_learning_rate_warms_up_then_decays(tok):
     model, task = classification(tok)
-    config = cfg(max_steps=10, lr=1e-3, warmup=0.2)
-    lrs = train(model, task, config).history.column("lr")
+    lrs = fit(model, task, max_steps=10, lr=1e-3, warmup=0.2).history.column("lr")
     expected = [1e-3 * lr_factor(step / 10, 0.2) for step in range(10)]
     assert lrs == pytest.approx(expected)
     assert max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 2 and lrs[-1] < lrs[2] / 5
@@ -572,9 +571,87 @@ def test_learning_rate_warms_up_then_decays(tok):
 
 def test_time_budget_stops_the_run(tok):
     model, task = classification(tok)
-    result = train(model, task, cfg(max_steps=None, max_seconds=0.3))
+    result = fit(model, task, max_steps=None, max_seconds=0.3)
     assert result.stopped == "max_seconds" and result.step >= 1
     assert "max seconds" in result.message
+
+
+# ----------------------------------------------------------------------------- the lesson's loop, alone
+
+
+def test_the_lesson_loop_loads_no_machinery():
+    """teachkit.train is a lesson file: importing it loads lesson files and libraries, nothing of machinery."""
+    code = "import sys, teachkit.train\nprint(sorted(m for m in sys.modules if m.startswith('teachkit')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'teachkit.train'" in loaded
+    for other in ("machinery", "course", "experiments", "app", "data"):
+        assert f"'teachkit.{other}" not in loaded, loaded
+
+
+def written_out_step(model, batch, optimizer, *, lr):
+    """A notebook's pre-training step: forward, objectives' mean losses, backward, clip to 1.0, AdamW."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    at = batch["mlm_labels"] != IGNORE_INDEX
+    out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
+                predict_at=at)
+    loss = mlm_loss(out.logits, batch["mlm_labels"][at]) + nsp_loss(out.nsp_logits, batch["nsp_labels"])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_train_step_is_the_step_a_notebook_writes_out(tok, grad_accum):
+    """What notebooks 04, 06 and 07 check, here for every change: the same losses and weights, nothing switched off."""
+    model, task = pretraining(tok, dropout=0.0)
+    config = cfg(max_steps=3, lr=3e-3, grad_accum=grad_accum)
+    mine, theirs = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    my_optimizer, their_optimizer = make_optimizer(mine, config), make_optimizer(theirs, config)
+    for step in range(3):
+        lr = config.lr * lr_factor(step / 3, config.warmup)
+        batch = task.batch(task.sampler.indices(step, 8)[1], step=step, epoch=0)
+        my_loss = written_out_step(mine, batch, my_optimizer, lr=lr)
+        record = train_step(theirs, task, batch, their_optimizer, lr=lr, grad_accum=grad_accum)
+        assert record["lr"] == lr and record["loss"] == pytest.approx(record["mlm"] + record["nsp"])
+        torch.testing.assert_close(record["loss"], my_loss, rtol=0, atol=1e-5)
+    table = "bert.body.embed.tokens.weight"
+    assert not torch.equal(weights(theirs)[table], weights(model)[table])  # the steps did train
+    torch.testing.assert_close(weights(theirs), weights(mine), rtol=0, atol=1e-5)
+
+
+def test_train_step_refuses_a_non_finite_loss_and_leaves_the_weights(tok):
+    model, task = pretraining(tok, dropout=0.0)
+    before, optimizer = weights(model), make_optimizer(model, cfg())
+    faulty = Faulty(task, at=1, fault=lambda s: s * math.nan)
+    batch = faulty.batch(list(range(8)), step=0, epoch=0)  # the first step's: its loss sums are NaN
+    assert train_step(model, faulty, batch, optimizer, lr=1e-3) is None
+    assert_same_weights(weights(model), before)
+    assert all(p.grad is None for p in model.parameters())  # nothing left over for the next step
+
+
+def test_the_plain_run_keeps_the_best_weights_and_stops_cleanly(tok):
+    """train() without a run: the model's device, fp32, nothing saved, and still keep_best, Ctrl-C and divergence."""
+    model, task = classification(tok)
+    task.primary_metric = ("loss", "max")  # the best evaluation is an early one
+    result = train(model, task, cfg(max_steps=8, lr=3e-3, eval_every=2, keep_best=True))
+    assert result.stopped == "max_steps" and result.checkpoint is None and result.signal is None
+    assert result.best == max(result.history.evals, key=lambda e: e["loss"]) and result.best["step"] < 8
+    assert task.evaluate(model, to_device=lambda b: b)["loss"] == pytest.approx(result.best["loss"], rel=1e-6)
+    assert result.message.startswith("Stopped after 8 steps (max steps reached)")
+
+    model, task = classification(tok)
+    events = []
+    result = train(model, task, cfg(), callbacks=[on_step(3, raise_interrupt), events.append])
+    assert result.stopped == "interrupted" and result.step == 3 and "history so far is kept" in result.message
+    assert events[-1] == {"kind": "end", "step": 3, "stopped": "interrupted", "message": result.message,
+                          "seconds": result.seconds}
+
+    model, task = pretraining(tok)
+    result = train(model, task, cfg(max_steps=12, lr=1e4, warmup=0.0))
+    assert result.stopped == "diverged" and "not finite" in result.message and all_finite(model)
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -602,7 +679,7 @@ def test_batch_larger_than_the_data_is_refused_before_training(tok):
     model, task = classification(tok, n_train=12)
     before = weights(model)
     with pytest.raises(ValueError, match=r"batch_size=16 is larger than the 12 training examples.*batch_size <= 12"):
-        train(model, task, cfg(batch_size=16))
+        fit(model, task, batch_size=16)
     assert_same_weights(weights(model), before)
 
 
@@ -614,7 +691,7 @@ def test_batch_larger_than_the_data_is_refused_before_training(tok):
 def test_unknown_device_or_precision(tok, changes, pattern):
     model, task = classification(tok)
     with pytest.raises(DeviceError, match=pattern):
-        train(model, task, cfg(**changes))
+        fit(model, task, **changes)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -622,7 +699,7 @@ def test_unknown_device_or_precision(tok, changes, pattern):
 def test_cuda_on_a_machine_without_cuda(tok, device):
     model, task = classification(tok)
     with pytest.raises(DeviceError) as err:
-        train(model, task, cfg(device=device))
+        fit(model, task, device=device)
     assert f"Device {device!r} was asked for" in str(err.value) and "no CUDA GPU" in str(err.value)
     assert "device='auto' or 'cpu'" in str(err.value)
 
@@ -643,7 +720,7 @@ def test_cli_cuda_on_a_machine_without_cuda_prints_the_message_not_a_traceback(t
 def test_checkpoint_of_another_model_size_is_refused(tok, tmp_path):
     folder = tmp_path / "run"
     model, task = pretraining(tok)
-    train(model, task, cfg(max_steps=1, checkpoint_dir=str(folder)))
+    fit(model, task, max_steps=1, checkpoint_dir=str(folder))
     bigger, task = pretraining(tok, d_model=96, n_layers=3)
     with pytest.raises(CheckpointError) as err:
         load_weights(bigger, folder)
@@ -651,7 +728,7 @@ def test_checkpoint_of_another_model_size_is_refused(tok, tmp_path):
     assert "different model size" in message and "d_model is 64 there but 96 here" in message
     assert "n_layers is 2 there but 3 here" in message and "load_model" in message
     with pytest.raises(CheckpointError, match="d_model is 64 there but 96 here"):
-        train(bigger, task, cfg(checkpoint_dir=str(folder)), resume=True)
+        fit(bigger, task, checkpoint_dir=str(folder), resume=True)
 
 
 def test_checkpoint_with_another_number_of_classes_is_refused_clearly(tok, tmp_path):
@@ -667,26 +744,26 @@ def test_resuming_from_a_folder_that_is_not_a_checkpoint(tok, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError) as err:
-        train(model, task, cfg(checkpoint_dir=str(tmp_path / "notes")), resume=True)
+        fit(model, task, checkpoint_dir=str(tmp_path / "notes"), resume=True)
     assert "is not a teachkit checkpoint" in str(err.value) and "todo.txt" in str(err.value)
     assert "Pass the folder a training run saved to" in str(err.value)
     with pytest.raises(CheckpointError, match="no such folder"):
-        train(model, task, cfg(checkpoint_dir=str(tmp_path / "missing")), resume=True)
-    with pytest.raises(ValueError, match="resume=True needs config.checkpoint_dir"):
-        train(model, task, cfg(), resume=True)
+        fit(model, task, checkpoint_dir=str(tmp_path / "missing"), resume=True)
+    with pytest.raises(ValueError, match=r"resume=True needs RunSettings.checkpoint_dir: the folder of the run"):
+        fit(model, task, resume=True)
 
 
 def test_resuming_from_a_model_only_checkpoint(tok, tmp_path):
     model, task = classification(tok)
     save_checkpoint(tmp_path / "weights", model=model)  # no optimizer, no training state
     with pytest.raises(CheckpointError, match="no training state.*starting point"):
-        train(model, task, cfg(checkpoint_dir=str(tmp_path / "weights")), resume=True)
+        fit(model, task, checkpoint_dir=str(tmp_path / "weights"), resume=True)
 
 
 def test_resuming_a_pretraining_run_into_a_classifier(tok, tmp_path):
     model, task = pretraining(tok)
-    train(model, task, cfg(max_steps=1, checkpoint_dir=str(tmp_path / "run")))
+    fit(model, task, max_steps=1, checkpoint_dir=str(tmp_path / "run"))
     classifier, task = classification(tok)
     with pytest.raises(CheckpointError, match="lacks tensors this model needs.*classifier"):
-        train(classifier, task, cfg(checkpoint_dir=str(tmp_path / "run")), resume=True)
+        fit(classifier, task, checkpoint_dir=str(tmp_path / "run"), resume=True)
 

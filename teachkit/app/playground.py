@@ -32,6 +32,7 @@ from teachkit import course, data, finetune, tokenization
 from teachkit.config import PRESETS, ModelConfig, course_bert_config, heads_problem
 from teachkit.model import build_model, count_parameters
 from teachkit.tasks import ClassificationTask, PretrainingTask
+from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.train import History, TrainConfig, train
 from teachkit.machinery import loading
 
@@ -43,6 +44,7 @@ VALIDATION_SIZE = 400  # held-out reviews scored after every epoch (quick to eva
 N_CLASSES = 2  # rotten_tomatoes: negative / positive
 # Training runs on the CPU in fp32: predictable when many apps share a machine, and bf16 autocast's cached
 # weight copies and kernels cost about 250 MB more per app (measured at the default settings).
+APP_RUN = RunSettings(device="cpu", precision="fp32", progress=False)
 LIMITS = {  # the ranges the controls offer; loaded settings are checked against them too
     "budget": (1, 600), "mask_rate": (0.05, 0.8), "layers": (1, 8), "width": (16, 512), "heads": (1, 16),
     "lr": (1e-5, 1e-1), "batch_size": (2, 256), "labels": (N_CLASSES, 8530), "epochs": (1, 20),
@@ -473,9 +475,9 @@ def pretrain(settings: Settings, cfg: ModelConfig, res: Resources, *, run: Run, 
     seconds = settings.budget_unit == "seconds"
     config = TrainConfig(max_steps=None if seconds else settings.budget,
                          max_seconds=float(settings.budget) if seconds else None,
-                         batch_size=settings.batch_size, lr=settings.lr, warmup=0.05, seed=settings.seed,
-                         device="cpu", precision="fp32", progress=False)
-    result = train(model, task, config, callbacks=[_recorder(run.pretraining, "pretraining", on_event)], stop=stop)
+                         batch_size=settings.batch_size, lr=settings.lr, warmup=0.05, seed=settings.seed)
+    result = train(model, task, config, run=ManagedRun(APP_RUN), stop=stop,
+                   callbacks=[_recorder(run.pretraining, "pretraining", on_event)])
     return model, result
 
 
@@ -490,8 +492,9 @@ def fine_tune(settings: Settings, classifier, tokenizer, res: Resources, *, run:
     batch = min(settings.batch_size, len(picked))  # a tiny label budget is one batch
     per_epoch = settings.steps_per_epoch()
     config = TrainConfig(max_steps=settings.epochs * per_epoch, batch_size=batch, lr=settings.lr, warmup=0.1,
-                         eval_every=per_epoch, seed=settings.seed, device="cpu", precision="fp32", progress=False)
-    train(classifier, task, config, callbacks=[_recorder(run.finetuning, "finetuning", on_event)], stop=stop)
+                         eval_every=per_epoch, seed=settings.seed)
+    train(classifier, task, config, run=ManagedRun(APP_RUN), stop=stop,
+          callbacks=[_recorder(run.finetuning, "finetuning", on_event)])
 
 
 def _recorder(history: History, phase: str, on_event: Listener) -> Listener:

@@ -23,6 +23,7 @@ from teachkit.config import ModelConfig
 from teachkit.machinery.devices import move
 from teachkit.machinery.interrupts import TrainingStopped
 from teachkit.tasks import ClassificationTask
+from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.train import TrainConfig, train
 from teachkit.machinery import loading
 
@@ -81,9 +82,9 @@ def finetune_once(source, *, tokenizer, config: ModelConfig | None, labelled: La
     batch = min(protocol.batch, len(picked))
     per_epoch = max(1, len(picked) // batch)
     cfg = TrainConfig(max_steps=max(1, round(protocol.epochs(len(picked)) * per_epoch)), batch_size=batch, lr=lr,
-                      warmup=0.1, eval_every=per_epoch, keep_best=True, seed=seed, device=device,
-                      body_lr_scale=body_lr_scale, grad_accum=protocol.grad_accum, progress=False)
-    result = train(model, task, cfg)
+                      warmup=0.1, eval_every=per_epoch, keep_best=True, seed=seed,
+                      body_lr_scale=body_lr_scale, grad_accum=protocol.grad_accum)
+    result = train(model, task, cfg, run=ManagedRun(RunSettings(device=device, progress=False)))
     if result.stopped in ("diverged", "interrupted") or result.signal is not None or result.best is None:
         raise TrainingStopped(result, what=f"Fine-tuning ({arm}, {len(picked)} labels)")
     return model, task, result

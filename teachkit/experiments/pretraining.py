@@ -19,7 +19,8 @@ from teachkit.model import build_model, count_parameters
 from teachkit.objectives import ROLE_NAMES, make_nsp_pairs, pretraining_batch
 from teachkit.machinery.interrupts import TrainingStopped
 from teachkit.tasks import PackedMLMTask, PretrainingTask
-from teachkit.train import TrainConfig, check_resumable, train
+from teachkit.machinery.runs import ManagedRun, RunSettings, check_resumable
+from teachkit.train import TrainConfig, train
 
 
 def smoke(*, steps: int = 20, seed: int = 0, log=print) -> dict:
@@ -43,7 +44,8 @@ def smoke(*, steps: int = 20, seed: int = 0, log=print) -> dict:
 
     model = build_model(cfg)
     task = PretrainingTask(docs, tok, max_len=cfg.max_len, seed=seed)
-    result = train(model, task, TrainConfig(max_steps=steps, batch_size=16, lr=1e-3, seed=seed, progress=False))
+    result = train(model, task, TrainConfig(max_steps=steps, batch_size=16, lr=1e-3, seed=seed),
+                   run=ManagedRun(RunSettings(progress=False)))
     first, last = result.history.steps[0], result.history.steps[-1]
     log(f"4. Trained a {count_parameters(model) / 1e6:.2f}M-parameter BERT for {result.step} steps: "
         f"MLM loss {first['mlm']:.2f} -> {last['mlm']:.2f}, NSP loss {first['nsp']:.2f} -> {last['nsp']:.2f} "
@@ -148,11 +150,11 @@ def pretrain_bert(s: DemoSettings, *, log=print, callbacks=(), resume: bool = Fa
     """
     folder = Path(s.out_dir) / "pretrained"
     config = TrainConfig(max_steps=s.pretrain_steps, max_seconds=s.pretrain_seconds, batch_size=s.pretrain_batch,
-                         lr=s.pretrain_lr, warmup=0.05, seed=s.seed, checkpoint_dir=str(folder),
-                         device=s.device, eval_every=s.pretrain_eval_every, save_minutes=save_minutes,
-                         run_info={k: v for k, v in asdict(s).items() if k not in _NOT_PRETRAINING})
+                         lr=s.pretrain_lr, warmup=0.05, seed=s.seed, eval_every=s.pretrain_eval_every)
+    settings = RunSettings(device=s.device, checkpoint_dir=str(folder), save_minutes=save_minutes,
+                           run_info={k: v for k, v in asdict(s).items() if k not in _NOT_PRETRAINING})
     if resume:
-        check_resumable(folder, config)  # before minutes of data loading
+        check_resumable(folder, config, settings)  # before minutes of data loading
     given = tokenization.load_tokenizer(folder if resume else tokenizer) if (resume or tokenizer) else None
     tok, task = _pretraining_task(s, log=log, tokenizer=given)
     cfg = course_bert_config(vocab_size=tok.get_vocab_size(), max_len=s.max_len, layers=s.layers, width=s.width,
@@ -165,7 +167,8 @@ def pretrain_bert(s: DemoSettings, *, log=print, callbacks=(), resume: bool = Fa
         (f", resuming {folder}" if resume else ""))
     snapshots = [SnapshotSaver(model, tok, Path(s.out_dir) / "snapshots", s.snapshot_seconds,
                                tokens_per_step=s.pretrain_batch * s.max_len)] if s.snapshot_seconds else []
-    result = train(model, task, config, tokenizer=tok, resume=resume, callbacks=[*snapshots, *callbacks])
+    result = train(model, task, config, run=ManagedRun(settings, tokenizer=tok, resume=resume),
+                   callbacks=[*snapshots, *callbacks])
     log(f"  {result.message}" + (f"; MLM loss {result.history.steps[-1]['mlm']:.2f}" if result.history.steps else ""))
     if result.stopped in ("diverged", "interrupted") or result.signal is not None:
         raise TrainingStopped(result, what="Pre-training")

@@ -20,7 +20,7 @@ from teachkit.machinery.checkpoint import CheckpointError
 
 WATCHED = (signal.SIGINT, signal.SIGTERM)
 # Settings that may change between an interrupted run and its resumption: they do not change the result.
-FREE_ON_RESUME = ("device", "progress", "checkpoint_dir", "save_every", "save_minutes")
+FREE_ON_RESUME = ("device", "progress", "checkpoint_dir", "save_every", "save_minutes", "speedups")
 
 
 class Signals:
@@ -97,7 +97,7 @@ class TrainingStopped(RuntimeError):
 def check_same_settings(folder: str | Path, before: dict, now: dict) -> None:
     """Refuse to resume the run saved in `folder` with other settings than it was started with.
 
-    before, now: the run's TrainConfig as a dict (JSON types); the entries of their run_info count too.
+    before, now: the run's TrainConfig and RunSettings as one dict (JSON types); their run_info's entries count too.
     """
     before, now = _flat(before), _flat(now)
     diffs = [f"{k} was {before[k]!r} there, {v!r} now" for k, v in now.items()
