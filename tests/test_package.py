@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,37 @@ def test_a_notebooks_first_import_loads_neither_the_trainer_nor_the_speed_ups():
     assert "'teachkit.course'" in loaded
     for heavy in ("teachkit.train", "teachkit.machinery.speed", "teachkit.experiments"):
         assert f"'{heavy}'" not in loaded and f"'{heavy}." not in loaded, f"{heavy} was imported: {loaded}"
+
+
+LESSON = ("config", "tokenization", "objectives", "model", "tasks", "train", "finetune")
+FOLDERS = ("course", "experiments", "app", "data", "machinery")
+
+
+def test_the_listing_shows_the_lesson_files_and_the_folders():
+    listed = sorted(p.name for p in PACKAGE.iterdir() if not p.name.startswith((".", "__pycache__")))
+    expected = sorted([f"{name}.py" for name in LESSON] + list(FOLDERS) + ["__init__.py", "__main__.py", "assets"])
+    assert listed == expected
+
+
+def test_the_reading_order_is_the_same_in_the_package_docstring_and_the_readme():
+    in_docstring = re.findall(r"^\d\. `(\w+)\.py`", teachkit.__doc__, flags=re.M)
+    readme = (PACKAGE.parent / "README.md").read_text()
+    in_readme = re.findall(r"^\| \d \| `teachkit/(\w+)\.py` \|", readme, flags=re.M)
+    assert in_docstring == list(LESSON)
+    assert in_readme == list(LESSON)
+
+
+def _layer_problems(modules: dict[str, ast.Module]) -> list[str]:
+    """Imports from a lesson file of anything but another lesson file."""
+    return [f"{name}.py:{line} imports teachkit.{module}" for name, tree in modules.items() if name in LESSON
+            for module, _, line in _imports(tree) if module.split(".")[0] not in LESSON]
+
+
+def test_lesson_files_import_only_lesson_files():
+    assert _layer_problems(MODULES) == []
+
+
+def test_the_layer_check_sees_a_lesson_file_importing_machinery():
+    tree = ast.parse("import torch\nfrom teachkit.model import GPT\n\ndef f():\n    from teachkit.machinery import speed\n")
+    assert _layer_problems({"train": tree, "machinery.speed": ast.parse("")}) == [
+        "train.py:5 imports teachkit.machinery.speed"]

@@ -381,7 +381,7 @@ def test_a_damaged_checkpoint_names_the_file(saved, tmp_path):
 def run(tok, tmp_path) -> Path:
     """The checkpoint of a 2-step classification run: what `resume=True` reads."""
     model, task = classification(tok)
-    train(model, task, cfg(max_steps=2, checkpoint_dir=str(tmp_path / "run")))
+    fit(model, task, max_steps=2, checkpoint_dir=str(tmp_path / "run"))
     return tmp_path / "run"
 
 
@@ -390,7 +390,7 @@ def test_a_damaged_or_missing_optimizer_file_is_named(tok, run):
     optimizer_file.write_bytes(optimizer_file.read_bytes()[:100])  # cut short
     model, task = classification(tok)
     with pytest.raises(CheckpointError, match=f"{optimizer_file} is damaged.*Save the checkpoint again"):
-        train(model, task, cfg(max_steps=4, checkpoint_dir=str(run)), resume=True)
+        fit(model, task, max_steps=4, checkpoint_dir=str(run), resume=True)
     optimizer_file.unlink()
     with pytest.raises(CheckpointError, match=f"{optimizer_file} is missing, so the run cannot resume"):
         load_training_state(run)
@@ -412,5 +412,5 @@ def test_a_run_saved_before_optimizer_pt_cannot_resume_and_says_so(tok, run):
     (run / "optimizer.pt").rename(run / "optimizer.safetensors")  # where older versions kept the optimizer
     model, task = classification(tok)
     with pytest.raises(CheckpointError, match=r"older teachkit .*optimizer\.safetensors.*start it again"):
-        train(model, task, cfg(max_steps=4, checkpoint_dir=str(run)), resume=True)
+        fit(model, task, max_steps=4, checkpoint_dir=str(run), resume=True)
     load_model(run, log=None)  # its weights still load
