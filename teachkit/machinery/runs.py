@@ -119,9 +119,10 @@ class ManagedRun(Run):
             folder = self.settings.checkpoint_dir
             if not folder:
                 raise ValueError("resume=True needs RunSettings.checkpoint_dir: the folder of the run to continue.")
-            load_training_state(folder)  # a folder with no run in it is named first,
+            saved = load_training_state(folder)  # a folder with no run in it is named first,
             load_weights(model, folder)  # then a model of another size,
-            saved = check_resumable(folder, config, self.settings)  # then other settings
+            check_same_settings(folder, saved.state.get("train_config", {}),  # then other settings
+                                saved_settings(config, self.settings))
             optimizer.load_state_dict(saved.optimizer)
             torch.set_rng_state(saved.rng)
             best_file = Path(folder) / "best.safetensors"
