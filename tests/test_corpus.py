@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teachkit.machinery import checkpoint
+from teachkit.machinery import checkpoint, loading
 from teachkit.experiments import compare
 from teachkit.data import corpus
 from teachkit import course, data, finetune
 from teachkit.tasks import PackedMLMTask
 from teachkit.tokenization import special_ids, train_wordpiece
-from teachkit.machinery import loading
 
 
 @pytest.fixture

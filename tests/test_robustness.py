@@ -26,8 +26,7 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ddp_worker import classification, fit, pretraining, sentiment, weights
-from teachkit.machinery import checkpoint
-from teachkit import finetune
+from teachkit.machinery import checkpoint, loading
 from teachkit.machinery.checkpoint import CheckpointError, load_model, load_training_state, load_weights, \
     save_checkpoint
 from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
@@ -35,7 +34,6 @@ from teachkit.machinery.files import atomic_folder
 from teachkit.model import build_model
 from teachkit.machinery.runs import RunSettings
 from teachkit.train import TrainConfig
-from teachkit.machinery import loading
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,7 +95,7 @@ def test_a_body_that_does_not_fit_is_refused_on_every_load_path(saved, how):
     edit(saved)
     loads = {"load_model, new head": lambda: load_model(saved, task="classification", log=None),
              "load_model, same task": lambda: load_model(saved, log=None),
-             "finetune.classifier (teachkit finetune --from)": lambda: loading.classifier(saved)}
+             "loading.classifier (teachkit finetune --from)": lambda: loading.classifier(saved)}
     for path, load in loads.items():
         with pytest.raises(CheckpointError) as err:
             load()

@@ -20,10 +20,9 @@ import pytest
 import torch
 
 from teachkit import data
-from teachkit.data import mirror
+from teachkit.data import DataUnavailableError, mirror
 from teachkit.machinery import pretrained
 from teachkit.config import ModelConfig
-from teachkit.data import DataUnavailableError
 from teachkit.model import GPT, BertForSequenceClassification, build_model
 from teachkit.app.playground import Settings
 

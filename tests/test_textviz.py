@@ -16,8 +16,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from teachkit.course import probes as ins
-from teachkit.course import textviz
+from teachkit.course import probes as ins, textviz
 from teachkit.config import preset
 from teachkit.model import build_model
 from teachkit.objectives import ROLE_NAMES, mask_tokens

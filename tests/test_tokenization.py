@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from teachkit import data
-from teachkit import tokenization as tok
+from teachkit import data, tokenization as tok
 
 IN_MEMORY = [
     "The cat sat on the mat.",

@@ -27,14 +27,13 @@ from functools import lru_cache
 
 import torch
 
-from teachkit.machinery import checkpoint, pretrained
+from teachkit.machinery import checkpoint, loading, pretrained
 from teachkit import course, data, finetune, tokenization
 from teachkit.config import PRESETS, ModelConfig, course_bert_config, heads_problem
 from teachkit.model import build_model, count_parameters
 from teachkit.tasks import ClassificationTask, PretrainingTask
 from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.train import History, TrainConfig, train
-from teachkit.machinery import loading
 
 # The model sizes on offer: the BERT presets of teachkit.config (GPT ones do not fine-tune for sentiment).
 SIZE_PRESETS = {name: cfg for name, cfg in PRESETS.items() if cfg.arch == "bert"}

@@ -18,14 +18,13 @@ from functools import partial
 import torch
 
 from teachkit import data, finetune
-from teachkit.machinery import speed
+from teachkit.machinery import loading, speed
 from teachkit.config import ModelConfig
 from teachkit.machinery.devices import move
 from teachkit.machinery.interrupts import TrainingStopped
 from teachkit.tasks import ClassificationTask
 from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.train import TrainConfig, train
-from teachkit.machinery import loading
 
 VALIDATION_CARVE = 2000  # rows held out of `train` as validation when a dataset has no validation split
 
