@@ -25,12 +25,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from teachkit.config import COURSE_RECIPE  # noqa: E402
 from teachkit.machinery import checkpoint  # noqa: E402
 from teachkit.experiments import compare
 from teachkit.experiments.demo import own_tokens  # noqa: E402
 from teachkit.tokenization import load_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "lesson_ladder.jsonl"
+# The committed ladder's fine-tuning grid: wider than the course recipe's two settings (COURSE_RECIPE.grid),
+# so that no point of the ladder is low because its setting did not suit it.
+LADDER_GRID = ((1e-3, 1.0), (1e-3, 0.3), (3e-4, 1.0), (3e-4, 0.3))
 
 
 def ladder_points(run: Path) -> list[dict]:
@@ -72,7 +76,8 @@ def run_ladder(args) -> None:
         for spec in args.datasets:
             name, budget = budget_of(spec)
             labelled.setdefault(name, compare.Labelled.load(name))
-            protocol = compare.Protocol(max_len=args.max_len.get(name, 64), **({"grid": tuple(args.grid)} if args.grid else {}))
+            protocol = compare.Protocol(max_len=args.max_len.get(name, COURSE_RECIPE.finetune_len),
+                                        grid=tuple(args.grid) if args.grid else LADDER_GRID)
             for seed in args.seeds:
                 for arm, point in arms:
                     row = {"run": run.name, "arm": arm, "tokens_seen": point["tokens_seen"], "dataset": name,
@@ -106,12 +111,13 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run")
     r.add_argument("runs", nargs="+", help="pre-training run folders (with pretrained/ and snapshots/)")
-    r.add_argument("--datasets", nargs="+", default=["rotten_tomatoes:1000", "imdb:1000"],
+    budget = COURSE_RECIPE.budget  # the demo's label budget, so that the demo's points sit on the ladder
+    r.add_argument("--datasets", nargs="+", default=[f"{COURSE_RECIPE.sentiment}:{budget}", f"imdb:{budget}"],
                    help="NAME:LABELS, e.g. rotten_tomatoes:100 rotten_tomatoes:all imdb:1000")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--seeds", type=int, nargs="+", default=list(COURSE_RECIPE.seeds))
     r.add_argument("--final-only", action="store_true", help="only the run's last checkpoint (and scratch)")
     r.add_argument("--grid", nargs="+", type=lambda x: tuple(map(float, x.split(":"))), metavar="LR:SCALE",
-                   help="the fine-tuning grid, e.g. 1e-3:1 3e-4:0.3 (default: teachkit.experiments.compare.Protocol's)")
+                   help="the fine-tuning grid, e.g. 1e-3:1 3e-4:0.3 (default: LADDER_GRID, the committed ladder's)")
     r.add_argument("--out", type=Path, default=RESULTS)
     r.set_defaults(run=run_ladder, max_len={"imdb": 128})
     p = sub.add_parser("plot")

@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from teachkit.config import COURSE_RECIPE  # noqa: E402
 from teachkit.machinery import checkpoint  # noqa: E402
 from teachkit.data import corpus
 from teachkit.experiments.cli import build_parser  # noqa: E402
@@ -102,7 +103,8 @@ def model_card(info: dict, cfg, rows: list[dict]) -> str:
         f"- Objective: masked-LM, {100 * info['mask_prob']:.0f}% of tokens selected per row (80/10/10 rule), "
         "dynamic masking (drawn afresh every step).",
         f"- {info['steps']:,} steps of {info['batch_size']} rows: {info['tokens_seen'] / 1e6:,.0f}M tokens seen; "
-        f"AdamW, peak lr {info['lr']:g}, 5% warm-up, linear decay, time budget.",
+        # `teachkit pretrain` has no warm-up option: every run warms up as the recipe says
+        f"AdamW, peak lr {info['lr']:g}, {100 * COURSE_RECIPE.pretrain_warmup:.0f}% warm-up, linear decay, time budget.",
         f"- Final MLM loss (mean of the last 50 steps): {info['final_mlm_loss']:.2f}"
         + (f"; held-out MLM loss {info['held_out_mlm_loss']:.2f}, accuracy {100 * info['held_out_mlm_accuracy']:.1f}%."
            if info["held_out_mlm_loss"] is not None else "."),

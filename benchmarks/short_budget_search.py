@@ -68,7 +68,7 @@ def finetune_rows(arm: str, source, *, tokenizer, config, seeds, labelled, proto
     rows = []
     for seed in seeds:
         row = compare.finetune_fair(arm, source, tokenizer=tokenizer, config=config, labelled=labelled,
-                                    budget=1000, seed=seed, protocol=protocol)
+                                    budget=DemoSettings.budget, seed=seed, protocol=protocol)
         row.pop("history")
         rows.append(row)
     return rows

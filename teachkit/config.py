@@ -3,6 +3,10 @@
 The same `ModelConfig` describes a BERT encoder (`arch="bert"`) and a GPT decoder
 (`arch="gpt"`). Field names follow the papers; `teachkit.machinery.pretrained` translates them to and from
 the `config.json` of Hugging Face checkpoints (`config_to_hf`, `config_from_hf`).
+
+`COURSE_RECIPE` is the course BERT's recipe: its size, what it is pre-trained on and how, and how every
+starting point is fine-tuned. It is written here once; the demo, the command line, the notebooks, the
+playground and the benchmarks read it (tests/test_recipe.py fails if a second copy appears).
 """
 
 from __future__ import annotations
@@ -112,17 +116,67 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def course_bert_config(*, vocab_size: int, max_len: int, layers: int = 2, width: int = 128, heads: int = 4,
-                       **changes: Any) -> ModelConfig:
-    """The recipe of the course's BERTs (the shipped course BERT, the demo, notebook 06, the playground).
+@dataclass(frozen=True)
+class CourseRecipe:
+    """The course BERT's recipe: the numbers the shipped course BERT (its MODEL_CARD.md), `make demo`,
+    `teachkit pretrain` / `finetune`, notebooks 06 and 07 and the playground share."""
 
-    Pre-LN (`norm_first=True`): it trains stably at the high learning rates a budget of minutes needs.
-    A feed-forward layer 4x the width, as in BERT. No dropout: a short run sees each row about once,
-    so there is nothing to over-fit yet. 2 layers x 128 wide is the size a 2-core CPU trains furthest
-    in minutes. `changes` sets any other field.
+    # The model: a small BERT.
+    layers: int = 2  # transformer layers: 2 x 128 wide is the size a 2-core CPU trains furthest in minutes
+    width: int = 128  # d_model, the size of every token's vector
+    heads: int = 4  # attention heads per layer: 32 dimensions each
+    ff_multiple: int = 4  # the feed-forward layer is this many times the width, as in BERT (d_ff)
+    max_len: int = 128  # tokens per pre-training row, and the model's position table
+    vocab_size: int = 8192  # WordPiece tokens, trained on a seeded sample of the corpus
+    norm_first: bool = True  # pre-LN: trains stably at the high learning rates a budget of minutes needs
+    dropout: float = 0.0  # none in pre-training: a short run sees each row about once, nothing to over-fit yet
+
+    # Pre-training: masked-LM alone, on in-domain text packed into rows of max_len tokens.
+    corpus: tuple[str, ...] = ("imdb", "rotten_tomatoes")  # unlabelled text (training splits only, labels dropped)
+    mask_prob: float = 0.4  # tokens selected for prediction: more per row than BERT's 15% (Wettig et al., 2023)
+    pretrain_batch: int = 64  # rows per step: 64 x 128 = 8,192 tokens
+    pretrain_lr: float = 2e-3  # peak learning rate; pre-LN tolerates it, 5e-3 diverged to a worse model
+    pretrain_warmup: float = 0.05  # share of the budget spent raising the learning rate from 0
+    pretrain_seconds: float = 300.0  # the demo's pre-training budget (the course BERT itself ran 6,000 s)
+
+    # Fine-tuning: the fair protocol of teachkit.experiments.compare, the same for every starting point.
+    sentiment: str = "rotten_tomatoes"  # the labelled set
+    budget: int = 1000  # labelled examples each run may learn from
+    # (peak learning rate, body scale) settings every small arm tries; validation picks one
+    grid: tuple[tuple[float, float], ...] = ((1e-3, 1.0), (3e-4, 0.3))
+    finetune_len: int = 64  # tokens per text (rotten_tomatoes' snippets are short)
+    finetune_batch: int = 32  # texts per step
+    finetune_warmup: float = 0.1  # share of the steps spent raising the learning rate from 0
+    epochs_few: float = 5.0  # passes over the labels when there are at most 2,000 of them ...
+    epochs_many: float = 2.0  # ... and when there are more
+    pooling: str = "mean"  # the classifier reads the mean of the token vectors
+    finetune_dropout: float = 0.1  # BERT's dropout: several passes over a few labels do over-fit
+    seeds: tuple[int, ...] = (0, 1, 2)  # label samples and initialisations per small arm
+    real_bert: str = "minilm"  # the real pre-trained BERT compared with (22M parameters, slow on a CPU ...)
+    real_bert_seeds: tuple[int, ...] = (0,)  # ... so it and its random twin run one seed ...
+    real_bert_grid: tuple[tuple[float, float], ...] = ((3e-4, 0.3),)  # ... and one setting
+    real_bert_grad_accum: int = 4  # its batches in four parts: the same update; ~200 MB less at the peak than two
+
+    @property
+    def d_ff(self) -> int:
+        """Width of the feed-forward hidden layer."""
+        return self.ff_multiple * self.width
+
+
+COURSE_RECIPE = CourseRecipe()
+
+
+def course_bert_config(*, vocab_size: int, max_len: int, layers: int = COURSE_RECIPE.layers,
+                       width: int = COURSE_RECIPE.width, heads: int = COURSE_RECIPE.heads,
+                       **changes: Any) -> ModelConfig:
+    """The model of the course's BERTs (the shipped course BERT, the demo, notebook 06, the playground).
+
+    `COURSE_RECIPE`'s size, pre-LN and no dropout; `layers`, `width` and `heads` change the size (the
+    feed-forward layer stays `ff_multiple` x the width), and `changes` sets any other field.
     """
-    recipe = dict(d_model=width, n_layers=layers, n_heads=heads, d_ff=4 * width, norm_first=True, dropout=0.0,
-                  attn_dropout=0.0)
+    r = COURSE_RECIPE
+    recipe = dict(d_model=width, n_layers=layers, n_heads=heads, d_ff=r.ff_multiple * width, norm_first=r.norm_first,
+                  dropout=r.dropout, attn_dropout=r.dropout)
     return ModelConfig(**{**recipe, "vocab_size": vocab_size, "max_len": max_len, **changes})
 
 

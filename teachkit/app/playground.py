@@ -29,7 +29,7 @@ import torch
 
 from teachkit.machinery import checkpoint, loading, pretrained
 from teachkit import course, data, finetune, tokenization
-from teachkit.config import PRESETS, ModelConfig, course_bert_config, heads_problem
+from teachkit.config import COURSE_RECIPE, PRESETS, ModelConfig, course_bert_config, heads_problem
 from teachkit.model import build_model, count_parameters
 from teachkit.tasks import ClassificationTask, PretrainingTask
 from teachkit.machinery.runs import ManagedRun, RunSettings
@@ -37,7 +37,7 @@ from teachkit.train import History, TrainConfig, train
 
 # The model sizes on offer: the BERT presets of teachkit.config (GPT ones do not fine-tune for sentiment).
 SIZE_PRESETS = {name: cfg for name, cfg in PRESETS.items() if cfg.arch == "bert"}
-MAX_LEN = 64  # tokens per sequence: short enough for a CPU, long enough for most movie reviews
+MAX_LEN = COURSE_RECIPE.finetune_len  # tokens per sequence: short enough for a CPU, long enough for most reviews
 VOCAB_SIZE = 4096  # one WordPiece vocabulary for every run, trained once per process
 VALIDATION_SIZE = 400  # held-out reviews scored after every epoch (quick to evaluate)
 N_CLASSES = 2  # rotten_tomatoes: negative / positive
@@ -72,13 +72,14 @@ class Settings:
     mask_rate: float = 0.15  # fraction of tokens the masked-LM objective hides and predicts (BERT: 15%)
     nsp: bool = True  # also train next-sentence prediction (the second objective of the BERT paper)
     size: str = "tiny"  # a preset from teachkit.config, or "custom" to use layers / width / heads
-    layers: int = 2  # transformer layers
-    width: int = 64  # d_model: the size of every token's vector
-    heads: int = 2  # attention heads per layer; width must be divisible by heads
-    lr: float = 1e-3  # peak learning rate, for pre-training and fine-tuning
-    batch_size: int = 32  # examples per optimizer step
-    labels: int = 1000  # labelled reviews the classifier may learn from (the "label budget")
-    epochs: int = 5  # passes over those labelled reviews during fine-tuning
+    layers: int = PRESETS["tiny"].n_layers  # transformer layers
+    width: int = PRESETS["tiny"].d_model  # d_model: the size of every token's vector
+    heads: int = PRESETS["tiny"].n_heads  # attention heads per layer; width must be divisible by heads
+    # The fine-tuning defaults are the course recipe's (its first setting): the default run fine-tunes the course BERT.
+    lr: float = COURSE_RECIPE.grid[0][0]  # peak learning rate, for pre-training and fine-tuning
+    batch_size: int = COURSE_RECIPE.finetune_batch  # examples per optimizer step
+    labels: int = COURSE_RECIPE.budget  # labelled reviews the classifier may learn from (the "label budget")
+    epochs: int = int(COURSE_RECIPE.epochs_few)  # passes over those labelled reviews during fine-tuning
     frozen: int = 0  # lowest transformer layers kept frozen while fine-tuning (0: all of them learn)
     seed: int = 0  # fixes the initial weights, the data order and the masking
 
@@ -140,11 +141,14 @@ class Settings:
     def model_config(self, *, vocab_size: int) -> ModelConfig:
         """The BERT this run trains: the course BERT's recipe at the chosen size.
 
-        Unlike the demo it keeps BERT's dropout (0.1): fine-tuning here makes several passes over a few
-        hundred reviews, where dropout holds off over-fitting. The classifier averages the token vectors.
+        Unlike the demo's pre-training it keeps the fine-tuning dropout (BERT's 0.1): fine-tuning here makes
+        several passes over a few hundred reviews, where dropout holds off over-fitting. The classifier reads
+        the text as the fine-tuning recipe does (the mean of the token vectors).
         """
+        r = COURSE_RECIPE
         return course_bert_config(vocab_size=vocab_size, max_len=MAX_LEN, layers=self.layers, width=self.width,
-                                  heads=self.heads, dropout=0.1, attn_dropout=0.1, pooling="mean")
+                                  heads=self.heads, dropout=r.finetune_dropout, attn_dropout=r.finetune_dropout,
+                                  pooling=r.pooling)
 
     def budget_text(self) -> str:
         return f"{self.budget} s" if self.budget_unit == "seconds" else f"{self.budget} steps"
@@ -423,17 +427,19 @@ def starting_point(settings: Settings, res: Resources):
     """The classifier fine-tuning starts from, and its tokenizer: the run's own model, or a checkpoint's.
 
     A checkpoint gets a new classification head (its pre-training heads are left behind) and the same
-    mean pooling and dropout as the run's own model, so only the starting weights differ.
+    pooling and dropout as the run's own model (the fine-tuning recipe's), so only the starting weights differ.
     """
+    r = COURSE_RECIPE
     if settings.start_from in OWN_MODEL:
         cfg = settings.model_config(vocab_size=res.tokenizer.get_vocab_size())
         return build_model(cfg, task="classification", n_classes=N_CLASSES), res.tokenizer
     if settings.start_from == "course BERT, untrained":
-        cfg = start_config("course BERT").replace(pooling="mean", dropout=0.1, attn_dropout=0.1)
+        cfg = start_config("course BERT").replace(pooling=r.pooling, dropout=r.finetune_dropout,
+                                                  attn_dropout=r.finetune_dropout)
         tokenizer = tokenization.load_tokenizer(course.course_bert() / "tokenizer.json")
         return build_model(cfg, task="classification", n_classes=N_CLASSES), tokenizer
     source = course.course_bert() if settings.start_from == "course BERT" else "minilm"
-    return loading.classifier(source, n_classes=N_CLASSES, pooling="mean", dropout=0.1)
+    return loading.classifier(source, n_classes=N_CLASSES, pooling=r.pooling, dropout=r.finetune_dropout)
 
 
 def continue_to_finetuning(run: Run, *, on_event: Listener, stop: threading.Event) -> Run:
@@ -474,7 +480,8 @@ def pretrain(settings: Settings, cfg: ModelConfig, res: Resources, *, run: Run, 
     seconds = settings.budget_unit == "seconds"
     config = TrainConfig(max_steps=None if seconds else settings.budget,
                          max_seconds=float(settings.budget) if seconds else None,
-                         batch_size=settings.batch_size, lr=settings.lr, warmup=0.05, seed=settings.seed)
+                         batch_size=settings.batch_size, lr=settings.lr, warmup=COURSE_RECIPE.pretrain_warmup,
+                         seed=settings.seed)
     result = train(model, task, config, run=ManagedRun(APP_RUN), stop=stop,
                    callbacks=[_recorder(run.pretraining, "pretraining", on_event)])
     return model, result
@@ -490,8 +497,8 @@ def fine_tune(settings: Settings, classifier, tokenizer, res: Resources, *, run:
                               eval_split=res.validation)
     batch = min(settings.batch_size, len(picked))  # a tiny label budget is one batch
     per_epoch = settings.steps_per_epoch()
-    config = TrainConfig(max_steps=settings.epochs * per_epoch, batch_size=batch, lr=settings.lr, warmup=0.1,
-                         eval_every=per_epoch, seed=settings.seed)
+    config = TrainConfig(max_steps=settings.epochs * per_epoch, batch_size=batch, lr=settings.lr,
+                         warmup=COURSE_RECIPE.finetune_warmup, eval_every=per_epoch, seed=settings.seed)
     train(classifier, task, config, run=ManagedRun(APP_RUN), stop=stop,
           callbacks=[_recorder(run.finetuning, "finetuning", on_event)])
 

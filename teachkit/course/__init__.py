@@ -88,14 +88,15 @@ def load_course_bert():
 
 
 def nsp_bert_settings():
-    """A small BERT that also learns next-sentence prediction (notebook 03): MLM + NSP on WikiText-2,
-    2 layers x 128 wide, 4 heads, three minutes. The course BERT skips NSP, as RoBERTa does."""
+    """A small BERT that also learns next-sentence prediction (notebook 03): the course BERT's recipe
+    (`teachkit.config.COURSE_RECIPE`: size, masking, batch, learning rate), with MLM + NSP on pairs of
+    64 tokens from WikiText-2, for three minutes. The course BERT skips NSP, as RoBERTa does."""
     # Imported here, not at the top: a notebook's first import must not load the trainer.
     from teachkit.experiments.pretraining import DemoSettings
 
-    settings = DemoSettings(
+    settings = DemoSettings(  # the rest is DemoSettings' defaults: the course recipe
         out_dir=str(cache_dir() / ("nsp-bert-fast" if FAST else "nsp-bert")), corpus=("wikitext-2",), max_len=64,
-        layers=2, width=128, heads=4, mask_prob=0.4, nsp=True, pretrain_seconds=180.0, real_bert=None,
+        nsp=True, pretrain_seconds=180.0, real_bert=None,
     )
     return settings.fast() if FAST else settings
 

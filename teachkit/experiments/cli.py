@@ -16,12 +16,13 @@ import re
 import sys
 from pathlib import Path
 
+from teachkit.config import COURSE_RECIPE  # the course BERT's recipe: the defaults of the commands
 from teachkit.machinery.checkpoint import CheckpointError, SaveError
 from teachkit.data import DataUnavailableError
 from teachkit.machinery.devices import DeviceError
 from teachkit.machinery.interrupts import TrainingStopped
 
-DEFAULT_SECONDS = 300.0  # teachkit pretrain's time budget when neither --seconds nor --steps is given
+DEFAULT_SECONDS = COURSE_RECIPE.pretrain_seconds  # teachkit pretrain's budget without --seconds or --steps
 MAX_SECONDS = 7 * 24 * 3600  # a longer budget is a typo: the warm-up alone (5%) would last over 8 hours
 DEVICE = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
 
@@ -136,12 +137,11 @@ def _finetune(args) -> None:
 def _finetune_max_len(args) -> int:
     """--max-len, by default the checkpoint's own: its position table has no rows beyond it."""
     from teachkit.machinery.checkpoint import is_checkpoint, model_config
-    from teachkit.experiments.pretraining import DemoSettings
 
     origin = args.like if args.source == "scratch" else args.source
     saved = model_config(origin).max_len if is_checkpoint(origin) else None
     if args.max_len is None:
-        return saved or DemoSettings.max_len
+        return saved or COURSE_RECIPE.finetune_len
     if saved is not None and args.max_len > saved:
         raise ValueError(f"--max-len {args.max_len} is longer than the {saved} positions {origin} was trained with; "
                          f"use --max-len {saved} or less, or leave --max-len out to use {saved}.")
@@ -162,8 +162,7 @@ def _data_mirror(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from teachkit.experiments.pretraining import DemoSettings  # its defaults are the CLI's defaults
-
+    r = COURSE_RECIPE  # the defaults of `teachkit pretrain` and `teachkit finetune`
     parser = argparse.ArgumentParser(
         prog="teachkit", description="Pre-train and fine-tune small language models, and measure the difference.",
         epilog="Datasets load from the Hugging Face hub, or from a local mirror folder named by TEACHKIT_DATA_DIR.")
@@ -186,26 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pre-train a BERT on unlabelled text within a time budget. The run is saved to OUT/pretrained "
                     "every few minutes and when it stops: Ctrl-C or SIGTERM stop it after the current step and save. "
                     "Run the same command with --resume to continue from there.")
-    pre.add_argument("--corpus", nargs="+", default=list(DemoSettings.corpus),
+    pre.add_argument("--corpus", nargs="+", default=list(r.corpus),
                      help="datasets to read; a labelled set gives its training texts without labels "
-                          f"(default: {' '.join(DemoSettings.corpus)})")
+                          f"(default: {' '.join(r.corpus)})")
     pre.add_argument("--seconds", type=_seconds, default=None,
                      help=f"time budget (default {DEFAULT_SECONDS:.0f}, or none when --steps is given)")
     pre.add_argument("--steps", type=_number(int), default=None,
                      help="step budget: with the same seed, a CPU gives the same losses every time")
-    pre.add_argument("--layers", type=int, default=DemoSettings.layers)
-    pre.add_argument("--width", type=int, default=DemoSettings.width, help=f"d_model (default {DemoSettings.width})")
-    pre.add_argument("--heads", type=int, default=DemoSettings.heads)
-    pre.add_argument("--max-len", type=int, default=DemoSettings.max_len,
-                     help=f"tokens per sequence (default {DemoSettings.max_len})")
-    pre.add_argument("--vocab-size", type=int, default=8192)
+    pre.add_argument("--layers", type=int, default=r.layers, help=f"transformer layers (default {r.layers})")
+    pre.add_argument("--width", type=int, default=r.width, help=f"d_model (default {r.width})")
+    pre.add_argument("--heads", type=int, default=r.heads, help=f"attention heads (default {r.heads})")
+    pre.add_argument("--max-len", type=int, default=r.max_len, help=f"tokens per sequence (default {r.max_len})")
+    pre.add_argument("--vocab-size", type=int, default=r.vocab_size, help=f"WordPiece tokens (default {r.vocab_size})")
     pre.add_argument("--tokenizer", metavar="FILE",
                      help="use this tokenizer.json (e.g. from an earlier run) instead of training one, so that two "
                           "runs differ only in what you changed")
-    pre.add_argument("--lr", type=_number(), default=2e-3, help="peak learning rate (default 2e-3)")
-    pre.add_argument("--mask-prob", type=float, default=0.4, help="share of tokens to predict (default 0.4; BERT used 0.15)")
+    pre.add_argument("--lr", type=_number(), default=r.pretrain_lr,
+                     help=f"peak learning rate (default {r.pretrain_lr:g})")
+    pre.add_argument("--mask-prob", type=float, default=r.mask_prob,
+                     help=f"share of tokens to predict (default {r.mask_prob:g}; BERT used 0.15)")
     pre.add_argument("--nsp", action="store_true", help="add next-sentence prediction to masked-LM")
-    pre.add_argument("--batch", type=int, default=DemoSettings.pretrain_batch, help="sequences per step")
+    pre.add_argument("--batch", type=int, default=r.pretrain_batch,
+                     help=f"sequences per step (default {r.pretrain_batch})")
     pre.add_argument("--eval-every", type=int, default=None, help="held-out MLM loss every N steps")
     pre.add_argument("--snapshot-seconds", type=float, nargs="*", default=[], metavar="S",
                      help="also save the model after S seconds (several values: a compute ladder)")
@@ -226,18 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--from", dest="source", required=True,
                      help="a pre-training checkpoint folder, 'minilm', a hub id, or 'scratch'")
     fin.add_argument("--like", help="with --from scratch: the checkpoint whose model size and tokenizer to use")
-    fin.add_argument("--dataset", default="rotten_tomatoes", choices=["rotten_tomatoes", "sst2", "imdb"])
+    fin.add_argument("--dataset", default=r.sentiment, choices=["rotten_tomatoes", "sst2", "imdb"])
     fin.add_argument("--labels", type=_number(int), default=None, help="label budget (default: all)")
     fin.add_argument("--epochs", type=_number(high=1000), default=None,
-                     help="passes over the labels (default 5 for <= 2000 labels, else 2)")
-    fin.add_argument("--lr", type=_number(), default=1e-3,
-                     help="peak learning rate of the new head (default 1e-3; use 3e-4 with --body-lr-scale 0.3 "
-                          "for a real BERT)")
-    fin.add_argument("--body-lr-scale", type=_number(high=1.0), default=1.0,
-                     help="the pre-trained body learns at lr x this (default 1; e.g. 0.3 protects what it learned)")
-    fin.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="how the classifier reads the text")
+                     help=f"passes over the labels (default {r.epochs_few:g} for <= 2000 labels, "
+                          f"else {r.epochs_many:g})")
+    (lr, scale), (real_lr, real_scale) = r.grid[0], r.real_bert_grid[0]  # the first setting of the demo's grids
+    fin.add_argument("--lr", type=_number(), default=lr,
+                     help=f"peak learning rate of the new head (default {lr:g}; use {real_lr:g} with --body-lr-scale "
+                          f"{real_scale:g} for a real BERT)")
+    fin.add_argument("--body-lr-scale", type=_number(high=1.0), default=scale,
+                     help=f"the pre-trained body learns at lr x this (default {scale:g}; e.g. 0.3 protects what it "
+                          "learned)")
+    fin.add_argument("--pooling", choices=["mean", "cls"], default=r.pooling, help="how the classifier reads the text")
     fin.add_argument("--max-len", type=_number(int), default=None,
-                     help="tokens per text (default: the checkpoint's own, else 64)")
+                     help=f"tokens per text (default: the checkpoint's own, else {r.finetune_len})")
     fin.add_argument("--seed", type=int, default=0)
     fin.add_argument("--device", default="auto", type=_device,
                      help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")

@@ -19,7 +19,7 @@ import torch
 
 from teachkit import data, finetune
 from teachkit.machinery import loading, speed
-from teachkit.config import ModelConfig
+from teachkit.config import COURSE_RECIPE, ModelConfig
 from teachkit.machinery.devices import move
 from teachkit.machinery.interrupts import TrainingStopped
 from teachkit.tasks import ClassificationTask
@@ -51,16 +51,17 @@ class Labelled:
 
 @dataclass(frozen=True)
 class Protocol:
-    """The fine-tuning grid and budget every arm gets."""
+    """The fine-tuning grid and budget every arm gets; the defaults are the course recipe's (`COURSE_RECIPE`)."""
 
     # (peak learning rate, body scale) pairs: the new head learns at lr, the body at lr x scale
-    grid: tuple[tuple[float, float], ...] = ((1e-3, 1.0), (1e-3, 0.3), (3e-4, 1.0), (3e-4, 0.3))
-    epochs_few: float = 5.0  # passes over the labels when there are at most 2,000 of them
-    epochs_many: float = 2.0  # ... and when there are more
-    batch: int = 32
-    pooling: str = "mean"  # classifier input: the mean of the token vectors
-    dropout: float = 0.1
-    max_len: int = 64  # tokens per text (IMDB's long reviews want 128)
+    grid: tuple[tuple[float, float], ...] = COURSE_RECIPE.grid
+    epochs_few: float = COURSE_RECIPE.epochs_few  # passes over the labels when there are at most 2,000 of them
+    epochs_many: float = COURSE_RECIPE.epochs_many  # ... and when there are more
+    batch: int = COURSE_RECIPE.finetune_batch
+    warmup: float = COURSE_RECIPE.finetune_warmup  # share of the steps spent raising the learning rate from 0
+    pooling: str = COURSE_RECIPE.pooling  # classifier input: "mean" of the token vectors, or "cls"
+    dropout: float = COURSE_RECIPE.finetune_dropout
+    max_len: int = COURSE_RECIPE.finetune_len  # tokens per text (IMDB's long reviews want 128)
     grad_accum: int = 1  # micro-batches per step: the same update in less memory (MiniLM in Binder's 2 GB)
 
     def epochs(self, n_labels: int) -> float:
@@ -81,7 +82,7 @@ def finetune_once(source, *, tokenizer, config: ModelConfig | None, labelled: La
     batch = min(protocol.batch, len(picked))
     per_epoch = max(1, len(picked) // batch)
     cfg = TrainConfig(max_steps=max(1, round(protocol.epochs(len(picked)) * per_epoch)), batch_size=batch, lr=lr,
-                      warmup=0.1, eval_every=per_epoch, keep_best=True, seed=seed,
+                      warmup=protocol.warmup, eval_every=per_epoch, keep_best=True, seed=seed,
                       body_lr_scale=body_lr_scale, grad_accum=protocol.grad_accum)
     result = train(model, task, cfg, run=ManagedRun(RunSettings(device=device, progress=False)))
     if result.stopped in ("diverged", "interrupted") or result.signal is not None or result.best is None:

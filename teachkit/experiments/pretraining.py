@@ -13,7 +13,7 @@ from teachkit.machinery import checkpoint
 from teachkit.data import corpus
 from teachkit import data, tokenization
 from teachkit.experiments.compare import Protocol
-from teachkit.config import course_bert_config, preset
+from teachkit.config import COURSE_RECIPE, course_bert_config, preset
 from teachkit.machinery.files import cache_dir
 from teachkit.model import build_model, count_parameters
 from teachkit.objectives import ROLE_NAMES, make_nsp_pairs, pretraining_batch
@@ -59,40 +59,40 @@ def smoke(*, steps: int = 20, seed: int = 0, log=print) -> dict:
 
 @dataclass
 class DemoSettings:
-    """Everything the demo (and `teachkit pretrain`) does, in one place.
+    """Everything the demo (and `teachkit pretrain`) does, in one place; the defaults are the course
+    BERT's recipe (`teachkit.config.COURSE_RECIPE`, where each number says why it is what it is).
 
     Pre-training: masked-LM alone (next-sentence prediction cost MLM progress and gave nothing in the
     sweeps of `benchmarks/`) on in-domain text: IMDB's unlabelled and training reviews plus the sentiment
-    set's training sentences, labels dropped, packed into rows of 128 tokens. A 2-layer, 128-wide BERT
-    (the size a 2-core CPU trains furthest in minutes), 40% masking (more predictions per row: Wettig et
-    al., 2023). Fine-tuning: the fair protocol of `teachkit.experiments.compare` on 1,000 labels.
+    set's training sentences, labels dropped, packed into rows. Fine-tuning: the fair protocol of
+    `teachkit.experiments.compare`.
     """
 
     out_dir: str = "reports/demo"  # where the report, plots and checkpoints go
-    corpus: tuple[str, ...] = ("imdb", "rotten_tomatoes")  # unlabelled in-domain text (training splits only)
-    sentiment: str = "rotten_tomatoes"  # the labelled fine-tuning set
-    vocab_size: int = 8192
-    max_len: int = 128  # tokens per pre-training row, and the model's position table
-    finetune_len: int = 64  # tokens per text when fine-tuning (rotten_tomatoes' snippets are short)
-    layers: int = 2
-    width: int = 128
-    heads: int = 4
-    pretrain_seconds: float | None = 300.0  # wall-clock budget of pre-training (the demo stays under 15 minutes)
+    corpus: tuple[str, ...] = COURSE_RECIPE.corpus  # unlabelled in-domain text (training splits only)
+    sentiment: str = COURSE_RECIPE.sentiment  # the labelled fine-tuning set
+    vocab_size: int = COURSE_RECIPE.vocab_size
+    max_len: int = COURSE_RECIPE.max_len  # tokens per pre-training row, and the model's position table
+    finetune_len: int = COURSE_RECIPE.finetune_len  # tokens per text when fine-tuning
+    layers: int = COURSE_RECIPE.layers
+    width: int = COURSE_RECIPE.width
+    heads: int = COURSE_RECIPE.heads
+    pretrain_seconds: float | None = COURSE_RECIPE.pretrain_seconds  # wall-clock budget (the demo: under 15 min)
     pretrain_steps: int | None = None  # ... or a step budget: the same seed then gives the same losses on a CPU
     pretrain_eval_every: int | None = None  # held-out MLM loss every N steps (None: at the end only)
     snapshot_seconds: tuple[float, ...] = ()  # also save the model after these many seconds (a compute ladder)
-    pretrain_lr: float = 2e-3  # pre-LN tolerates a high learning rate; 5e-3 diverged to a worse model
-    pretrain_batch: int = 64  # rows per step: 64 x 128 = 8,192 tokens
-    mask_prob: float = 0.4  # more predictions per row than BERT's 15%: better in a short budget
+    pretrain_lr: float = COURSE_RECIPE.pretrain_lr  # peak learning rate of pre-training
+    pretrain_batch: int = COURSE_RECIPE.pretrain_batch  # rows per step
+    mask_prob: float = COURSE_RECIPE.mask_prob  # share of tokens selected for prediction
     nsp: bool = False  # True: sentence pairs with next-sentence prediction instead of packed rows
-    budget: int = 1000  # labelled examples for fine-tuning
+    budget: int = COURSE_RECIPE.budget  # labelled examples for fine-tuning
     # fine-tuning settings every arm tries, (lr, body scale); validation picks one (see teachkit.experiments.compare)
-    grid: tuple[tuple[float, float], ...] = ((1e-3, 1.0), (3e-4, 0.3))
-    seeds: tuple[int, ...] = (0, 1, 2)  # label samples and initialisations for the small arms
-    real_bert: str | None = "minilm"  # a real pretrained BERT to compare with (None to skip)
-    real_bert_seeds: tuple[int, ...] = (0,)  # a 22M-parameter model is slow to fine-tune on a CPU ...
-    real_bert_grid: tuple[tuple[float, float], ...] = ((3e-4, 0.3),)  # ... so it and its random twin share one setting
-    real_bert_grad_accum: int = 4  # its batches in four parts: the same update; ~200 MB less at the peak than two
+    grid: tuple[tuple[float, float], ...] = COURSE_RECIPE.grid
+    seeds: tuple[int, ...] = COURSE_RECIPE.seeds  # label samples and initialisations for the small arms
+    real_bert: str | None = COURSE_RECIPE.real_bert  # a real pretrained BERT to compare with (None to skip)
+    real_bert_seeds: tuple[int, ...] = COURSE_RECIPE.real_bert_seeds  # a 22M-parameter model is slow on a CPU ...
+    real_bert_grid: tuple[tuple[float, float], ...] = COURSE_RECIPE.real_bert_grid  # ... so it and its twin share one
+    real_bert_grad_accum: int = COURSE_RECIPE.real_bert_grad_accum  # micro-batches per step of the real BERT
     seed: int = 0  # pre-training's seed
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
 
@@ -150,7 +150,8 @@ def pretrain_bert(s: DemoSettings, *, log=print, callbacks=(), resume: bool = Fa
     """
     folder = Path(s.out_dir) / "pretrained"
     config = TrainConfig(max_steps=s.pretrain_steps, max_seconds=s.pretrain_seconds, batch_size=s.pretrain_batch,
-                         lr=s.pretrain_lr, warmup=0.05, seed=s.seed, eval_every=s.pretrain_eval_every)
+                         lr=s.pretrain_lr, warmup=COURSE_RECIPE.pretrain_warmup, seed=s.seed,
+                         eval_every=s.pretrain_eval_every)
     settings = RunSettings(device=s.device, checkpoint_dir=str(folder), save_minutes=save_minutes,
                            run_info={k: v for k, v in asdict(s).items() if k not in _NOT_PRETRAINING})
     if resume:
