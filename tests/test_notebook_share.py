@@ -62,7 +62,7 @@ def test_a_notebooks_shares_add_up_and_imports_count():
     assert (result["imports"], result["guards"], result["teachkit calls"], result["own"]) == (5, 1, 5, 5)
     assert result["code_lines"] == 16
     assert sum(result[c] for c in share.CATEGORIES) == result["code_lines"]
-    assert result["own %"] == pytest.approx(100 * 5 / 16, abs=0.05)
+    assert result["own %"] == pytest.approx(100 * 5 / 16, abs=0.06)  # rounded to one decimal
 
 
 def test_a_name_not_imported_from_teachkit_is_own_code_and_an_alias_is_followed():
