@@ -106,7 +106,7 @@ def test_notebook_is_committed_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS + APPS, ids=lambda p: p.name)
 def test_the_first_cell_names_the_teachkit_files_it_teaches(path):
     first = "".join(json.loads(path.read_text())["cells"][0]["source"])
-    named = re.findall(r"teachkit/([\w/]+)\.py", first)
+    named = re.findall(r"teachkit/([\w/]+)\.py", first)  # a lesson file, or one in a sub-package
     package = Path(__file__).parent.parent / "teachkit"
     assert named, f"{path.name}: say in the first cell which teachkit file(s) it teaches"
     assert all((package / f"{name}.py").is_file() for name in named), named
