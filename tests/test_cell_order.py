@@ -1,4 +1,4 @@
-"""A cell run before the cell that makes a name it uses says which cell to run (course.explain_missing_names)."""
+"""A cell run before the cell that makes a name it uses says which cell to run (cell_order.explain_missing_names)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from teachkit import course
+from teachkit.course import cell_order
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -39,23 +39,23 @@ FAKE = {"cells": [
 
 
 def test_names_made_by_a_cell_are_its_top_level_bindings():
-    assert course.names_made_by("a, (b, c) = 1, (2, 3)\nfor i in x:\n    d = i\nwith f() as g:\n    pass") == \
+    assert cell_order.names_made_by("a, (b, c) = 1, (2, 3)\nfor i in x:\n    d = i\nwith f() as g:\n    pass") == \
         {"a", "b", "c", "i", "d", "g"}
-    assert course.names_made_by("import torch.nn as nn\nimport os.path\nfrom x import y as z") == {"nn", "os", "z"}
-    assert course.names_made_by("def f(a):\n    b = a\nclass K:\n    c = 1\nq = [r for r in s]\n") == {"f", "K", "q"}
-    assert course.names_made_by("try:\n    pass\nexcept ValueError as err:\n    pass") == {"err"}
-    assert course.names_made_by("%matplotlib inline\nx = 1") == {"x"}
-    assert course.names_made_by("x = (") == set()  # a syntax error is not a definition
+    assert cell_order.names_made_by("import torch.nn as nn\nimport os.path\nfrom x import y as z") == {"nn", "os", "z"}
+    assert cell_order.names_made_by("def f(a):\n    b = a\nclass K:\n    c = 1\nq = [r for r in s]\n") == {"f", "K", "q"}
+    assert cell_order.names_made_by("try:\n    pass\nexcept ValueError as err:\n    pass") == {"err"}
+    assert cell_order.names_made_by("%matplotlib inline\nx = 1") == {"x"}
+    assert cell_order.names_made_by("x = (") == set()  # a syntax error is not a definition
 
 
 def test_where_made_finds_the_first_cell_and_the_heading_above_it():
-    assert course.where_made(FAKE, "docs") == ("1. Load the text", "# the articles")
-    assert course.where_made(FAKE, "count") == ("1. Load the text", "def count(x):")  # prose without a heading
-    assert course.where_made(FAKE, "T") == ("A lesson", "import torch as T")
-    assert course.where_made(FAKE, "inside") is None  # a function's local is made by no cell
-    assert course.where_made(FAKE, "tok") is None  # the cell that would make it does not parse
+    assert cell_order.where_made(FAKE, "docs") == ("1. Load the text", "# the articles")
+    assert cell_order.where_made(FAKE, "count") == ("1. Load the text", "def count(x):")  # prose without a heading
+    assert cell_order.where_made(FAKE, "T") == ("A lesson", "import torch as T")
+    assert cell_order.where_made(FAKE, "inside") is None  # a function's local is made by no cell
+    assert cell_order.where_made(FAKE, "tok") is None  # the cell that would make it does not parse
     # The failing cell itself is not the answer (it uses the name before it makes it).
-    assert course.where_made({"cells": [code("x = x + 1")]}, "x", running="x = x + 1") is None
+    assert cell_order.where_made({"cells": [code("x = x + 1")]}, "x", running="x = x + 1") is None
 
 
 class FakeShell:
@@ -91,7 +91,7 @@ def fake_notebook(tmp_path, monkeypatch) -> Path:
 
 def test_the_handler_names_the_section_whose_cell_makes_the_missing_name(fake_notebook):
     shell = FakeShell(ran="print(count(docs) + n)")
-    course.explain_missing_names(shell, *name_error("print(count(docs) + n)", {"count": len}))
+    cell_order.explain_missing_names(shell, *name_error("print(count(docs) + n)", {"count": len}))
     [shown] = shell.shown
     assert shown.startswith("\x1b[31mNameError\x1b[0m: `docs` is made by a cell you have not run yet")
     assert 'under "1. Load the text"' in shown and "`# the articles`" in shown
@@ -102,14 +102,14 @@ def test_the_handler_names_the_section_whose_cell_makes_the_missing_name(fake_no
 def test_a_server_relative_path_is_found_beside_the_kernel(fake_notebook, monkeypatch):
     monkeypatch.chdir(fake_notebook.parent)
     monkeypatch.setenv("JPY_SESSION_NAME", f"some/folder/{fake_notebook.name}")
-    assert course.notebook_path({}) == Path(fake_notebook.name)
+    assert cell_order.notebook_path({}) == Path(fake_notebook.name)
     monkeypatch.delenv("JPY_SESSION_NAME")
-    assert course.notebook_path({"__vsc_ipynb_file__": str(fake_notebook)}) == fake_notebook
+    assert cell_order.notebook_path({"__vsc_ipynb_file__": str(fake_notebook)}) == fake_notebook
 
 
 def test_a_name_no_cell_makes_keeps_the_usual_traceback(fake_notebook):
     shell = FakeShell()
-    course.explain_missing_names(shell, *name_error("print(dosc)"))  # a typo
+    cell_order.explain_missing_names(shell, *name_error("print(dosc)"))  # a typo
     assert shell.shown == ["the usual traceback of NameError(\"name 'dosc' is not defined\")"]
 
 
@@ -117,7 +117,7 @@ def test_without_a_notebook_path_the_advice_is_generic_but_says_what_to_do(monke
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     monkeypatch.chdir(tmp_path)
     shell = FakeShell()
-    course.explain_missing_names(shell, *name_error("print(tok)"))
+    cell_order.explain_missing_names(shell, *name_error("print(tok)"))
     [shown] = shell.shown
     assert "`tok` is not defined yet" in shown and "run the cells above this one in order" in shown
     assert "check its spelling" in shown
@@ -126,13 +126,14 @@ def test_without_a_notebook_path_the_advice_is_generic_but_says_what_to_do(monke
 def test_a_name_error_inside_a_library_or_an_unbound_local_keeps_the_usual_traceback(fake_notebook):
     shell = FakeShell()
     # A NameError raised in a module's code (a bug there) is not the learner's cell order.
-    course.explain_missing_names(shell, *name_error("docs", {"__name__": "teachkit.somewhere"}))
-    course.explain_missing_names(shell, *name_error("def f():\n    docs += 1\nf()"))  # UnboundLocalError
+    cell_order.explain_missing_names(shell, *name_error("docs", {"__name__": "teachkit.somewhere"}))
+    cell_order.explain_missing_names(shell, *name_error("def f():\n    docs += 1\nf()"))  # UnboundLocalError
     assert all(s.startswith("the usual traceback") for s in shell.shown), shell.shown
 
 
 def test_outside_ipython_importing_course_installs_nothing_and_imports_no_ipython():
-    code = "import sys\nfrom teachkit import course\nprint(course.install_cell_order_help(), 'IPython' in sys.modules)"
+    code = ("import sys\nfrom teachkit import course\nfrom teachkit.course import cell_order\n"
+            "print(cell_order.install_cell_order_help(), 'IPython' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -143,7 +144,7 @@ def test_a_course_notebook_run_out_of_order_names_the_cell_to_run(tmp_path):
     path = NOTEBOOKS / "01_tokens.ipynb"
     cells = {c.get("id"): "".join(c["source"]) for c in json.loads(path.read_text())["cells"]}
     first, too_early = cells["01-01"], cells["01-07"]
-    assert "tok" in too_early and "tok" not in course.names_made_by(first)
+    assert "tok" in too_early and "tok" not in cell_order.names_made_by(first)
     forget = "import os\nos.environ.pop('JPY_SESSION_NAME', None)\ndel __session__"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in (first, too_early, forget, too_early)])
     old = os.environ.get("JPY_SESSION_NAME")
