@@ -36,6 +36,28 @@ NSP_IS_NEXT, NSP_NOT_NEXT = 0, 1
 # --------------------------------------------------------------------------- masked LM (BERT)
 
 
+def masking_roles(pick: torch.Tensor, how: torch.Tensor, *, special: torch.Tensor, mask_prob: float = 0.15,
+                  mask_frac: float = 0.8, random_frac: float = 0.1) -> torch.Tensor:
+    """BERT's masking rule, token by token (Devlin et al., 2019, section 3.1): a ROLE_* for each token.
+
+    `pick` and `how` are two uniform random numbers in [0, 1) per token; `special` is True where a token
+    must never be selected ([CLS], [SEP], padding, [MASK]). A token is *selected* when pick < mask_prob
+    (15%): the model must predict the original token there. A selected token then
+
+    - becomes [MASK] when how < mask_frac (80%): the main exercise, "fill in the blank";
+    - becomes a random token when how is in the next random_frac (10%): the model cannot trust that a
+      visible token is correct, so it must keep a good representation of *every* token, not only of [MASK];
+    - stays unchanged but is still predicted otherwise (10%): [MASK] never appears at fine-tuning time,
+      so the model also needs practice predicting tokens it can see.
+    """
+    selected = (pick < mask_prob) & ~special
+    roles = torch.full(pick.shape, ROLE_UNTOUCHED, dtype=torch.long, device=pick.device)
+    roles[selected & (how < mask_frac)] = ROLE_MASKED
+    roles[selected & (how >= mask_frac) & (how < mask_frac + random_frac)] = ROLE_RANDOM
+    roles[selected & (how >= mask_frac + random_frac)] = ROLE_KEPT
+    return roles
+
+
 @dataclass
 class MaskedBatch:
     input_ids: torch.Tensor  # (B, T) the model's input, after replacement
@@ -54,21 +76,38 @@ def mask_tokens(
     random_frac: float = 0.1,
     generator: torch.Generator | None = None,
 ) -> MaskedBatch:
-    """BERT's masking rule (Devlin et al., 2019, section 3.1).
-
-    Each ordinary token is *selected* with probability `mask_prob` (15%); the model must predict
-    the original token at every selected position. Of the selected tokens:
-
-    - 80% become [MASK]: the main exercise, "fill in the blank".
-    - 10% become a random token: the model cannot trust that a visible token is correct, so it
-      must keep a good representation of *every* token, not only of [MASK].
-    - 10% stay unchanged but are still predicted: [MASK] never appears at fine-tuning time, so the
-      model also needs practice predicting tokens it can see.
+    """Mask a batch of token ids (B, T) with `masking_roles`: the model's input, the labels and each token's role.
 
     Special tokens and padding (`special_ids`, and `mask_id` itself) are never selected, and random
-    replacements are drawn from the ordinary (non-special) ids only.
+    replacements are drawn from the ordinary (non-special) ids only. All randomness comes from `generator`.
     `input_ids` must be a batch (B, T); pass `ids[None]` for a single sequence.
     """
+    specials = _check_masking(input_ids, mask_id=mask_id, vocab_size=vocab_size, special_ids=special_ids,
+                              mask_prob=mask_prob, mask_frac=mask_frac, random_frac=random_frac)
+    device = input_ids.device
+    special = torch.tensor(sorted(specials), device=device)
+    ordinary = torch.arange(vocab_size, device=device)
+    ordinary = ordinary[~torch.isin(ordinary, special)]  # the ids a random replacement may take
+
+    # Three draws per token, made on the generator's device, then moved next to the ids.
+    where = generator.device if generator is not None else device
+    pick = torch.rand(input_ids.shape, generator=generator, device=where).to(device)
+    how = torch.rand(input_ids.shape, generator=generator, device=where).to(device)
+    draw = torch.randint(len(ordinary), input_ids.shape, generator=generator, device=where).to(device)
+
+    roles = masking_roles(pick, how, special=torch.isin(input_ids, special), mask_prob=mask_prob,
+                          mask_frac=mask_frac, random_frac=random_frac)
+    ids = input_ids.clone()  # never modify the caller's tensor
+    ids[roles == ROLE_MASKED] = mask_id
+    to_random = roles == ROLE_RANDOM
+    ids[to_random] = ordinary[draw][to_random].to(ids.dtype)
+    labels = torch.where(roles != ROLE_UNTOUCHED, input_ids.long(), IGNORE_INDEX)
+    return MaskedBatch(input_ids=ids, labels=labels, roles=roles)
+
+
+def _check_masking(input_ids, *, mask_id: int, vocab_size: int, special_ids: Sequence[int], mask_prob: float,
+                   mask_frac: float, random_frac: float) -> set[int]:
+    """`mask_tokens`' arguments, checked in one place; returns the ids never selected."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
         got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a (B, T) tensor, got {got}; for one sequence pass ids[None]")
@@ -97,30 +136,7 @@ def mask_tokens(
             f"input_ids hold ids in [{int(input_ids.min())}, {int(input_ids.max())}] but vocab_size="
             f"{vocab_size}; pass the vocabulary size of the tokenizer that made these ids"
         )
-
-    device = input_ids.device
-    special = torch.tensor(sorted(specials), device=device)
-    ordinary = torch.arange(vocab_size, device=device)
-    ordinary = ordinary[~torch.isin(ordinary, special)]  # the ids a random replacement may take
-
-    # All randomness comes from `generator`, drawn on its device, then moved next to the ids.
-    where = generator.device if generator is not None else device
-    pick = torch.rand(input_ids.shape, generator=generator, device=where).to(device)
-    how = torch.rand(input_ids.shape, generator=generator, device=where).to(device)
-    draw = torch.randint(len(ordinary), input_ids.shape, generator=generator, device=where).to(device)
-
-    selected = (pick < mask_prob) & ~torch.isin(input_ids, special)  # (B, T)
-    to_mask = selected & (how < mask_frac)
-    to_random = selected & (how >= mask_frac) & (how < mask_frac + random_frac)
-    kept = selected & ~to_mask & ~to_random
-
-    ids = input_ids.clone()  # never modify the caller's tensor
-    ids[to_mask] = mask_id
-    ids[to_random] = ordinary[draw][to_random].to(ids.dtype)
-    labels = torch.where(selected, input_ids.long(), IGNORE_INDEX)
-    roles = torch.full_like(input_ids, ROLE_UNTOUCHED, dtype=torch.long)
-    roles[to_mask], roles[to_random], roles[kept] = ROLE_MASKED, ROLE_RANDOM, ROLE_KEPT
-    return MaskedBatch(input_ids=ids, labels=labels, roles=roles)
+    return specials
 
 
 # --------------------------------------------------------------------------- next sentence (BERT)

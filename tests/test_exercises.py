@@ -66,3 +66,20 @@ def test_the_masking_rule_exercise_starts_unanswered_and_explains_a_mistake(word
     assert feedback.ok is False and "how =" in feedback.message and "0.8 to 0.9 random" in feedback.message
     flat = exercises.check_masking_rule(lambda pick, how, special: torch.zeros(3), wordpiece, text)
     assert flat.ok is False and "shaped like pick" in flat.message
+
+
+def test_a_rule_that_fits_the_sentence_by_luck_is_still_caught(wordpiece):
+    """A short sentence may have no selected special token, no random and no kept one: the check also
+    compares on 2,000 more tokens, where every role and every special case occurs."""
+    text = "the cat sat"
+
+    def forgets_special(pick, how, special):  # selects [CLS] and [SEP] too
+        return _teachkit_rule(pick, how, torch.zeros_like(special))
+
+    def only_masks(pick, how, special):  # every selected token becomes [MASK]
+        return ((pick < 0.15) & ~special).long()
+
+    for rule in (forgets_special, only_masks):
+        feedback = exercises.check_masking_rule(rule, wordpiece, text)
+        assert feedback.ok is False and "on more random numbers" in feedback.message, feedback.message
+    assert exercises.check_masking_rule(_teachkit_rule, wordpiece, text).ok is True

@@ -27,6 +27,7 @@ from teachkit.objectives import (
     count_targets,
     make_nsp_pairs,
     mask_tokens,
+    masking_roles,
     mlm_loss,
     nsp_batch,
     nsp_loss,
@@ -109,6 +110,25 @@ def test_labels_and_roles_agree_with_ids(masked):
 def test_mask_does_not_modify_input(masked):
     ids, before, _ = masked
     assert torch.equal(ids, before)
+
+
+def test_mask_tokens_applies_masking_roles_to_its_own_draws():
+    """The rule notebook 02 has learners write is the one mask_tokens runs: its first two draws per token."""
+    ids = _batch(8, 256)
+    g = torch.Generator().manual_seed(3)
+    pick, how = torch.rand(ids.shape, generator=g), torch.rand(ids.shape, generator=g)
+    special = torch.isin(ids, torch.tensor(SPECIALS))
+    for kw in ({}, {"mask_prob": 0.4, "mask_frac": 0.5, "random_frac": 0.3}):
+        expected = masking_roles(pick, how, special=special, **kw)
+        assert torch.equal(_mask(ids, seed=3, **kw).roles, expected)
+
+
+def test_masking_roles_follow_the_80_10_10_rule_at_each_boundary():
+    pick = torch.tensor([[0.14, 0.14, 0.14, 0.14, 0.16, 0.0]])
+    how = torch.tensor([[0.79, 0.81, 0.89, 0.91, 0.0, 0.0]])
+    special = torch.tensor([[False, False, False, False, False, True]])
+    roles = masking_roles(pick, how, special=special)
+    assert roles.tolist() == [[ROLE_MASKED, ROLE_RANDOM, ROLE_RANDOM, ROLE_KEPT, ROLE_UNTOUCHED, ROLE_UNTOUCHED]]
 
 
 def test_mask_reproducible_with_seed():

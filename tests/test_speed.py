@@ -131,3 +131,32 @@ def test_pretraining_with_labels_returns_the_summed_loss_of_its_logits_with_or_w
     torch.testing.assert_close(fast.mlm_loss, expected, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(plain.mlm_loss, expected, rtol=1e-5, atol=1e-4)
     assert all(h.linear_cross_entropy_sum is MLMHead.linear_cross_entropy_sum for h in heads)  # put back
+
+
+def test_the_memory_thresholds_are_set_when_training_starts_not_on_import(monkeypatch):
+    """Importing teachkit changes nothing in the process's allocator; a CPU training run sets it."""
+    import subprocess
+    import sys
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+
+    monkeypatch.setattr(speed, "_LIBC", FakeLibc())
+    with training_speedups(classifier(0.1), device=CPU, precision="fp32"):
+        assert calls == [(speed.M_MMAP_THRESHOLD, speed.OWN_MAPPING_BYTES), (speed.M_TRIM_THRESHOLD, speed.KEEP_FREED_BYTES)]
+    code = "import teachkit.machinery.speed, teachkit.machinery.runs, teachkit.experiments.demo\nprint('imported')"
+    # Fresh interpreter: a mallopt spy wrapped around glibc's, installed before teachkit is imported.
+    spy = ("import ctypes\n"
+           "real = ctypes.CDLL\n"
+           "called = []\n"
+           "class Spy:\n"
+           "    def __init__(self, lib): self._lib = lib\n"
+           "    def mallopt(self, *a): called.append(a); return 1\n"
+           "    def __getattr__(self, name): return getattr(self._lib, name)\n"
+           "ctypes.CDLL = lambda name, *a, **k: Spy(real(name, *a, **k)) if name == 'libc.so.6' else real(name, *a, **k)\n"
+           + code + "\nprint(called)")
+    out = subprocess.run([sys.executable, "-c", spy], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["imported", "[]"], out

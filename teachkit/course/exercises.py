@@ -21,9 +21,9 @@ from teachkit.objectives import (
     ROLE_RANDOM,
     ROLE_UNTOUCHED,
     causal_lm_labels,
-    mask_tokens,
+    masking_roles,
 )
-from teachkit.course.probes import masking_draws, nsp_probability
+from teachkit.course.probes import nsp_probability
 from teachkit.tokenization import special_ids
 
 
@@ -158,33 +158,39 @@ def check_wordpiece(my_wordpiece: Callable[[str, set], list], tokenizer, words: 
     return Feedback(True, f"all {len(words)} words cut exactly as the tokenizer cuts them.")
 
 
-def check_masking_rule(my_roles: Callable, tokenizer, text: str, *, mask_prob: float = 0.15, seed: int = 0) -> Feedback:
-    """Does the learner's 80/10/10 rule give the same roles as `objectives.mask_tokens` on the same draws?"""
-    ids = special_ids(tokenizer)
+def check_masking_rule(my_roles: Callable, tokenizer, text: str, *, mask_prob: float = 0.15, seed: int = 0,
+                       n_more: int = 2000) -> Feedback:
+    """Does the learner's 80/10/10 rule give the roles of `objectives.masking_roles`, the rule `mask_tokens`
+    uses? Checked on the tokens of `text`, then on `n_more` more random tokens, where every role occurs
+    many times: a rule that forgets one can pass a short sentence by luck, never this."""
     input_ids = torch.tensor(tokenizer.encode(text).ids)[None]  # (1, T)
-    pick, how = masking_draws(tuple(input_ids.shape), seed=seed)
-    special = torch.isin(input_ids, torch.tensor(ids.all))
-    got = my_roles(pick, how, special)
-    if got is None or got is Ellipsis:  # the exercise cell starts with `...` as the function's body
-        return Feedback(None, "not answered yet: write the body of my_roles (in place of its `...`), run that "
-                              "cell, then run this one again.")
-    got = torch.as_tensor(got)
-    if got.shape != pick.shape:
-        return Feedback(False, f"return one role per token, a tensor shaped like pick {tuple(pick.shape)}; "
-                               f"yours is shaped {tuple(got.shape)}.")
-    ours = mask_tokens(input_ids, mask_id=ids.mask, vocab_size=tokenizer.get_vocab_size(), special_ids=ids.all,
-                       mask_prob=mask_prob, generator=torch.Generator().manual_seed(seed)).roles
-    if torch.equal(got.long(), ours):
-        counts = {name: int((ours == r).sum()) for name, r in
-                  (("[MASK]", ROLE_MASKED), ("random", ROLE_RANDOM), ("kept", ROLE_KEPT))}
-        return Feedback(True, f"same roles as teachkit's mask_tokens ({counts}).")
-    wrong = (got.long() != ours).nonzero()[:, 1].tolist()
-    t = wrong[0]
-    return Feedback(False, (f"your roles differ from mask_tokens' at positions {wrong[:10]}. At position {t}: "
-                            f"pick = {float(pick[0, t]):.2f}, how = {float(how[0, t]):.2f}, special = "
-                            f"{bool(special[0, t])}, so the role is {ROLE_WORDS[int(ours[0, t])]}; yours says "
-                            f"{ROLE_WORDS.get(int(got[0, t]), int(got[0, t]))}. Hint: selected means pick < "
-                            f"{mask_prob} and not special; then how < 0.8 is [MASK], 0.8 to 0.9 random, else kept."))
+    g = torch.Generator().manual_seed(seed)
+    special = torch.isin(input_ids, torch.tensor(special_ids(tokenizer).all))
+    more = torch.rand((1, n_more), generator=g) < 0.1  # also special tokens among the extra draws
+    for place, is_special in (("in the sentence", special), ("on more random numbers", more)):
+        pick, how = torch.rand(is_special.shape, generator=g), torch.rand(is_special.shape, generator=g)
+        got = my_roles(pick, how, is_special)
+        if got is None or got is Ellipsis:  # the exercise cell starts with `...` as the function's body
+            return Feedback(None, "not answered yet: write the body of my_roles (in place of its `...`), run that "
+                                  "cell, then run this one again.")
+        got = torch.as_tensor(got)
+        if got.shape != pick.shape:
+            return Feedback(False, f"return one role per token, a tensor shaped like pick {tuple(pick.shape)}; "
+                                   f"yours is shaped {tuple(got.shape)}.")
+        ours = masking_roles(pick, how, special=is_special, mask_prob=mask_prob)
+        wrong = (got.long() != ours).nonzero()[:, 1].tolist()
+        if wrong:
+            t = wrong[0]
+            return Feedback(False, (
+                f"{place}, your roles differ from teachkit's at {len(wrong)} position(s), e.g. {wrong[:5]}. At "
+                f"position {t}: pick = {float(pick[0, t]):.3f}, how = {float(how[0, t]):.3f}, special = "
+                f"{bool(is_special[0, t])}, so the role is {ROLE_WORDS[int(ours[0, t])]}; yours says "
+                f"{ROLE_WORDS.get(int(got[0, t]), int(got[0, t]))}. Hint: selected means pick < {mask_prob} and "
+                "not special; then how < 0.8 is [MASK], 0.8 to 0.9 random, else kept."))
+    counts = {name: int((ours == r).sum()) for name, r in
+              (("[MASK]", ROLE_MASKED), ("random", ROLE_RANDOM), ("kept", ROLE_KEPT))}
+    return Feedback(True, f"the same roles as teachkit's rule on the sentence and on {n_more:,} more tokens "
+                          f"({counts} among those).")
 
 
 def check_shift(my_targets: Callable[[torch.Tensor], torch.Tensor]) -> Feedback:

@@ -88,18 +88,6 @@ def mask_sentence(tokenizer, text: str, *, mask_prob: float = 0.15, seed: int = 
     )
 
 
-def masking_draws(shape: tuple[int, ...], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two uniform draws `mask_tokens` makes with `generator=torch.Generator().manual_seed(seed)`.
-
-    `pick` < mask_prob selects a token; `how` then decides [MASK] / random / kept. A learner who
-    writes the 80/10/10 rule from these numbers must get exactly `mask_tokens`' roles.
-    """
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.rand(shape, generator=g)
-    how = torch.rand(shape, generator=g)
-    return pick, how
-
-
 @contextmanager
 def _eval_mode(model):
     """Dropout off while a probe looks (the weights the model really uses), then the mode it was in."""

@@ -10,12 +10,13 @@ measured in benchmarks/README.md ("CPU speed-ups"):
 - the masked-LM loss computed a few rows at a time (`linear_cross_entropy_sum`), so that its
   (tokens x vocabulary) scores are never all in memory;
 - freed memory handed back to the operating system every few steps (`release_freed_memory`), and
-  large buffers given mappings of their own that free() returns (`return_large_buffers`, on import);
+  large buffers given mappings of their own that free() returns (`return_large_buffers`, when the
+  first training run starts);
 - small caches of oneDNN's bf16 kernels and of ideep's per-shape entries (set when this module is
   imported, before any kernel).
 
-`training_speedups(model, ...)` turns the first four on for the length of a `with` block and puts
-the model back as it was afterwards, so a learner's own training loop runs exactly model.py's code.
+`training_speedups(model, ...)` turns the first four on for the length of a `with` block (and sets
+the memory thresholds, for the rest of the process) and puts the model back as it was afterwards, so a learner's own training loop runs exactly model.py's code.
 The results are the same computation; only the random numbers of dropout are drawn differently, and
 the masked-LM gradient is summed in fp32 rather than rounded to bf16 first.
 """
@@ -29,7 +30,7 @@ import platform
 
 # oneDNN (PyTorch's CPU bf16 kernels) caches one compiled kernel per input shape, and batches change
 # shape every step; its default cache of 1024 kernels let memory grow by gigabytes. The cache size is
-# read once, when the first kernel is made, so it is set on import (train.py imports this module).
+# read once, when the first kernel is made, so it is set on import (machinery/runs.py imports this module, before a run).
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 # PyTorch's oneDNN wrapper (ideep) keeps a second cache per shape, of 1024 entries by default: fine-tuning
 # with dynamic padding grew by ~200 MB in 30 steps of a 1.5M-parameter model, and the cache carried that
@@ -103,6 +104,7 @@ def training_speedups(model: nn.Module, *, device: torch.device, precision: str)
     if device.type != "cpu":
         yield Speedups(on=False)
         return
+    return_large_buffers()
     swapped = _swap_dropout(model)
     attentions = [m for m in model.modules() if isinstance(m, Attention)
                   and (m.weights_drop.p > 0 or precision == "bf16")]
@@ -175,9 +177,6 @@ def return_large_buffers() -> None:
     if _LIBC is not None and hasattr(_LIBC, "mallopt"):
         _LIBC.mallopt(M_MMAP_THRESHOLD, OWN_MAPPING_BYTES)
         _LIBC.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
-
-
-return_large_buffers()  # on import (train.py imports this module), before a training run's first tensor
 
 
 def release_freed_memory() -> None:
