@@ -102,10 +102,9 @@ def lr_factor(progress: float, warmup: float) -> float:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights (as in BERT)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("Every parameter is frozen, so there is nothing to train: freeze fewer layers.")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("Every parameter is frozen, so there is nothing to train: freeze fewer layers.")
     groups = []
     for is_body in (True, False):  # a classifier's body is `bert.*`; its head is the rest
         scale = cfg.body_lr_scale if is_body else 1.0
@@ -114,7 +113,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
                    {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
     groups = [g for g in groups if g["params"]]
     # The fused kernel updates all tensors in one pass: several times faster (benchmarks/README.md).
-    fused = params[0].device.type in ("cpu", "cuda")
+    fused = named[0][1].device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
 
 
