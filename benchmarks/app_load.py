@@ -82,15 +82,21 @@ def main() -> None:
     port = free_port()
     server = start_voila(port, folder / "voila.log")
     sampler = MemorySampler(psutil.Process(server.pid))
-    results: dict = {"instances": args.instances, "threads": args.threads or "default", "steps": args.steps or "default", "labels": args.labels or "default"}
+    results: dict = {
+        "instances": args.instances,
+        "threads": args.threads or "default",
+        "steps": args.steps or "default",
+        "labels": args.labels or "default",
+    }
     try:
         wait_for_server(port, server)
         sampler.start()
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
             t0 = time.monotonic()
-            pages = [open_app(browser, f"http://127.0.0.1:{port}/", width=1600, height=1400)
-                     for _ in range(args.instances)]
+            pages = [
+                open_app(browser, f"http://127.0.0.1:{port}/", width=1600, height=1400) for _ in range(args.instances)
+            ]
             results["seconds_to_open_all"] = round(time.monotonic() - t0, 1)
             for page, _ in pages:
                 if args.steps:

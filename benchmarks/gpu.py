@@ -43,16 +43,31 @@ SIZES = {  # name -> (layers, d_model, heads, d_ff, vocab)
 DEFAULT_CASES = "mini:128:512,mini:512:128,base:128:256,base:512:64"  # size:seq:batch, 64k / 32k tokens a step
 QUICK_CASES = "mini:64:8"
 PEAK_BF16_TFLOPS = [  # dense (no sparsity) bf16 tensor-core peak, matched against the device name in order
-    ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("GH200", 989), ("H200", 989), ("H800", 989),
-    ("A100", 312), ("A800", 312), ("L40S", 362), ("L40", 181), ("L4", 121), ("A10G", 70), ("A10", 125),
+    ("H100 PCIe", 756),
+    ("H100 NVL", 835),
+    ("H100", 989),
+    ("GH200", 989),
+    ("H200", 989),
+    ("H800", 989),
+    ("A100", 312),
+    ("A800", 312),
+    ("L40S", 362),
+    ("L40", 181),
+    ("L4", 121),
+    ("A10G", 70),
+    ("A10", 125),
 ]
 
 
 def model_flops_per_step(cfg: ModelConfig, *, batch: int, seq: int, masked: int) -> float:
     L, d, f, V = cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size
     tokens = batch * seq
-    return (tokens * 6 * L * (4 * d * d + 2 * d * f) + tokens * 12 * L * seq * d
-            + masked * 6 * (d * d + d * V) + batch * 6 * (d * d + 2 * d))
+    return (
+        tokens * 6 * L * (4 * d * d + 2 * d * f)
+        + tokens * 12 * L * seq * d
+        + masked * 6 * (d * d + d * V)
+        + batch * 6 * (d * d + 2 * d)
+    )
 
 
 def peak_tflops(name: str, override: float | None) -> float | None:
@@ -96,7 +111,9 @@ def run_case(case: str, device: torch.device, peak: float | None, args) -> list[
     cfg = ModelConfig(vocab_size=V, d_model=d, n_layers=L, n_heads=h, d_ff=f, max_len=max(seq, 128))
     batch = synthetic_batch(cfg, batch_size, seq, seed=0)
     flops = model_flops_per_step(cfg, batch=batch_size, seq=seq, masked=int((batch["mlm_labels"] != -100).sum()))
-    sides = [("teachkit", teachkit_stepper)] + ([("transformers", transformers_stepper)] if args.also_transformers else [])
+    sides = [("teachkit", teachkit_stepper)] + (
+        [("transformers", transformers_stepper)] if args.also_transformers else []
+    )
     rows = []
     for side, stepper in sides:
         torch.manual_seed(0)
@@ -104,27 +121,42 @@ def run_case(case: str, device: torch.device, peak: float | None, args) -> list[
         row = {"case": f"{size} {L}L/{d}H", "seq": seq, "batch": batch_size, "side": side, **res}
         if "error" not in res:
             achieved = flops / res["seconds_per_step"] / 1e12
-            row.update(tokens_per_s=batch_size * seq / res["seconds_per_step"], model_tflops=achieved,
-                       mfu=achieved / peak if peak else None)
+            row.update(
+                tokens_per_s=batch_size * seq / res["seconds_per_step"],
+                model_tflops=achieved,
+                mfu=achieved / peak if peak else None,
+            )
         rows.append(row)
-        print(f"  {row['case']} seq {seq} batch {batch_size} {side}: "
-              + (row.get("error") or f"{row['tokens_per_s']:,.0f} tok/s"), file=sys.stderr, flush=True)
+        print(
+            f"  {row['case']} seq {seq} batch {batch_size} {side}: "
+            + (row.get("error") or f"{row['tokens_per_s']:,.0f} tok/s"),
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
 def markdown(rows: list[dict], info: dict) -> str:
-    peak = f"{info['peak_tflops']:g} TFLOPs bf16 dense peak" if info["peak_tflops"] else "peak unknown: pass --peak-tflops"
-    lines = [f"{info['device_name']} ({peak}), torch {info['torch']}, CUDA {info['cuda']}, bf16 autocast, "
-             f"{info['steps']} timed steps after {info['warmup']} warm-up", "",
-             "| model | seq | batch | side | tokens/s | model TFLOP/s | MFU | peak memory GiB |", "|---|---|---|---|---|---|---|---|"]
+    peak = (
+        f"{info['peak_tflops']:g} TFLOPs bf16 dense peak" if info["peak_tflops"] else "peak unknown: pass --peak-tflops"
+    )
+    lines = [
+        f"{info['device_name']} ({peak}), torch {info['torch']}, CUDA {info['cuda']}, bf16 autocast, "
+        f"{info['steps']} timed steps after {info['warmup']} warm-up",
+        "",
+        "| model | seq | batch | side | tokens/s | model TFLOP/s | MFU | peak memory GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['case']} | {r['seq']} | {r['batch']} | {r['side']} | {r['error']} | | | |")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
-        lines.append(f"| {r['case']} | {r['seq']} | {r['batch']} | {r['side']} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['model_tflops']:.3g} | {mfu} | {mem} |")
+        lines.append(
+            f"| {r['case']} | {r['seq']} | {r['batch']} | {r['side']} | {r['tokens_per_s']:,.0f} | "
+            f"{r['model_tflops']:.3g} | {mfu} | {mem} |"
+        )
     return "\n".join(lines)
 
 
@@ -140,17 +172,28 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     if args.device == "auto" and not torch.cuda.is_available():
-        print(f"No CUDA GPU is available to PyTorch {torch.__version__}: nothing to measure. "
-              "Run it on a GPU machine, or pass --device cpu --quick for a smoke test.")
+        print(
+            f"No CUDA GPU is available to PyTorch {torch.__version__}: nothing to measure. "
+            "Run it on a GPU machine, or pass --device cpu --quick for a smoke test."
+        )
         return 0
     device = torch.device("cuda" if args.device == "auto" else args.device)
     if args.quick or (device.type == "cpu" and not args.cases):
         args.cases, args.steps, args.warmup = args.cases or QUICK_CASES, 2, 1
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    info = {"device_name": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "peak_tflops": peak_tflops(name, args.peak_tflops) if device.type == "cuda" or args.peak_tflops else None,
-            "steps": args.steps, "warmup": args.warmup}
-    rows = [row for case in (args.cases or DEFAULT_CASES).split(",") for row in run_case(case, device, info["peak_tflops"], args)]
+    info = {
+        "device_name": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "peak_tflops": peak_tflops(name, args.peak_tflops) if device.type == "cuda" or args.peak_tflops else None,
+        "steps": args.steps,
+        "warmup": args.warmup,
+    }
+    rows = [
+        row
+        for case in (args.cases or DEFAULT_CASES).split(",")
+        for row in run_case(case, device, info["peak_tflops"], args)
+    ]
     print(markdown(rows, info))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

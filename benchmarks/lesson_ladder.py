@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from teachkit.config import COURSE_RECIPE  # noqa: E402
-from teachkit.machinery import checkpoint  # noqa: E402
 from teachkit.experiments import compare
 from teachkit.experiments.demo import own_tokens  # noqa: E402
+from teachkit.machinery import checkpoint  # noqa: E402
 from teachkit.tokenization import load_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "lesson_ladder.jsonl"
@@ -42,15 +42,19 @@ def ladder_points(run: Path) -> list[dict]:
     points = []
     for snap in sorted((run / "snapshots").glob("step-*")):
         info = json.loads((snap / "snapshot.json").read_text())
-        points.append({"folder": snap, "step": info["step"], "seconds": info["elapsed"],
-                       "tokens_seen": info["tokens_seen"]})
+        points.append(
+            {"folder": snap, "step": info["step"], "seconds": info["elapsed"], "tokens_seen": info["tokens_seen"]}
+        )
     final = run / "pretrained"
     if (final / "training_state.json").is_file():
         state = json.loads((final / "training_state.json").read_text())
-        points.append({"folder": final, "step": state["step"], "seconds": state["elapsed"],
-                       "tokens_seen": own_tokens(final)})
+        points.append(
+            {"folder": final, "step": state["step"], "seconds": state["elapsed"], "tokens_seen": own_tokens(final)}
+        )
     if not points:
-        raise SystemExit(f"{run} has neither snapshots nor a finished checkpoint: pass a `teachkit pretrain --out` folder.")
+        raise SystemExit(
+            f"{run} has neither snapshots nor a finished checkpoint: pass a `teachkit pretrain --out` folder."
+        )
     return points
 
 
@@ -76,21 +80,42 @@ def run_ladder(args) -> None:
         for spec in args.datasets:
             name, budget = budget_of(spec)
             labelled.setdefault(name, compare.Labelled.load(name))
-            protocol = compare.Protocol(max_len=args.max_len.get(name, COURSE_RECIPE.finetune_len),
-                                        grid=tuple(args.grid) if args.grid else LADDER_GRID)
+            protocol = compare.Protocol(
+                max_len=args.max_len.get(name, COURSE_RECIPE.finetune_len),
+                grid=tuple(args.grid) if args.grid else LADDER_GRID,
+            )
             for seed in args.seeds:
                 for arm, point in arms:
-                    row = {"run": run.name, "arm": arm, "tokens_seen": point["tokens_seen"], "dataset": name,
-                           "budget_asked": budget, "seed": seed}
+                    row = {
+                        "run": run.name,
+                        "arm": arm,
+                        "tokens_seen": point["tokens_seen"],
+                        "dataset": name,
+                        "budget_asked": budget,
+                        "seed": seed,
+                    }
                     if key(row) in done:
                         continue
-                    result = compare.finetune_fair(arm, str(point["folder"]), tokenizer=tok, config=cfg,
-                                                   labelled=labelled[name], budget=budget, seed=seed,
-                                                   protocol=protocol, log=print)
+                    result = compare.finetune_fair(
+                        arm,
+                        str(point["folder"]),
+                        tokenizer=tok,
+                        config=cfg,
+                        labelled=labelled[name],
+                        budget=budget,
+                        seed=seed,
+                        protocol=protocol,
+                        log=print,
+                    )
                     result.pop("history")
-                    row |= {**result, "pretrain_seconds": point["seconds"], "pretrain_step": point["step"],
-                            "model": f"{cfg.n_layers}x{cfg.d_model}", "vocab": cfg.vocab_size,
-                            "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+                    row |= {
+                        **result,
+                        "pretrain_seconds": point["seconds"],
+                        "pretrain_step": point["step"],
+                        "model": f"{cfg.n_layers}x{cfg.d_model}",
+                        "vocab": cfg.vocab_size,
+                        "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads",
+                    }
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
 
@@ -112,12 +137,21 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("runs", nargs="+", help="pre-training run folders (with pretrained/ and snapshots/)")
     budget = COURSE_RECIPE.budget  # the demo's label budget, so that the demo's points sit on the ladder
-    r.add_argument("--datasets", nargs="+", default=[f"{COURSE_RECIPE.sentiment}:{budget}", f"imdb:{budget}"],
-                   help="NAME:LABELS, e.g. rotten_tomatoes:100 rotten_tomatoes:all imdb:1000")
+    r.add_argument(
+        "--datasets",
+        nargs="+",
+        default=[f"{COURSE_RECIPE.sentiment}:{budget}", f"imdb:{budget}"],
+        help="NAME:LABELS, e.g. rotten_tomatoes:100 rotten_tomatoes:all imdb:1000",
+    )
     r.add_argument("--seeds", type=int, nargs="+", default=list(COURSE_RECIPE.seeds))
     r.add_argument("--final-only", action="store_true", help="only the run's last checkpoint (and scratch)")
-    r.add_argument("--grid", nargs="+", type=lambda x: tuple(map(float, x.split(":"))), metavar="LR:SCALE",
-                   help="the fine-tuning grid, e.g. 1e-3:1 3e-4:0.3 (default: LADDER_GRID, the committed ladder's)")
+    r.add_argument(
+        "--grid",
+        nargs="+",
+        type=lambda x: tuple(map(float, x.split(":"))),
+        metavar="LR:SCALE",
+        help="the fine-tuning grid, e.g. 1e-3:1 3e-4:0.3 (default: LADDER_GRID, the committed ladder's)",
+    )
     r.add_argument("--out", type=Path, default=RESULTS)
     r.set_defaults(run=run_ladder, max_len={"imdb": 128})
     p = sub.add_parser("plot")

@@ -51,8 +51,8 @@ class Marks:
 
 
 def run_phase(phase: str, *, steps: int, epochs: float | None, marks: Marks) -> None:
-    from teachkit.experiments import compare
     from teachkit import course
+    from teachkit.experiments import compare
     from teachkit.experiments.pretraining import DemoSettings, pretrain_bert
 
     s = DemoSettings(out_dir=tempfile.mkdtemp(prefix="teachkit-memory-"))
@@ -67,8 +67,16 @@ def run_phase(phase: str, *, steps: int, epochs: float | None, marks: Marks) -> 
     protocol = s.protocol(real_bert=not small)
     if epochs:
         protocol = replace(protocol, epochs_few=epochs)
-    compare.finetune_fair(phase, source, labelled=labelled, budget=s.budget, seed=0, protocol=protocol,
-                          device=s.device, log=lambda m: marks(m.strip()[:60]))
+    compare.finetune_fair(
+        phase,
+        source,
+        labelled=labelled,
+        budget=s.budget,
+        seed=0,
+        protocol=protocol,
+        device=s.device,
+        log=lambda m: marks(m.strip()[:60]),
+    )
 
 
 def child(phase: str, *, steps: int, epochs: float | None) -> None:
@@ -76,8 +84,17 @@ def child(phase: str, *, steps: int, epochs: float | None) -> None:
     t0 = time.perf_counter()
     run_phase(phase, steps=steps, epochs=epochs, marks=marks)
     marks("end")
-    print("RESULT " + json.dumps({"phase": phase, "peak_bytes": status_bytes("VmHWM"), "marks": marks.rows,
-                                  "seconds": time.perf_counter() - t0}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "phase": phase,
+                "peak_bytes": status_bytes("VmHWM"),
+                "marks": marks.rows,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    )
 
 
 def measure(phase: str, args) -> dict:
@@ -91,7 +108,7 @@ def measure(phase: str, args) -> dict:
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode or not lines:
         raise RuntimeError(f"phase {phase} failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:

@@ -44,8 +44,11 @@ def teachkit_names(trees: list[ast.Module]) -> set[str]:
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "teachkit":
                 names |= {alias.asname or alias.name for alias in node.names}
             elif isinstance(node, ast.Import):
-                names |= {alias.asname or alias.name.split(".")[0] for alias in node.names
-                          if alias.name.split(".")[0] == "teachkit"}
+                names |= {
+                    alias.asname or alias.name.split(".")[0]
+                    for alias in node.names
+                    if alias.name.split(".")[0] == "teachkit"
+                }
     return names
 
 
@@ -69,8 +72,12 @@ def classify_statement(node: ast.stmt, names: set[str]) -> str | None:
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return "imports"
     value = node.value if isinstance(node, (ast.Expr, ast.Assign, ast.AnnAssign, ast.AugAssign)) else None
-    if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "require" \
-            and _root_name(value.func) == "course":
+    if (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr == "require"
+        and _root_name(value.func) == "course"
+    ):
         return "guards"
     if _is_teachkit_call(value, names):
         return "teachkit calls"
@@ -86,8 +93,11 @@ def classify_lines(code: str, names: set[str]) -> list[tuple[str, str]]:
             category = classify_statement(node, names)
             if category:
                 kind.update({n: category for n in range(node.lineno, node.end_lineno + 1)})
-    return [(kind.get(n, "own"), line) for n, line in enumerate(lines, start=1)
-            if line.strip() and not line.strip().startswith("#")]
+    return [
+        (kind.get(n, "own"), line)
+        for n, line in enumerate(lines, start=1)
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def notebook_share(notebook: dict) -> dict:
@@ -96,27 +106,38 @@ def notebook_share(notebook: dict) -> dict:
     names = teachkit_names([ast.parse(code) for code in codes])
     counts = Counter(category for code in codes for category, _ in classify_lines(code, names))
     total = sum(counts.values())
-    return {"code_cells": len(codes), "code_lines": total, **{c: counts[c] for c in CATEGORIES},
-            **{f"{c} %": round(100 * counts[c] / total, 1) if total else 0.0 for c in CATEGORIES}}
+    return {
+        "code_cells": len(codes),
+        "code_lines": total,
+        **{c: counts[c] for c in CATEGORIES},
+        **{f"{c} %": round(100 * counts[c] / total, 1) if total else 0.0 for c in CATEGORIES},
+    }
 
 
 def read_notebooks(rev: str | None) -> dict[str, dict]:
     """notebooks/NN_*.ipynb of the working tree, or of the git revision `rev`: name -> parsed JSON."""
     if rev is None:
         return {p.name: json.loads(p.read_text()) for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
-    listing = subprocess.run(["git", "ls-tree", "--name-only", rev, "notebooks/"], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout.split()
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", rev, "notebooks/"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
     paths = sorted(p for p in listing if Path(p).name[:2].isdigit() and p.endswith(".ipynb"))
-    return {Path(p).name: json.loads(subprocess.run(["git", "show", f"{rev}:{p}"], cwd=ROOT, check=True,
-                                                    capture_output=True, text=True).stdout) for p in paths}
+    return {
+        Path(p).name: json.loads(
+            subprocess.run(["git", "show", f"{rev}:{p}"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        )
+        for p in paths
+    }
 
 
 def table(rows: dict[str, dict]) -> str:
     header = f"{'notebook':<38} {'lines':>5} {'own %':>6} {'teachkit %':>10} {'guard %':>7} {'imports %':>9}"
     out = [header, "-" * len(header)]
     for name, r in rows.items():
-        out.append(f"{name:<38} {r['code_lines']:>5} {r['own %']:>6.1f} {r['teachkit calls %']:>10.1f} "
-                   f"{r['guards %']:>7.1f} {r['imports %']:>9.1f}")
+        out.append(
+            f"{name:<38} {r['code_lines']:>5} {r['own %']:>6.1f} {r['teachkit calls %']:>10.1f} "
+            f"{r['guards %']:>7.1f} {r['imports %']:>9.1f}"
+        )
     return "\n".join(out)
 
 
@@ -129,11 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
     total = Counter()
     for r in rows.values():
         total.update({c: r[c] for c in (*CATEGORIES, "code_lines", "code_cells")})
-    rows["all notebooks"] = {**total, **{f"{c} %": round(100 * total[c] / total["code_lines"], 1)
-                                         for c in CATEGORIES}}
+    rows["all notebooks"] = {**total, **{f"{c} %": round(100 * total[c] / total["code_lines"], 1) for c in CATEGORIES}}
     print(table(rows))
-    revision = subprocess.run(["git", "rev-parse", "--short", args.rev or "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip()
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", args.rev or "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     report = {"revision": revision + ("" if args.rev else " (working tree)"), "notebooks": rows}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

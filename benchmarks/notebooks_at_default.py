@@ -44,8 +44,12 @@ def main() -> None:
     args = parser.parse_args()
     if os.environ.pop("TEACHKIT_FAST", None):
         print("TEACHKIT_FAST was set: ignored here, this script runs the default settings.")
-    env = {"TEACHKIT_CACHE": tempfile.mkdtemp(prefix="course-cache-"), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
-           "TEACHKIT_DATA_DIR": os.environ.get("TEACHKIT_DATA_DIR", "")}
+    env = {
+        "TEACHKIT_CACHE": tempfile.mkdtemp(prefix="course-cache-"),
+        "HF_HUB_OFFLINE": "1",
+        "MPLBACKEND": "Agg",
+        "TEACHKIT_DATA_DIR": os.environ.get("TEACHKIT_DATA_DIR", ""),
+    }
     stated, rows = stated_minutes(), []
     for path in NOTEBOOKS:
         if args.only and not any(path.name.startswith(p) for p in args.only):
@@ -54,13 +58,22 @@ def main() -> None:
         nb, memory = execute(path, env=env, timeout=1800)
         minutes = (time.perf_counter() - t0) / 60
         errors = [o.get("ename") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-        row = {"notebook": path.stem, "minutes": round(minutes, 2), "stated_minutes": stated.get(path.stem),
-               "peak_rss_bytes": memory.peak, "cell_raising_peak_most": memory.biggest_growth()[0], "errors": errors}
+        row = {
+            "notebook": path.stem,
+            "minutes": round(minutes, 2),
+            "stated_minutes": stated.get(path.stem),
+            "peak_rss_bytes": memory.peak,
+            "cell_raising_peak_most": memory.biggest_growth()[0],
+            "errors": errors,
+        }
         rows.append(row)
         within = "within" if row["stated_minutes"] and minutes <= row["stated_minutes"] else "OVER"
-        print(f"{path.stem}: {minutes:.1f} min ({within} the stated {row['stated_minutes']} min), peak RSS "
-              f"{memory.peak:,} bytes ({'within' if memory.peak <= RSS_LIMIT_BYTES else 'OVER'} "
-              f"{RSS_LIMIT_BYTES:,}){', errors: ' + str(errors) if errors else ''}", flush=True)
+        print(
+            f"{path.stem}: {minutes:.1f} min ({within} the stated {row['stated_minutes']} min), peak RSS "
+            f"{memory.peak:,} bytes ({'within' if memory.peak <= RSS_LIMIT_BYTES else 'OVER'} "
+            f"{RSS_LIMIT_BYTES:,}){', errors: ' + str(errors) if errors else ''}",
+            flush=True,
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))

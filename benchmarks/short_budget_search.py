@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from teachkit.machinery import checkpoint  # noqa: E402
 from teachkit.experiments import compare
 from teachkit.experiments.pretraining import DemoSettings  # noqa: E402
+from teachkit.machinery import checkpoint  # noqa: E402
 from teachkit.tokenization import load_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "short_budget_search.jsonl"
@@ -57,8 +57,22 @@ def pretrain(name: str, out: Path, tokenizer: Path, tokens: int) -> Path:
     rows = flag(extra, "--batch", DemoSettings.pretrain_batch) * flag(extra, "--max-len", DemoSettings.max_len)
     folder = out / name
     if not (folder / "pretrained" / "training_state.json").is_file():
-        cmd = [sys.executable, "-m", "teachkit", "pretrain", "--out", str(folder), "--steps", str(tokens // rows),
-               "--tokenizer", str(tokenizer), "--save-every", "0", "--overwrite", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "teachkit",
+            "pretrain",
+            "--out",
+            str(folder),
+            "--steps",
+            str(tokens // rows),
+            "--tokenizer",
+            str(tokenizer),
+            "--save-every",
+            "0",
+            "--overwrite",
+            *extra,
+        ]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     return folder / "pretrained"
@@ -67,8 +81,16 @@ def pretrain(name: str, out: Path, tokenizer: Path, tokens: int) -> Path:
 def finetune_rows(arm: str, source, *, tokenizer, config, seeds, labelled, protocol) -> list[dict]:
     rows = []
     for seed in seeds:
-        row = compare.finetune_fair(arm, source, tokenizer=tokenizer, config=config, labelled=labelled,
-                                    budget=DemoSettings.budget, seed=seed, protocol=protocol)
+        row = compare.finetune_fair(
+            arm,
+            source,
+            tokenizer=tokenizer,
+            config=config,
+            labelled=labelled,
+            budget=DemoSettings.budget,
+            seed=seed,
+            protocol=protocol,
+        )
         row.pop("history")
         rows.append(row)
     return rows
@@ -91,11 +113,17 @@ def run(args) -> None:
         if not any(r["shape"] == shape and r["arm"] == "scratch" for r in done):
             arms.insert(0, ("scratch", "scratch"))
         for arm, source in arms:
-            for row in finetune_rows(arm, source, tokenizer=tok, config=cfg, seeds=args.seeds,
-                                     labelled=labelled, protocol=protocol):
-                row |= {"recipe": name if arm == "pretrained" else "scratch", "flags": RECIPES[name],
-                        "shape": shape, "steps": state["step"], "pretrain_seconds": state["elapsed"],
-                        "tokens": args.tokens}
+            for row in finetune_rows(
+                arm, source, tokenizer=tok, config=cfg, seeds=args.seeds, labelled=labelled, protocol=protocol
+            ):
+                row |= {
+                    "recipe": name if arm == "pretrained" else "scratch",
+                    "flags": RECIPES[name],
+                    "shape": shape,
+                    "steps": state["step"],
+                    "pretrain_seconds": state["elapsed"],
+                    "tokens": args.tokens,
+                }
                 done.append(row)
                 with args.results.open("a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -112,12 +140,17 @@ def table(args) -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name in dict.fromkeys(r["recipe"] for r in rows if r["arm"] == "pretrained"):
         mine = [r for r in rows if r["recipe"] == name and r["arm"] == "pretrained"]
-        gains = [100 * (r["test_accuracy"] - scratch[(r["shape"], r["seed"])]) for r in mine
-                 if (r["shape"], r["seed"]) in scratch]
+        gains = [
+            100 * (r["test_accuracy"] - scratch[(r["shape"], r["seed"])])
+            for r in mine
+            if (r["shape"], r["seed"]) in scratch
+        ]
         test = statistics.mean(100 * r["test_accuracy"] for r in mine)
         sd = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
-        print(f"| {name} | {' '.join(mine[0]['flags'])} | {mine[0]['steps']} | {mine[0]['pretrain_seconds']:.0f} | "
-              f"{test:.1f} | {statistics.mean(gains):+.1f} ± {sd:.1f} |")
+        print(
+            f"| {name} | {' '.join(mine[0]['flags'])} | {mine[0]['steps']} | {mine[0]['pretrain_seconds']:.0f} | "
+            f"{test:.1f} | {statistics.mean(gains):+.1f} ± {sd:.1f} |"
+        )
     for shape in dict.fromkeys(r["shape"] for r in rows if r["arm"] == "scratch"):
         accs = [100 * acc for (s, _), acc in scratch.items() if s == shape]
         print(f"scratch {shape}: {statistics.mean(accs):.1f}% ({len(accs)} seeds)")

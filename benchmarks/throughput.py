@@ -41,11 +41,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from teachkit import model as tk_model  # noqa: E402
-from teachkit.machinery import speed  # noqa: E402
 from teachkit.config import ModelConfig  # noqa: E402
+from teachkit.machinery import speed  # noqa: E402
 from teachkit.machinery.devices import autocast, pick_precision  # noqa: E402
-from teachkit.objectives import mask_tokens  # noqa: E402
 from teachkit.machinery.pretrained import config_to_hf  # noqa: E402
+from teachkit.objectives import mask_tokens  # noqa: E402
 from teachkit.tasks import ClassificationTask, PretrainingTask  # noqa: E402
 from teachkit.train import TrainConfig, make_optimizer, train_step  # noqa: E402
 
@@ -65,9 +65,14 @@ def synthetic_batch(cfg: ModelConfig, batch: int, seq: int, *, seed: int) -> dic
     segments = torch.zeros_like(ids)
     segments[:, seq // 2 + 1 :] = 1
     masked = mask_tokens(ids, mask_id=MASK, vocab_size=cfg.vocab_size, special_ids=range(5), generator=g)
-    return {"input_ids": masked.input_ids, "token_type_ids": segments, "attention_mask": torch.ones_like(ids),
-            "mlm_labels": masked.labels, "nsp_labels": torch.randint(0, 2, (batch,), generator=g),
-            "labels": torch.randint(0, 2, (batch,), generator=g)}
+    return {
+        "input_ids": masked.input_ids,
+        "token_type_ids": segments,
+        "attention_mask": torch.ones_like(ids),
+        "mlm_labels": masked.labels,
+        "nsp_labels": torch.randint(0, 2, (batch,), generator=g),
+        "labels": torch.randint(0, 2, (batch,), generator=g),
+    }
 
 
 # --------------------------------------------------------------------------- one training step per side
@@ -107,8 +112,15 @@ def teachkit_stepper(cfg, kind: str, batch, precision: str, *, variant: str = ""
                 patches.enter_context(mock.patch.object(owner, attr, fn))
             if change["kwargs"].get("speedups", True):  # a ManagedRun runs the loop with speed's switch on
                 patches.enter_context(speed.training_speedups(model, device=device, precision=precision))
-            train_step(model, task, batch, opt, lr=train_cfg.lr, clip_norm=train_cfg.clip_norm,
-                       autocast=lambda: autocast(device, precision))
+            train_step(
+                model,
+                task,
+                batch,
+                opt,
+                lr=train_cfg.lr,
+                clip_norm=train_cfg.clip_norm,
+                autocast=lambda: autocast(device, precision),
+            )
 
     return step
 
@@ -121,9 +133,13 @@ def transformers_stepper(cfg, kind: str, batch, precision: str, *, variant: str 
     hf_cfg = transformers.BertConfig(**{k: v for k, v in config_to_hf(cfg).items() if k != "model_type"})
     if kind == "pretraining":
         model = transformers.BertForPreTraining(hf_cfg)
-        inputs = {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
-                  "attention_mask": batch["attention_mask"], "labels": batch["mlm_labels"],
-                  "next_sentence_label": batch["nsp_labels"]}
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "token_type_ids": batch["token_type_ids"],
+            "attention_mask": batch["attention_mask"],
+            "labels": batch["mlm_labels"],
+            "next_sentence_label": batch["nsp_labels"],
+        }
     else:
         model = transformers.BertForSequenceClassification(hf_cfg)  # num_labels defaults to 2
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
@@ -160,8 +176,12 @@ def compare(step_a, step_b, *, tokens_per_step: int, args) -> dict:
                 step()
             rates[side].append(args.steps * tokens_per_step / (time.perf_counter() - t0))
     ratios = [a / b for a, b in zip(rates["a"], rates["b"])]
-    return {"a": statistics.median(rates["a"]), "b": statistics.median(rates["b"]),
-            "ratio": statistics.median(ratios), "range": [min(ratios), max(ratios)]}
+    return {
+        "a": statistics.median(rates["a"]),
+        "b": statistics.median(rates["b"]),
+        "ratio": statistics.median(ratios),
+        "range": [min(ratios), max(ratios)],
+    }
 
 
 def settings() -> list[tuple[str, str, str]]:
@@ -179,9 +199,18 @@ def run_comparison(args) -> list[dict]:
             torch.manual_seed(args.seed)
             hf = transformers_stepper(cfg, task, batch, hf_prec, variant=args.teachkit_variant)
             res = compare(tk, hf, tokens_per_step=args.batch * args.seq, args=args)
-            rows.append({"task": task, "setting": name, "teachkit_precision": tk_prec, "transformers_precision": hf_prec,
-                         "teachkit_tokens_per_s": res["a"], "transformers_tokens_per_s": res["b"],
-                         "ratio": res["ratio"], "ratio_range": res["range"]})
+            rows.append(
+                {
+                    "task": task,
+                    "setting": name,
+                    "teachkit_precision": tk_prec,
+                    "transformers_precision": hf_prec,
+                    "teachkit_tokens_per_s": res["a"],
+                    "transformers_tokens_per_s": res["b"],
+                    "ratio": res["ratio"],
+                    "ratio_range": res["range"],
+                }
+            )
             print(f"  {task:14} {name:7} teachkit/transformers = {res['ratio']:.2f}x", file=sys.stderr, flush=True)
     return rows
 
@@ -218,9 +247,24 @@ def measure_memory(args) -> list[dict]:
     for task in ("pretraining", "classification"):
         for precision in ("fp32", "bf16"):
             for side in ("teachkit", "transformers"):
-                cmd = [sys.executable, __file__, "--child", f"{side}:{task}:{precision}", "--seq", str(args.seq),
-                       "--batch", str(args.batch), "--threads", str(torch.get_num_threads()), "--steps", "2",
-                       "--warmup", "1", "--seed", str(args.seed)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    f"{side}:{task}:{precision}",
+                    "--seq",
+                    str(args.seq),
+                    "--batch",
+                    str(args.batch),
+                    "--threads",
+                    str(torch.get_num_threads()),
+                    "--steps",
+                    "2",
+                    "--warmup",
+                    "1",
+                    "--seed",
+                    str(args.seed),
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 rows.append({"task": task, "side": side, "precision": precision, **json.loads(out.splitlines()[-1])})
     return rows
@@ -230,8 +274,12 @@ def measure_memory(args) -> list[dict]:
 
 
 def fused_adamw(model, cfg):
-    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in make_optimizer(model, cfg).param_groups]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=True)  # (a group's fused=None would win)
+    groups = [
+        {"params": g["params"], "weight_decay": g["weight_decay"]} for g in make_optimizer(model, cfg).param_groups
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=True
+    )  # (a group's fused=None would win)
 
 
 _attend = tk_model.Attention.attend
@@ -276,8 +324,10 @@ VARIANTS = {  # name -> what changes; join names with "+" to combine them
     "plain-mlm-loss": {"patches": [(speed, "linear_cross_entropy_sum", tk_model.MLMHead.linear_cross_entropy_sum)]},
     "no-speedups": {"kwargs": {"speedups": False}},
 }
-DEFAULT_VARIANTS = ("fused-adamw,foreach-clip,no-mask,fp32-softmax,attn-dropout-0,"
-                    "sdpa-attention,plain-dropout,plain-mlm-loss,no-speedups")
+DEFAULT_VARIANTS = (
+    "fused-adamw,foreach-clip,no-mask,fp32-softmax,attn-dropout-0,"
+    "sdpa-attention,plain-dropout,plain-mlm-loss,no-speedups"
+)
 
 
 def run_variants(args) -> list[dict]:
@@ -296,7 +346,8 @@ def run_variants(args) -> list[dict]:
 
 
 def profile(args) -> str:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     cfg, prec = model_config(args.seq), pick_precision(CPU, "auto")
     batch = synthetic_batch(cfg, args.batch, args.seq, seed=args.seed)
@@ -318,26 +369,40 @@ def machine_info() -> dict:
     import transformers
 
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
-               platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "amx_bf16": "amx_bf16" in cpuinfo,
-            "teachkit_default_precision": pick_precision(CPU, "auto"), "load_average": os.getloadavg()}
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "amx_bf16": "amx_bf16" in cpuinfo,
+        "teachkit_default_precision": pick_precision(CPU, "auto"),
+        "load_average": os.getloadavg(),
+    }
 
 
 def markdown(rows: list[dict], info: dict, args) -> str:
     variant = f", teachkit variant: {args.teachkit_variant}" if args.teachkit_variant else ""
-    lines = [f"{info['cpu']} ({info['cores']} cores, {info['threads']} torch threads), torch {info['torch']}, "
-             f"transformers {info['transformers']}, load average {info['load_average'][0]:.1f} at start{variant}.",
-             f"BERT 4L/256H/4 heads/d_ff 1024/vocab 8192, batch {args.batch} x seq {args.seq}; median of "
-             f"{args.rounds} alternating rounds x {args.steps} steps (range of the per-round ratios).", "",
-             "| task | setting | teachkit tok/s (precision) | transformers tok/s (precision) | teachkit / transformers |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"{info['cpu']} ({info['cores']} cores, {info['threads']} torch threads), torch {info['torch']}, "
+        f"transformers {info['transformers']}, load average {info['load_average'][0]:.1f} at start{variant}.",
+        f"BERT 4L/256H/4 heads/d_ff 1024/vocab 8192, batch {args.batch} x seq {args.seq}; median of "
+        f"{args.rounds} alternating rounds x {args.steps} steps (range of the per-round ratios).",
+        "",
+        "| task | setting | teachkit tok/s (precision) | transformers tok/s (precision) | teachkit / transformers |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         lo, hi = r["ratio_range"]
-        lines.append(f"| {r['task']} | {r['setting']} | {r['teachkit_tokens_per_s']:,.0f} ({r['teachkit_precision']}) | "
-                     f"{r['transformers_tokens_per_s']:,.0f} ({r['transformers_precision']}) | "
-                     f"**{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}) |")
+        lines.append(
+            f"| {r['task']} | {r['setting']} | {r['teachkit_tokens_per_s']:,.0f} ({r['teachkit_precision']}) | "
+            f"{r['transformers_tokens_per_s']:,.0f} ({r['transformers_precision']}) | "
+            f"**{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -352,8 +417,12 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice; on a busy machine use 1)")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke testing")
     p.add_argument("--measure-memory", action="store_true", help="peak RSS per side instead, each in its own process")
-    p.add_argument("--variants", nargs="?", const=DEFAULT_VARIANTS,
-                   help=f"time variants of teachkit's step instead (comma-separated; names: {', '.join(VARIANTS)})")
+    p.add_argument(
+        "--variants",
+        nargs="?",
+        const=DEFAULT_VARIANTS,
+        help=f"time variants of teachkit's step instead (comma-separated; names: {', '.join(VARIANTS)})",
+    )
     p.add_argument("--teachkit-variant", default="", help="run the comparison (or --profile) with a variant applied")
     p.add_argument("--profile", action="store_true", help="profile teachkit's pre-training step instead")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
@@ -370,23 +439,34 @@ def main(argv=None) -> None:
     info, result = machine_info(), {}
     if args.measure_memory:
         result["memory"] = measure_memory(args)
-        print(f"Peak RSS per side, each in its own process; batch {args.batch} x seq {args.seq}, "
-              f"{torch.get_num_threads()} threads. 'Training' = peak minus RSS after imports.\n")
+        print(
+            f"Peak RSS per side, each in its own process; batch {args.batch} x seq {args.seq}, "
+            f"{torch.get_num_threads()} threads. 'Training' = peak minus RSS after imports.\n"
+        )
         print("| task | side | precision | peak RSS MB | training MB |\n|---|---|---|---|---|")
-        print("\n".join(f"| {m['task']} | {m['side']} | {m['precision']} | {m['peak_rss_mb']:.0f} | "
-                        f"{m['training_mb']:.0f} |" for m in result["memory"]))
+        print(
+            "\n".join(
+                f"| {m['task']} | {m['side']} | {m['precision']} | {m['peak_rss_mb']:.0f} | {m['training_mb']:.0f} |"
+                for m in result["memory"]
+            )
+        )
     elif args.variants:
         result["variants"] = run_variants(args)
         print("| variant of teachkit's pre-training step | speed-up vs as-is (range) |\n|---|---|")
-        print("\n".join(f"| {v['variant']} | {v['speedup']:.3f}x ({v['range'][0]:.2f}-{v['range'][1]:.2f}) |"
-                        for v in result["variants"]))
+        print(
+            "\n".join(
+                f"| {v['variant']} | {v['speedup']:.3f}x ({v['range'][0]:.2f}-{v['range'][1]:.2f}) |"
+                for v in result["variants"]
+            )
+        )
     else:
         result["rows"] = run_comparison(args)
         print(markdown(result["rows"], info, args))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-                                        **result}, indent=2))
+        args.out.write_text(
+            json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, **result}, indent=2)
+        )
         print(f"\nWrote {args.out}", file=sys.stderr)
 
 

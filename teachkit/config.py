@@ -90,8 +90,10 @@ def heads_problem(*, d_model: int, n_heads: int) -> str | None:
     if n_heads < 1 or d_model % n_heads == 0:
         return None
     fits = [h for h in range(1, min(d_model, 16) + 1) if d_model % h == 0]
-    return (f"Width {d_model} (d_model) is not divisible by {n_heads} heads (n_heads): each head gets width / heads "
-            f"dimensions. Pick heads from {fits} or a width that is a multiple of {n_heads}.")
+    return (
+        f"Width {d_model} (d_model) is not divisible by {n_heads} heads (n_heads): each head gets width / heads "
+        f"dimensions. Pick heads from {fits} or a width that is a multiple of {n_heads}."
+    )
 
 
 def _bert(**kw: Any) -> ModelConfig:
@@ -166,17 +168,30 @@ class CourseRecipe:
 COURSE_RECIPE = CourseRecipe()
 
 
-def course_bert_config(*, vocab_size: int, max_len: int, layers: int = COURSE_RECIPE.layers,
-                       width: int = COURSE_RECIPE.width, heads: int = COURSE_RECIPE.heads,
-                       **changes: Any) -> ModelConfig:
+def course_bert_config(
+    *,
+    vocab_size: int,
+    max_len: int,
+    layers: int = COURSE_RECIPE.layers,
+    width: int = COURSE_RECIPE.width,
+    heads: int = COURSE_RECIPE.heads,
+    **changes: Any,
+) -> ModelConfig:
     """The model of the course's BERTs (the shipped course BERT, the demo, notebook 06, the playground).
 
     `COURSE_RECIPE`'s size, pre-LN and no dropout; `layers`, `width` and `heads` change the size (the
     feed-forward layer stays `ff_multiple` x the width), and `changes` sets any other field.
     """
     r = COURSE_RECIPE
-    recipe = dict(d_model=width, n_layers=layers, n_heads=heads, d_ff=r.ff_multiple * width, norm_first=r.norm_first,
-                  dropout=r.dropout, attn_dropout=r.dropout)
+    recipe = dict(
+        d_model=width,
+        n_layers=layers,
+        n_heads=heads,
+        d_ff=r.ff_multiple * width,
+        norm_first=r.norm_first,
+        dropout=r.dropout,
+        attn_dropout=r.dropout,
+    )
     return ModelConfig(**{**recipe, "vocab_size": vocab_size, "max_len": max_len, **changes})
 
 

@@ -23,11 +23,15 @@ def sample_budget(labels: Sequence[int], *, budget: int | None, seed: int = 0) -
     if budget is None:
         return list(range(n))
     if budget > n:
-        raise ValueError(f"Label budget {budget} is larger than the {n} labelled examples; use at most {n} "
-                         "(or None for all of them).")
+        raise ValueError(
+            f"Label budget {budget} is larger than the {n} labelled examples; use at most {n} "
+            "(or None for all of them)."
+        )
     if budget < len(classes):
-        raise ValueError(f"Label budget {budget} is smaller than the number of classes ({len(classes)}): "
-                         f"every class needs at least one example. Use a budget of at least {len(classes)}.")
+        raise ValueError(
+            f"Label budget {budget} is smaller than the number of classes ({len(classes)}): "
+            f"every class needs at least one example. Use a budget of at least {len(classes)}."
+        )
     g = torch.Generator().manual_seed(seed)
     pools = {c: [i for i in torch.randperm(n, generator=g).tolist() if labels[i] == c] for c in classes}
     chosen: list[int] = []
@@ -40,7 +44,9 @@ def sample_budget(labels: Sequence[int], *, budget: int | None, seed: int = 0) -
 
 def subset(split, indices: Sequence[int]):
     """The examples of a labelled split (texts, labels, label_names) at `indices`, as a split of the same kind."""
-    return dataclasses.replace(split, texts=[split.texts[i] for i in indices], labels=[split.labels[i] for i in indices])
+    return dataclasses.replace(
+        split, texts=[split.texts[i] for i in indices], labels=[split.labels[i] for i in indices]
+    )
 
 
 def freeze(model: nn.Module, *, embeddings: bool = False, layers: int = 0) -> list[str]:
@@ -53,8 +59,9 @@ def freeze(model: nn.Module, *, embeddings: bool = False, layers: int = 0) -> li
         raise ValueError(f"freeze() works on BERT models; got a {type(model).__name__}.")
     body = model.bert.body
     if not 0 <= layers <= len(body.layers):
-        raise ValueError(f"Cannot freeze {layers} layers: the model has {len(body.layers)} (use 0 to "
-                         f"{len(body.layers)}).")
+        raise ValueError(
+            f"Cannot freeze {layers} layers: the model has {len(body.layers)} (use 0 to {len(body.layers)})."
+        )
     modules = ([body.embed] if embeddings else []) + list(body.layers[:layers])
     frozen = []
     for module in modules:

@@ -65,14 +65,20 @@ class Embeddings(nn.Module):
 
 def _check_ids(input_ids: torch.Tensor, cfg: ModelConfig) -> None:
     if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be (batch, length); got shape {tuple(input_ids.shape)}. "
-                         "For one sequence use ids.unsqueeze(0).")
+        raise ValueError(
+            f"input_ids must be (batch, length); got shape {tuple(input_ids.shape)}. "
+            "For one sequence use ids.unsqueeze(0)."
+        )
     if input_ids.shape[1] > cfg.max_len:
-        raise ValueError(f"Sequence length {input_ids.shape[1]} exceeds the model's max_len={cfg.max_len}. "
-                         "Truncate when encoding (max_len=...) or use a config with a larger max_len.")
+        raise ValueError(
+            f"Sequence length {input_ids.shape[1]} exceeds the model's max_len={cfg.max_len}. "
+            "Truncate when encoding (max_len=...) or use a config with a larger max_len."
+        )
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size):
-        raise ValueError(f"Token ids must be in [0, {cfg.vocab_size}); got ids from {int(input_ids.min())} "
-                         f"to {int(input_ids.max())}. Was the text encoded with a different tokenizer?")
+        raise ValueError(
+            f"Token ids must be in [0, {cfg.vocab_size}); got ids from {int(input_ids.min())} "
+            f"to {int(input_ids.max())}. Was the text encoded with a different tokenizer?"
+        )
 
 
 class Attention(nn.Module):
@@ -95,7 +101,9 @@ class Attention(nn.Module):
         """x: (B, T, C). mask: bool, True where a query may attend to a key, broadcastable to (B, H, T, T)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=-1)  # (B, T, 3C) -> 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, T, C) -> (B, H, T, D)
+        q, k, v = (
+            t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v)
+        )  # (B, T, C) -> (B, H, T, D)
         out, weights = self.attend(q, k, v, mask=mask, causal=causal, spelled_out=need_weights or self.spell_out)
         out = out.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return self.proj(out), weights if need_weights else None
@@ -113,8 +121,9 @@ class Attention(nn.Module):
             if causal and mask is not None:
                 mask = mask & _causal_mask(T, q.device)
             # is_causal spares the kernel a (T, T) mask when causality is the only mask.
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                                 is_causal=causal and mask is None)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None
+            )
             return out, None
         # Scaling q rather than the scores is the same product, on a (T, D) instead of a (T, T) matrix.
         scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
@@ -296,7 +305,13 @@ class BertForPreTraining(nn.Module):
         init_weights(self, n_layers=cfg.n_layers, scale_residual=False)
 
     def forward(
-        self, input_ids, *, token_type_ids=None, attention_mask=None, predict_at=None, mlm_labels=None,
+        self,
+        input_ids,
+        *,
+        token_type_ids=None,
+        attention_mask=None,
+        predict_at=None,
+        mlm_labels=None,
         output_attentions=False,
     ) -> Output:
         """predict_at: optional bool (B, T); when given, MLM logits are computed only there, as (N, V).

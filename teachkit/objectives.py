@@ -36,8 +36,15 @@ NSP_IS_NEXT, NSP_NOT_NEXT = 0, 1
 # --------------------------------------------------------------------------- masked LM (BERT)
 
 
-def masking_roles(pick: torch.Tensor, how: torch.Tensor, *, special: torch.Tensor, mask_prob: float = 0.15,
-                  mask_frac: float = 0.8, random_frac: float = 0.1) -> torch.Tensor:
+def masking_roles(
+    pick: torch.Tensor,
+    how: torch.Tensor,
+    *,
+    special: torch.Tensor,
+    mask_prob: float = 0.15,
+    mask_frac: float = 0.8,
+    random_frac: float = 0.1,
+) -> torch.Tensor:
     """BERT's masking rule, token by token (Devlin et al., 2019, section 3.1): a ROLE_* for each token.
 
     `pick` and `how` are two uniform random numbers in [0, 1) per token; `special` is True where a token
@@ -82,8 +89,15 @@ def mask_tokens(
     replacements are drawn from the ordinary (non-special) ids only. All randomness comes from `generator`.
     `input_ids` must be a batch (B, T); pass `ids[None]` for a single sequence.
     """
-    specials = _check_masking(input_ids, mask_id=mask_id, vocab_size=vocab_size, special_ids=special_ids,
-                              mask_prob=mask_prob, mask_frac=mask_frac, random_frac=random_frac)
+    specials = _check_masking(
+        input_ids,
+        mask_id=mask_id,
+        vocab_size=vocab_size,
+        special_ids=special_ids,
+        mask_prob=mask_prob,
+        mask_frac=mask_frac,
+        random_frac=random_frac,
+    )
     device = input_ids.device
     special = torch.tensor(sorted(specials), device=device)
     ordinary = torch.arange(vocab_size, device=device)
@@ -95,8 +109,14 @@ def mask_tokens(
     how = torch.rand(input_ids.shape, generator=generator, device=where).to(device)
     draw = torch.randint(len(ordinary), input_ids.shape, generator=generator, device=where).to(device)
 
-    roles = masking_roles(pick, how, special=torch.isin(input_ids, special), mask_prob=mask_prob,
-                          mask_frac=mask_frac, random_frac=random_frac)
+    roles = masking_roles(
+        pick,
+        how,
+        special=torch.isin(input_ids, special),
+        mask_prob=mask_prob,
+        mask_frac=mask_frac,
+        random_frac=random_frac,
+    )
     ids = input_ids.clone()  # never modify the caller's tensor
     ids[roles == ROLE_MASKED] = mask_id
     to_random = roles == ROLE_RANDOM
@@ -105,8 +125,16 @@ def mask_tokens(
     return MaskedBatch(input_ids=ids, labels=labels, roles=roles)
 
 
-def _check_masking(input_ids, *, mask_id: int, vocab_size: int, special_ids: Sequence[int], mask_prob: float,
-                   mask_frac: float, random_frac: float) -> set[int]:
+def _check_masking(
+    input_ids,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int],
+    mask_prob: float,
+    mask_frac: float,
+    random_frac: float,
+) -> set[int]:
     """`mask_tokens`' arguments, checked in one place; returns the ids never selected."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
         got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
@@ -307,8 +335,7 @@ def chunk_token_stream(ids: Sequence[int], *, block_size: int, drop_last: bool =
     n = len(stream)
     if n < block_size:
         raise ValueError(
-            f"the stream has {n} ids, fewer than block_size={block_size}; "
-            "use more text or a smaller block_size"
+            f"the stream has {n} ids, fewer than block_size={block_size}; use more text or a smaller block_size"
         )
     full = n // block_size
     blocks = stream[: full * block_size].view(full, block_size)  # (N * block_size,) -> (N, block_size)
@@ -352,8 +379,7 @@ def _check(name: str, logits: torch.Tensor, labels: torch.Tensor, *, ranks: tupl
     fits = logits.ndim in ranks and logits.ndim == labels.ndim + 1 and logits.shape[:-1] == labels.shape
     if not fits:
         raise ValueError(
-            f"{name}: logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not fit; "
-            f"expected {expected}"
+            f"{name}: logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not fit; expected {expected}"
         )
 
 

@@ -31,7 +31,6 @@ from teachkit.objectives import (
 )
 from teachkit.tokenization import encode, special_ids
 
-
 # Rows per evaluation batch: no more than a training batch, so that scoring a split never needs more memory
 # than training did (at 128 rows, scoring MiniLM on the test set was the fine-tune's peak).
 EVAL_BATCH = 32
@@ -53,8 +52,10 @@ class EpochSampler:
     def indices(self, step: int, batch_size: int) -> tuple[int, list[int]]:
         """The epoch that `step` falls in, and the indices of its global batch."""
         if batch_size > self.n:
-            raise ValueError(f"batch_size={batch_size} is larger than the {self.n} training examples; "
-                             f"use batch_size <= {self.n} or more data.")
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the {self.n} training examples; "
+                f"use batch_size <= {self.n} or more data."
+            )
         per_epoch = self.n // batch_size  # the incomplete last batch is dropped
         epoch, k = divmod(step, per_epoch)
         order = self._epoch_order(epoch, batch_size)
@@ -89,8 +90,17 @@ class PretrainingTask:
 
     kind = "pretraining"
 
-    def __init__(self, documents, tokenizer, *, max_len: int = 128, mask_prob: float = 0.15, nsp: bool = True,
-                 seed: int = 0, eval_documents=None):
+    def __init__(
+        self,
+        documents,
+        tokenizer,
+        *,
+        max_len: int = 128,
+        mask_prob: float = 0.15,
+        nsp: bool = True,
+        seed: int = 0,
+        eval_documents=None,
+    ):
         self.documents, self.tokenizer = documents, tokenizer
         self.max_len, self.mask_prob, self.nsp, self.seed = max_len, mask_prob, nsp, seed
         self._pairs_epoch, self._pairs = -1, []
@@ -110,8 +120,9 @@ class PretrainingTask:
         return self._encode([pairs[i] for i in indices], step_generator(self.seed, step))
 
     def _encode(self, pairs, generator) -> dict[str, torch.Tensor]:
-        b = pretraining_batch(pairs, self.tokenizer, max_len=self.max_len, mask_prob=self.mask_prob,
-                              generator=generator)
+        b = pretraining_batch(
+            pairs, self.tokenizer, max_len=self.max_len, mask_prob=self.mask_prob, generator=generator
+        )
         return {k: b[k] for k in ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "nsp_labels")}
 
     def counts(self, batch) -> dict[str, int]:
@@ -122,8 +133,13 @@ class PretrainingTask:
 
     def loss_sums(self, model, batch) -> dict[str, torch.Tensor]:
         predict_at = batch["mlm_labels"] != IGNORE_INDEX
-        out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
-                    predict_at=predict_at, mlm_labels=batch["mlm_labels"][predict_at])
+        out = model(
+            batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            attention_mask=batch["attention_mask"],
+            predict_at=predict_at,
+            mlm_labels=batch["mlm_labels"][predict_at],
+        )
         sums = {"mlm": out.mlm_loss}
         if self.nsp:
             sums["nsp"] = nsp_loss(out.nsp_logits.float(), batch["nsp_labels"], reduction="sum")
@@ -137,8 +153,12 @@ class PretrainingTask:
         for start in range(0, len(self.eval_pairs), 64):
             batch = to_device(self._encode(self.eval_pairs[start : start + 64], step_generator(self.seed, -1 - start)))
             at = batch["mlm_labels"] != IGNORE_INDEX
-            out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                        attention_mask=batch["attention_mask"], predict_at=at)
+            out = model(
+                batch["input_ids"],
+                token_type_ids=batch["token_type_ids"],
+                attention_mask=batch["attention_mask"],
+                predict_at=at,
+            )
             labels = batch["mlm_labels"][at]
             totals["mlm_loss"] += float(mlm_loss(out.logits.float(), labels, reduction="sum"))
             totals["mlm_acc"] += float((out.logits.argmax(-1) == labels).sum())
@@ -210,8 +230,15 @@ class CausalLMTask:
     kind = "causal_lm"
     primary_metric = ("loss", "min")
 
-    def __init__(self, texts: Sequence[str], tokenizer, *, block_size: int = 64, seed: int = 0,
-                 eval_texts: Sequence[str] | None = None):
+    def __init__(
+        self,
+        texts: Sequence[str],
+        tokenizer,
+        *,
+        block_size: int = 64,
+        seed: int = 0,
+        eval_texts: Sequence[str] | None = None,
+    ):
         self.seed = seed
         self.chunks = _chunks(texts, tokenizer, block_size)
         self.eval_chunks = _chunks(eval_texts, tokenizer, block_size)[:256] if eval_texts else None
@@ -293,19 +320,28 @@ class ClassificationTask:
 def encode_split(split, tokenizer, *, max_len: int) -> dict[str, torch.Tensor]:
     """A labelled split as padded ids, attention mask, lengths and labels: what `predict` and batches read."""
     enc = encode(tokenizer, split.texts, max_len=max_len)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-            "lengths": enc["attention_mask"].sum(1), "labels": torch.tensor(split.labels, dtype=torch.long)}
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "lengths": enc["attention_mask"].sum(1),
+        "labels": torch.tensor(split.labels, dtype=torch.long),
+    }
 
 
 def _rows(data: dict[str, torch.Tensor], idx: list[int]) -> dict[str, torch.Tensor]:
     """Select rows and cut the padding columns that no selected row needs (dynamic padding)."""
     width = int(data["lengths"][idx].max())
-    return {"input_ids": data["input_ids"][idx, :width], "attention_mask": data["attention_mask"][idx, :width],
-            "labels": data["labels"][idx]}
+    return {
+        "input_ids": data["input_ids"][idx, :width],
+        "attention_mask": data["attention_mask"][idx, :width],
+        "labels": data["labels"][idx],
+    }
 
 
 @torch.no_grad()
-def predict(model, data: dict[str, torch.Tensor], *, to_device, batch_size: int = EVAL_BATCH) -> dict[str, torch.Tensor]:
+def predict(
+    model, data: dict[str, torch.Tensor], *, to_device, batch_size: int = EVAL_BATCH
+) -> dict[str, torch.Tensor]:
     """Logits for every row of an encoded split, in the original order (sorted by length for speed)."""
     order = torch.argsort(data["lengths"]).tolist()
     logits = torch.empty(len(order), model.n_classes)

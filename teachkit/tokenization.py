@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from tokenizers import trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in a trained WordPiece
 GPT_SPECIALS = ("<|endoftext|>",)  # id 0 in a trained BPE; also the pad token of GPT batches
@@ -82,8 +81,9 @@ def train_wordpiece(
     # (huggingface/tokenizers#1794); renumbering them makes a seeded run repeatable.
     vocab = tokenizer.get_vocab()
     ordered = list(BERT_SPECIALS) + sorted(t for t in vocab if t not in BERT_SPECIALS)
-    tokenizer.model = models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token="[UNK]",
-                                       continuing_subword_prefix="##")
+    tokenizer.model = models.WordPiece(
+        {t: i for i, t in enumerate(ordered)}, unk_token="[UNK]", continuing_subword_prefix="##"
+    )
     _set_bert_post_processor(tokenizer)
     return tokenizer
 
@@ -140,9 +140,7 @@ def _check_str(text: object) -> str:
     return text
 
 
-def _set_bert_pipeline(
-    tokenizer: Tokenizer, *, lowercase: bool, strip_accents: bool | None = None
-) -> None:
+def _set_bert_pipeline(tokenizer: Tokenizer, *, lowercase: bool, strip_accents: bool | None = None) -> None:
     # strip_accents=None follows `lowercase`, as in BERT: uncased models also drop accents.
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
@@ -213,9 +211,7 @@ def _bert_from_vocab(path: Path) -> Tokenizer:
     if missing:
         raise ValueError(f"{path} lacks the BERT special tokens {missing}; is it a BERT vocab.txt?")
     options = _read_json(path.parent / "tokenizer_config.json")
-    tokenizer = Tokenizer(
-        models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##")
-    )
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
     _set_bert_pipeline(
         tokenizer,
         lowercase=bool(options.get("do_lower_case", True)),
@@ -284,9 +280,7 @@ def encode(tokenizer: Tokenizer, texts: Sequence[str], *, max_len: int) -> dict[
     return _encode(tokenizer, inputs, max_len=max_len, pair=False)
 
 
-def encode_pairs(
-    tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], *, max_len: int
-) -> dict[str, torch.Tensor]:
+def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], *, max_len: int) -> dict[str, torch.Tensor]:
     """Encode sentence pairs as [CLS] A [SEP] B [SEP]; token_type_ids are 1 on "B [SEP]".
 
     Like `encode`; a pair longer than `max_len` loses tokens from the end of whichever
@@ -300,9 +294,7 @@ def encode_pairs(
     return _encode(tokenizer, inputs, max_len=max_len, pair=True)
 
 
-def _encode(
-    tokenizer: Tokenizer, inputs: list, *, max_len: int, pair: bool
-) -> dict[str, torch.Tensor]:
+def _encode(tokenizer: Tokenizer, inputs: list, *, max_len: int, pair: bool) -> dict[str, torch.Tensor]:
     if not inputs:
         raise ValueError("nothing to encode: pass at least one text" + (" pair." if pair else "."))
     n_special = tokenizer.num_special_tokens_to_add(pair)

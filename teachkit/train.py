@@ -49,16 +49,22 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps} must be at least 1 (or None to use only max_seconds).")
         if self.max_seconds is not None and not 0 < self.max_seconds < math.inf:  # nan fails this too
-            raise ValueError(f"max_seconds={self.max_seconds} must be positive and finite (or None to use only "
-                             "max_steps).")
+            raise ValueError(
+                f"max_seconds={self.max_seconds} must be positive and finite (or None to use only max_steps)."
+            )
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size={self.batch_size} must be a positive multiple of grad_accum={self.grad_accum}.")
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a positive multiple of grad_accum={self.grad_accum}."
+            )
         if not 0 < self.lr < math.inf or not 0 <= self.warmup < 1:
-            raise ValueError(f"lr={self.lr} must be positive and finite, and warmup={self.warmup} a fraction in "
-                             "[0, 1).")
+            raise ValueError(
+                f"lr={self.lr} must be positive and finite, and warmup={self.warmup} a fraction in [0, 1)."
+            )
         if not 0 < self.body_lr_scale <= 1:
-            raise ValueError(f"body_lr_scale={self.body_lr_scale} must be in (0, 1]: to stop the body learning, "
-                             "freeze it (teachkit.finetune.freeze) instead.")
+            raise ValueError(
+                f"body_lr_scale={self.body_lr_scale} must be in (0, 1]: to stop the body learning, "
+                "freeze it (teachkit.finetune.freeze) instead."
+            )
 
     def spent(self, step: int, seconds: float) -> str | None:
         """Which budget is used up ("max_steps" or "max_seconds"), if one is."""
@@ -109,16 +115,28 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     for is_body in (True, False):  # a classifier's body is `bert.*`; its head is the rest
         scale = cfg.body_lr_scale if is_body else 1.0
         part = [p for n, p in named if n.startswith("bert.") == is_body]
-        groups += [{"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
-                   {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
+        groups += [
+            {"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+            {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale},
+        ]
     groups = [g for g in groups if g["params"]]
     # The fused kernel updates all tensors in one pass: several times faster (benchmarks/README.md).
     fused = named[0][1].device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
 
 
-def train_step(model, task, batch: dict, optimizer, *, lr: float, clip_norm: float | None = 1.0, grad_accum: int = 1,
-               counts: dict[str, float] | None = None, autocast=contextlib.nullcontext) -> dict[str, float] | None:
+def train_step(
+    model,
+    task,
+    batch: dict,
+    optimizer,
+    *,
+    lr: float,
+    clip_norm: float | None = 1.0,
+    grad_accum: int = 1,
+    counts: dict[str, float] | None = None,
+    autocast=contextlib.nullcontext,
+) -> dict[str, float] | None:
     """One optimizer step on `batch`: its losses and learning rate, or None (and no update) when the loss or
     its gradient is not finite. counts: each loss's targets in the whole batch (default: in `batch`)."""
     for group in optimizer.param_groups:
@@ -208,15 +226,25 @@ class Run:
         """Restore the best weights (keep_best) and say why the run stopped."""
         if self.best_weights is not None:
             model.load_state_dict(self.best_weights)
-        result.message = {"interrupted": "Interrupted: the history so far is kept",
-                          "diverged": f"The loss or its gradient was not finite at step {result.step + 1}"}.get(
-            result.stopped, f"Stopped after {result.step} steps ({result.stopped.replace('_', ' ')} reached) in "
-                            f"{result.seconds:.0f} s")
+        result.message = {
+            "interrupted": "Interrupted: the history so far is kept",
+            "diverged": f"The loss or its gradient was not finite at step {result.step + 1}",
+        }.get(
+            result.stopped,
+            f"Stopped after {result.step} steps ({result.stopped.replace('_', ' ')} reached) in {result.seconds:.0f} s",
+        )
         return result
 
 
-def train(model, task, config: TrainConfig, *, run: Run | None = None, callbacks: Sequence[Callable[[dict], None]] = (),
-          stop: threading.Event | None = None) -> TrainResult:
+def train(
+    model,
+    task,
+    config: TrainConfig,
+    *,
+    run: Run | None = None,
+    callbacks: Sequence[Callable[[dict], None]] = (),
+    stop: threading.Event | None = None,
+) -> TrainResult:
     """Train `model` on `task` within the budget in `config`; `run` says how (see `Run`, and the module docstring)."""
     run, stop = run or Run(), stop or threading.Event()
     task.sampler.indices(0, config.batch_size)  # fails now if the batch is larger than the data
@@ -241,7 +269,9 @@ def train(model, task, config: TrainConfig, *, run: Run | None = None, callbacks
         try:
             while True:
                 seconds = seconds_before + time.perf_counter() - start
-                stopped = run.stop_together(config.spent(step, seconds) or ("stop requested" if stop.is_set() else None))
+                stopped = run.stop_together(
+                    config.spent(step, seconds) or ("stop requested" if stop.is_set() else None)
+                )
                 if stopped:
                     break
                 began = time.perf_counter()
@@ -252,8 +282,17 @@ def train(model, task, config: TrainConfig, *, run: Run | None = None, callbacks
                 batch = task.batch(indices, step=step, epoch=epoch)
                 mine, counts = run.share(batch, task.counts(batch))
                 lr = config.lr * lr_factor(config.progress(step, seconds), config.warmup)
-                record = train_step(net, task, mine, optimizer, lr=lr, clip_norm=config.clip_norm,
-                                    grad_accum=config.grad_accum, counts=counts, autocast=run.autocast)
+                record = train_step(
+                    net,
+                    task,
+                    mine,
+                    optimizer,
+                    lr=lr,
+                    clip_norm=config.clip_norm,
+                    grad_accum=config.grad_accum,
+                    counts=counts,
+                    autocast=run.autocast,
+                )
                 if record is None:
                     stopped = "diverged"
                     break

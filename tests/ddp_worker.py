@@ -23,28 +23,36 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from safetensors.torch import load_file, save_file
 from tokenizers import pre_tokenizers
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from teachkit.config import preset
+from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.model import build_model
 from teachkit.tasks import ClassificationTask, PretrainingTask
 from teachkit.tokenization import BERT_SPECIALS, load_tokenizer
-from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.train import TrainConfig, TrainResult, train
 
 MAX_LEN = 48
 COLOURS = ["red", "green", "blue", "amber", "violet"]
 # 8 documents x 5 sentences: 32 possible sentence-A positions, so 32 NSP pairs per epoch.
-DOCS = [[f"document {d} sentence {s} talks about topic {d * 7 + s} and the colour {COLOURS[(d + s) % 5]}."
-         for s in range(5)] for d in range(8)]
-EVAL_DOCS = [[f"another text {d} line {s} is about the colour {COLOURS[(d * 3 + s) % 5]}." for s in range(4)]
-             for d in range(3)]
+DOCS = [
+    [
+        f"document {d} sentence {s} talks about topic {d * 7 + s} and the colour {COLOURS[(d + s) % 5]}."
+        for s in range(5)
+    ]
+    for d in range(8)
+]
+EVAL_DOCS = [
+    [f"another text {d} line {s} is about the colour {COLOURS[(d * 3 + s) % 5]}." for s in range(4)] for d in range(3)
+]
 
 SUBJECTS = ["the film", "this movie", "the plot", "the acting", "the story", "the ending", "the music"]
-ADJECTIVES = {0: ["dull", "awful", "boring", "clumsy", "tedious", "weak"],  # negative
-              1: ["great", "wonderful", "delightful", "moving", "brilliant", "charming"]}  # positive
+ADJECTIVES = {
+    0: ["dull", "awful", "boring", "clumsy", "tedious", "weak"],  # negative
+    1: ["great", "wonderful", "delightful", "moving", "brilliant", "charming"],
+}  # positive
 
 
 @dataclass
@@ -65,8 +73,11 @@ def sentiment(n: int, *, offset: int = 0) -> Split:
     for i in range(offset, offset + n):
         label = i % 2
         words = ADJECTIVES[label]
-        texts.append(f"{SUBJECTS[(i // 2) % len(SUBJECTS)]} was {words[i % 6]} and {words[(i * 5 + 1) % 6]}"
-                     + " really" * (i % 4) + ".")  # lengths differ, so dynamic padding and bucketing matter
+        texts.append(
+            f"{SUBJECTS[(i // 2) % len(SUBJECTS)]} was {words[i % 6]} and {words[(i * 5 + 1) % 6]}"
+            + " really" * (i % 4)
+            + "."
+        )  # lengths differ, so dynamic padding and bucketing matter
         labels.append(label)
     return Split(texts, labels, ["neg", "pos"])
 
@@ -123,27 +134,37 @@ def make_tokenizer():
 
 
 def bert_config(tokenizer, *, dropout: float = 0.1, **changes):
-    return preset("tiny", vocab_size=tokenizer.get_vocab_size(), max_len=MAX_LEN, dropout=dropout,
-                  attn_dropout=dropout, **changes)
+    return preset(
+        "tiny", vocab_size=tokenizer.get_vocab_size(), max_len=MAX_LEN, dropout=dropout, attn_dropout=dropout, **changes
+    )
 
 
-def pretraining(tokenizer, *, dropout: float = 0.1, seed: int = 0, model_seed: int = 0, evaluate: bool = False,
-                **changes):
+def pretraining(
+    tokenizer, *, dropout: float = 0.1, seed: int = 0, model_seed: int = 0, evaluate: bool = False, **changes
+):
     """(BertForPreTraining, PretrainingTask): MLM + NSP with dynamic masking; a fresh pair on every call."""
     torch.manual_seed(model_seed)
     model = build_model(bert_config(tokenizer, dropout=dropout, **changes), task="pretraining")
-    task = PretrainingTask(DOCS, tokenizer, max_len=MAX_LEN, seed=seed,
-                           eval_documents=EVAL_DOCS if evaluate else None)
+    task = PretrainingTask(DOCS, tokenizer, max_len=MAX_LEN, seed=seed, eval_documents=EVAL_DOCS if evaluate else None)
     return model, task
 
 
-def classification(tokenizer, *, dropout: float = 0.1, seed: int = 0, model_seed: int = 0, n_train: int = 48,
-                   evaluate: bool = True, **changes):
+def classification(
+    tokenizer,
+    *,
+    dropout: float = 0.1,
+    seed: int = 0,
+    model_seed: int = 0,
+    n_train: int = 48,
+    evaluate: bool = True,
+    **changes,
+):
     """(BertForSequenceClassification, ClassificationTask) on `n_train` sentiment texts (+ 24 to evaluate)."""
     torch.manual_seed(model_seed)
     model = build_model(bert_config(tokenizer, dropout=dropout, **changes), task="classification", n_classes=2)
-    task = ClassificationTask(sentiment(n_train), tokenizer, max_len=32, seed=seed,
-                              eval_split=sentiment(24, offset=100) if evaluate else None)
+    task = ClassificationTask(
+        sentiment(n_train), tokenizer, max_len=32, seed=seed, eval_split=sentiment(24, offset=100) if evaluate else None
+    )
     return model, task
 
 
@@ -196,12 +217,18 @@ def run(folder: Path, kind: str) -> dict:
         hook.remove()
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     save_file(grads, str(folder / f"{kind}-world{world}-rank{rank}-grads.safetensors"))
-    record = {"losses": result.history.column("loss"), "steps": result.step, "stopped": result.stopped,
-              "evals": result.history.evals}
+    record = {
+        "losses": result.history.column("loss"),
+        "steps": result.step,
+        "stopped": result.stopped,
+        "evals": result.history.evals,
+    }
     (folder / f"{kind}-world{world}-rank{rank}.json").write_text(json.dumps(record))
     if rank == 0:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-                  str(folder / f"{kind}-world{world}.safetensors"))
+        save_file(
+            {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+            str(folder / f"{kind}-world{world}.safetensors"),
+        )
     return record
 
 

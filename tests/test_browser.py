@@ -63,8 +63,16 @@ def start_voila(port: int, log: Path) -> subprocess.Popen:
     """Voila on loopback only (`--Voila.ip`: the `--ip` alias is ignored), serving the playground."""
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
     # Tracebacks shown, so that an error in the notebook reaches the page text the test reads.
-    cmd = [sys.executable, "-m", "voila", "notebooks/playground.ipynb", "--no-browser", f"--port={port}",
-           "--Voila.ip=127.0.0.1", "--show_tracebacks=True"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "voila",
+        "notebooks/playground.ipynb",
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+        "--show_tracebacks=True",
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -84,12 +92,28 @@ def wait_for_server(port: int, proc: subprocess.Popen, *, timeout: float = 60) -
 
 def start_lab(port: int, folder: Path) -> subprocess.Popen:
     """JupyterLab on loopback, without a token, with its settings in a throwaway folder."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
-           "JUPYTERLAB_WORKSPACES_DIR": str(folder / "workspaces"), "JUPYTERLAB_SETTINGS_DIR": str(folder / "settings"),
-           "JUPYTER_RUNTIME_DIR": str(folder / "runtime")}
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-           "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={ROOT}", "--allow-root",
-           f"--FileCheckpoints.checkpoint_dir={folder / 'checkpoints'}"]  # not in the repository
+    env = {
+        **os.environ,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "HF_HUB_OFFLINE": "1",
+        "JUPYTERLAB_WORKSPACES_DIR": str(folder / "workspaces"),
+        "JUPYTERLAB_SETTINGS_DIR": str(folder / "settings"),
+        "JUPYTER_RUNTIME_DIR": str(folder / "runtime"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ServerApp.ip=127.0.0.1",
+        "--IdentityProvider.token=",
+        "--ServerApp.password=",
+        f"--ServerApp.root_dir={ROOT}",
+        "--allow-root",
+        f"--FileCheckpoints.checkpoint_dir={folder / 'checkpoints'}",
+    ]  # not in the repository
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=(folder / "lab.log").open("w"), stderr=subprocess.STDOUT)
 
 
@@ -177,8 +201,10 @@ def wait_for_points(page, watch: PageWatch, curve: str, n: int, *, folder: Path,
     while len(points(page).get(curve, [])) < n:
         if time.monotonic() > deadline:
             shot(page, folder, "timeout")
-            raise AssertionError(f"{curve} has {len(points(page).get(curve, []))} of {n} points after {timeout} s; "
-                                 f"status: {status(page)!r}; curves: {points(page)}; page: {watch.problems}")
+            raise AssertionError(
+                f"{curve} has {len(points(page).get(curve, []))} of {n} points after {timeout} s; "
+                f"status: {status(page)!r}; curves: {points(page)}; page: {watch.problems}"
+            )
         page.wait_for_timeout(500)
 
 
@@ -190,8 +216,13 @@ def in_view(page, locator) -> bool:
     """Entirely inside the window, without scrolling (Voila scrolls an inner box, so check the box too)."""
     box = locator.bounding_box()
     view = page.viewport_size
-    return box is not None and box["y"] >= 0 and box["x"] >= 0 and box["y"] + box["height"] <= view["height"] \
+    return (
+        box is not None
+        and box["y"] >= 0
+        and box["x"] >= 0
+        and box["y"] + box["height"] <= view["height"]
         and box["x"] + box["width"] <= view["width"]
+    )
 
 
 def status(page) -> str:
@@ -302,14 +333,19 @@ def test_playground_at_projector_size_compares_runs_at_a_glance(voila):
             table = page.locator("table.tk-results")
             expect(table.locator("tr")).to_have_count(4)  # header + three runs
             expect(table.locator("tr").nth(3)).to_contain_text("2L×128")
-            assert page.evaluate("() => { const t = document.querySelector('table.tk-results').parentElement;"
-                                 " return t.scrollWidth <= t.clientWidth; }"), "the results table is cut off"
+            assert page.evaluate(
+                "() => { const t = document.querySelector('table.tk-results').parentElement;"
+                " return t.scrollWidth <= t.clientWidth; }"
+            ), "the results table is cut off"
             assert table.bounding_box()["x"] + table.bounding_box()["width"] <= 1280
             # A run can be hidden from its legend entry, and every run cleared.
             page.locator(".js-plotly-plot .legend .traces .legendtoggle").first.click()
-            page.wait_for_function("() => document.querySelector('.js-plotly-plot').data"
-                                   ".filter(t => (t.meta || '').startsWith('run1-'))"
-                                   ".every(t => t.visible === 'legendonly')", timeout=20_000)
+            page.wait_for_function(
+                "() => document.querySelector('.js-plotly-plot').data"
+                ".filter(t => (t.meta || '').startsWith('run1-'))"
+                ".every(t => t.visible === 'legendonly')",
+                timeout=20_000,
+            )
             shots.append(shot(page, folder, "5-run-1-hidden"))
             assert_page_clean(page, watch)
             page.locator("button", has_text="Clear runs").click()
@@ -366,11 +402,31 @@ def export_and_open(notebook: Path, folder: Path, mirror_dir: Path) -> tuple[str
 
     _require_browser()
     cache = folder / "cache"  # empty: whatever the notebook pre-trains is trained during the export
-    env = {**os.environ, "TEACHKIT_FAST": "1", "TEACHKIT_CACHE": str(cache), "TEACHKIT_DATA_DIR": str(mirror_dir),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
-    done = subprocess.run(["make", "--no-print-directory", "export-html", f"JUPYTER={sys.executable} -m jupyter",
-                           f"HTML_NOTEBOOKS={notebook.relative_to(ROOT)}", f"HTML_DIR={folder}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    env = {
+        **os.environ,
+        "TEACHKIT_FAST": "1",
+        "TEACHKIT_CACHE": str(cache),
+        "TEACHKIT_DATA_DIR": str(mirror_dir),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    done = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "export-html",
+            f"JUPYTER={sys.executable} -m jupyter",
+            f"HTML_NOTEBOOKS={notebook.relative_to(ROOT)}",
+            f"HTML_DIR={folder}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     exported = folder / f"{notebook.stem}.html"
     picture = folder / f"export-{notebook.name[:2]}.png"

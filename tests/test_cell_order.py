@@ -25,24 +25,36 @@ def markdown(source: str) -> dict:
     return {"cell_type": "markdown", "source": source.splitlines(keepends=True), "metadata": {}}
 
 
-FAKE = {"cells": [
-    markdown("# A lesson\n\nSome prose."),
-    code("import torch as T\nfrom teachkit import course"),
-    markdown("## 1. Load the text\n\nWe read it."),
-    code("# the articles\ndocs, n = ['a b', 'c'], 2\nfor line in docs:\n    pass"),
-    markdown("More prose, no heading."),
-    code("def count(x):\n    inside = 1\n    return len(x)\nsquares = [k * k for k in range(3)]"),
-    markdown("## 2. Use it"),
-    code("print(count(docs) + n)"),
-    code("%time docs = 1\ntok = train(docs"),  # a half-written cell: not Python yet
-]}
+FAKE = {
+    "cells": [
+        markdown("# A lesson\n\nSome prose."),
+        code("import torch as T\nfrom teachkit import course"),
+        markdown("## 1. Load the text\n\nWe read it."),
+        code("# the articles\ndocs, n = ['a b', 'c'], 2\nfor line in docs:\n    pass"),
+        markdown("More prose, no heading."),
+        code("def count(x):\n    inside = 1\n    return len(x)\nsquares = [k * k for k in range(3)]"),
+        markdown("## 2. Use it"),
+        code("print(count(docs) + n)"),
+        code("%time docs = 1\ntok = train(docs"),  # a half-written cell: not Python yet
+    ]
+}
 
 
 def test_names_made_by_a_cell_are_its_top_level_bindings():
-    assert cell_order.names_made_by("a, (b, c) = 1, (2, 3)\nfor i in x:\n    d = i\nwith f() as g:\n    pass") == \
-        {"a", "b", "c", "i", "d", "g"}
+    assert cell_order.names_made_by("a, (b, c) = 1, (2, 3)\nfor i in x:\n    d = i\nwith f() as g:\n    pass") == {
+        "a",
+        "b",
+        "c",
+        "i",
+        "d",
+        "g",
+    }
     assert cell_order.names_made_by("import torch.nn as nn\nimport os.path\nfrom x import y as z") == {"nn", "os", "z"}
-    assert cell_order.names_made_by("def f(a):\n    b = a\nclass K:\n    c = 1\nq = [r for r in s]\n") == {"f", "K", "q"}
+    assert cell_order.names_made_by("def f(a):\n    b = a\nclass K:\n    c = 1\nq = [r for r in s]\n") == {
+        "f",
+        "K",
+        "q",
+    }
     assert cell_order.names_made_by("try:\n    pass\nexcept ValueError as err:\n    pass") == {"err"}
     assert cell_order.names_made_by("%matplotlib inline\nx = 1") == {"x"}
     assert cell_order.names_made_by("x = (") == set()  # a syntax error is not a definition
@@ -132,8 +144,10 @@ def test_a_name_error_inside_a_library_or_an_unbound_local_keeps_the_usual_trace
 
 
 def test_outside_ipython_importing_course_installs_nothing_and_imports_no_ipython():
-    code = ("import sys\nfrom teachkit import course\nfrom teachkit.course import cell_order\n"
-            "print(cell_order.install_cell_order_help(), 'IPython' in sys.modules)")
+    code = (
+        "import sys\nfrom teachkit import course\nfrom teachkit.course import cell_order\n"
+        "print(cell_order.install_cell_order_help(), 'IPython' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -150,8 +164,13 @@ def test_a_course_notebook_run_out_of_order_names_the_cell_to_run(tmp_path):
     old = os.environ.get("JPY_SESSION_NAME")
     os.environ["JPY_SESSION_NAME"] = str(path)  # as jupyter-server >= 2 tells the kernel; nbclient does not
     try:
-        NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb,
+            timeout=120,
+            kernel_name="python3",
+            allow_errors=True,
+            resources={"metadata": {"path": str(path.parent)}},
+        ).execute()
     finally:
         os.environ.pop("JPY_SESSION_NAME") if old is None else os.environ.__setitem__("JPY_SESSION_NAME", old)
     errors = [[o for o in cell.outputs if o.output_type == "error"] for cell in nb.cells]

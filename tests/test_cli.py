@@ -25,8 +25,22 @@ from teachkit.tokenization import save_tokenizer, train_wordpiece
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--corpus", "rotten_tomatoes", "--layers", "1", "--width", "32", "--heads", "2", "--max-len", "32",
-        "--vocab-size", "300", "--device", "cpu"]
+TINY = [
+    "--corpus",
+    "rotten_tomatoes",
+    "--layers",
+    "1",
+    "--width",
+    "32",
+    "--heads",
+    "2",
+    "--max-len",
+    "32",
+    "--vocab-size",
+    "300",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +120,10 @@ def test_an_out_that_is_a_file_fails_before_loading_anything(tmp_path, tiny_data
     (tmp_path / "runs").write_text("my notes")
     assert pretrain(tmp_path / "runs", "--seconds", "1") == 2
     out, err = capsys.readouterr()
-    assert err.startswith(f"teachkit pretrain: Cannot save a checkpoint to {tmp_path / 'runs' / 'pretrained'}: "
-                          f"{tmp_path / 'runs'} is a file, not a folder.")
+    assert err.startswith(
+        f"teachkit pretrain: Cannot save a checkpoint to {tmp_path / 'runs' / 'pretrained'}: "
+        f"{tmp_path / 'runs'} is a file, not a folder."
+    )
     assert out == ""  # before the data, the tokenizer and the training: nothing was logged
     assert (tmp_path / "runs").read_text() == "my notes"
 
@@ -122,8 +138,23 @@ def test_a_diverged_pretraining_names_no_folder_that_does_not_exist(tmp_path, ti
 def test_a_diverged_fine_tuning_is_explained(tmp_path, tiny_data, capsys):
     assert pretrain(tmp_path, "--seconds", "1") == 0
     folder = str(tmp_path / "pretrained")
-    code = main(["finetune", "--from", "scratch", "--like", folder, "--labels", "64", "--lr", "1e6", "--max-len", "32",
-                 "--device", "cpu"])
+    code = main(
+        [
+            "finetune",
+            "--from",
+            "scratch",
+            "--like",
+            folder,
+            "--labels",
+            "64",
+            "--lr",
+            "1e6",
+            "--max-len",
+            "32",
+            "--device",
+            "cpu",
+        ]
+    )
     # Before: exit code 0 and "validation 0.0%" as if all was well (an evaluation came before the divergence),
     # or TypeError: 'NoneType' object is not subscriptable (when none did).
     assert code == 1
@@ -146,21 +177,24 @@ def test_a_damaged_parquet_file_is_one_clear_line(tmp_path, tiny_mirror, monkeyp
 # ---------------------------------------------------------------------------- 12. values checked early
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["pretrain", "--seconds", "nan"], "--seconds: nan must be a finite number more than 0"),
-    (["pretrain", "--seconds", "inf"], "--seconds: inf must be a finite number"),
-    (["pretrain", "--seconds", "-5"], "--seconds: -5 must be a finite number more than 0"),
-    (["pretrain", "--seconds", "1e12"], "more than a week"),
-    (["pretrain", "--steps", "0"], "--steps: 0 must be a finite number more than 0"),
-    (["pretrain", "--save-every", "-1"], "--save-every: -1 must be a finite number at least 0"),
-    (["pretrain", "--device", "cpu:x"], "--device: 'cpu:x' is not a device: use auto, cpu, cuda, cuda:N or mps"),
-    (["demo", "--pretrain-seconds", "nan"], "--pretrain-seconds: nan must be a finite number"),
-    (["finetune", "--from", "minilm", "--epochs", "0"], "--epochs: 0 must be a finite number more than 0"),
-    (["finetune", "--from", "minilm", "--epochs", "-3"], "--epochs: -3 must be a finite number more than 0"),
-    (["finetune", "--from", "minilm", "--epochs", "nan"], "--epochs: nan must be a finite number"),
-    (["finetune", "--from", "minilm", "--lr", "inf"], "--lr: inf must be a finite number"),
-    (["finetune", "--from", "minilm", "--device", "cuda:one"], "'cuda:one' is not a device"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["pretrain", "--seconds", "nan"], "--seconds: nan must be a finite number more than 0"),
+        (["pretrain", "--seconds", "inf"], "--seconds: inf must be a finite number"),
+        (["pretrain", "--seconds", "-5"], "--seconds: -5 must be a finite number more than 0"),
+        (["pretrain", "--seconds", "1e12"], "more than a week"),
+        (["pretrain", "--steps", "0"], "--steps: 0 must be a finite number more than 0"),
+        (["pretrain", "--save-every", "-1"], "--save-every: -1 must be a finite number at least 0"),
+        (["pretrain", "--device", "cpu:x"], "--device: 'cpu:x' is not a device: use auto, cpu, cuda, cuda:N or mps"),
+        (["demo", "--pretrain-seconds", "nan"], "--pretrain-seconds: nan must be a finite number"),
+        (["finetune", "--from", "minilm", "--epochs", "0"], "--epochs: 0 must be a finite number more than 0"),
+        (["finetune", "--from", "minilm", "--epochs", "-3"], "--epochs: -3 must be a finite number more than 0"),
+        (["finetune", "--from", "minilm", "--epochs", "nan"], "--epochs: nan must be a finite number"),
+        (["finetune", "--from", "minilm", "--lr", "inf"], "--lr: inf must be a finite number"),
+        (["finetune", "--from", "minilm", "--device", "cuda:one"], "'cuda:one' is not a device"),
+    ],
+)
 def test_impossible_values_are_refused_as_they_are_parsed(argv, words, capsys):
     """Before: nan/inf seconds trained forever at lr 0, --epochs 0 gave 5 epochs, cpu:x a traceback."""
     with pytest.raises(SystemExit) as stop:
@@ -172,8 +206,10 @@ def test_impossible_values_are_refused_as_they_are_parsed(argv, words, capsys):
 def test_like_without_scratch_is_refused(tmp_path, tiny_data, capsys):
     assert pretrain(tmp_path, "--seconds", "1") == 0
     folder = str(tmp_path / "pretrained")
-    assert main(["finetune", "--from", folder, "--like", folder, "--labels", "16", "--max-len", "32",
-                 "--device", "cpu"]) == 2  # before: --like was silently ignored
+    assert (
+        main(["finetune", "--from", folder, "--like", folder, "--labels", "16", "--max-len", "32", "--device", "cpu"])
+        == 2
+    )  # before: --like was silently ignored
     assert "--like is for --from scratch only" in capsys.readouterr().err
 
 
@@ -200,10 +236,20 @@ def tokenizer(tiny_mirror, tmp_path, monkeypatch) -> Path:
 
 
 def start(out: Path, mirror: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "TEACHKIT_DATA_DIR": str(mirror), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "teachkit", "pretrain", *TINY, "--steps", "60", "--out", str(out),
-                             *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "TEACHKIT_DATA_DIR": str(mirror),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "teachkit", "pretrain", *TINY, "--steps", "60", "--out", str(out), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def saved_step(out: Path) -> int | None:
@@ -245,14 +291,16 @@ def test_an_interrupted_run_resumes_to_the_same_losses(tmp_path, tiny_mirror, to
     first = saved_step(out)
     assert 4 < first < 60
 
-    code, err = interrupt(start(out, tiny_mirror, *periodic, "--resume"), out, after=first + 4,
-                          signals=[signal.SIGTERM])
+    code, err = interrupt(
+        start(out, tiny_mirror, *periodic, "--resume"), out, after=first + 4, signals=[signal.SIGTERM]
+    )
     assert code == 143 and "Stopped by SIGTERM" in err, err[-2000:]  # before: killed, nothing saved
     second = saved_step(out)
     assert first + 4 < second < 60
 
-    code, err = interrupt(start(out, tiny_mirror, *periodic, "--resume"), out, after=second + 4,
-                          signals=[signal.SIGKILL])
+    code, err = interrupt(
+        start(out, tiny_mirror, *periodic, "--resume"), out, after=second + 4, signals=[signal.SIGKILL]
+    )
     assert code == -signal.SIGKILL
     third = saved_step(out) or 0  # the last periodic save
     assert second < third < 60

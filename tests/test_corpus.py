@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teachkit.machinery import checkpoint, loading
-from teachkit.experiments import compare
-from teachkit.data import corpus
 from teachkit import course, data, finetune
+from teachkit.data import corpus
+from teachkit.experiments import compare
+from teachkit.machinery import checkpoint, loading
 from teachkit.tasks import PackedMLMTask
 from teachkit.tokenization import special_ids, train_wordpiece
 
@@ -87,8 +87,12 @@ def test_packed_rows_are_cached_by_content_and_never_served_for_other_text(small
 
 
 def test_packed_mlm_task_masks_afresh_each_step_and_holds_rows_out(small_tok):
-    rows = corpus.pack(corpus.encode_stream(["the cat sat on the mat"] * 200, small_tok), max_len=8,
-                       cls_id=special_ids(small_tok).cls, sep_id=special_ids(small_tok).sep)
+    rows = corpus.pack(
+        corpus.encode_stream(["the cat sat on the mat"] * 200, small_tok),
+        max_len=8,
+        cls_id=special_ids(small_tok).cls,
+        sep_id=special_ids(small_tok).sep,
+    )
     task = PackedMLMTask(rows, small_tok, mask_prob=0.4, seed=0, n_eval=16)
     assert task.n_examples == len(rows) - 16 and len(task.eval_rows) == 16
     a = task.batch(list(range(8)), step=0)
@@ -150,15 +154,18 @@ def test_the_course_bert_loads_and_matches_its_card():
 def test_the_course_bert_fine_tunes_better_than_scratch_with_few_labels(mirror, one_thread):
     """A seeded, CI-sized version of the ladder: 300 labels, 2 seeds, one fine-tuning setting."""
     lab = compare.Labelled.load("rotten_tomatoes")
-    small = compare.Labelled(lab.train, *(finetune.subset(s, finetune.sample_budget(s.labels, budget=400, seed=1))
-                                          for s in (lab.validation, lab.test)))
+    small = compare.Labelled(
+        lab.train,
+        *(finetune.subset(s, finetune.sample_budget(s.labels, budget=400, seed=1)) for s in (lab.validation, lab.test)),
+    )
     protocol = compare.Protocol(grid=((1e-3, 1.0),), epochs_few=4)
     folder = course.course_bert()
     cfg, tok = checkpoint.model_config(folder), course.load_course_bert()[1]
     gains = []
     for seed in (0, 1):
-        kwargs = dict(tokenizer=tok, config=cfg, labelled=small, budget=300, seed=seed, protocol=protocol,
-                      log=lambda *_: None)
+        kwargs = dict(
+            tokenizer=tok, config=cfg, labelled=small, budget=300, seed=seed, protocol=protocol, log=lambda *_: None
+        )
         ours = compare.finetune_fair("course BERT", str(folder), **kwargs)["test_accuracy"]
         scratch = compare.finetune_fair("scratch", "scratch", **kwargs)["test_accuracy"]
         gains.append(ours - scratch)

@@ -115,8 +115,11 @@ def test_offline_movie_reviews_without_mirror(offline, monkeypatch, tmp_path):
 
 
 def test_missing_split_lists_the_available_ones(mirror):
-    with pytest.raises(ValueError, match="no split 'train'; available splits: validation, test.*"
-                       r"splits=\(\"validation\", \"test\"\)"):
+    with pytest.raises(
+        ValueError,
+        match="no split 'train'; available splits: validation, test.*"
+        r"splits=\(\"validation\", \"test\"\)",
+    ):
         data.load_documents("wikitext-2", splits=["train"])
     with pytest.raises(ValueError, match="available splits: train"):
         data.load("movie_reviews", split="test")
@@ -149,7 +152,9 @@ def test_movie_reviews_online_builds_the_mirror_layout(monkeypatch, tmp_path, mi
 
     source.unlink()  # the download is cached: no second fetch
     assert data.load_documents("movie_reviews") == [
-        ["first neg ."], ["second neg .", "still bad ."], ["a good film .", "really ."]
+        ["first neg ."],
+        ["second neg .", "still bad ."],
+        ["a good film .", "really ."],
     ]
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
@@ -248,10 +253,11 @@ def test_documents_from_texts_rows_and_bad_input():
     "text, sentences",
     [
         ("Mr. Smith went home. He slept.", ["Mr. Smith went home.", "He slept."]),
-        ("Dr. Who met Mrs. Jones at St. Paul's. They talked.",
-         ["Dr. Who met Mrs. Jones at St. Paul's.", "They talked."]),
-        ("J. R. R. Tolkien wrote it. The U.S. Army read it.",
-         ["J. R. R. Tolkien wrote it.", "The U.S. Army read it."]),
+        (
+            "Dr. Who met Mrs. Jones at St. Paul's. They talked.",
+            ["Dr. Who met Mrs. Jones at St. Paul's.", "They talked."],
+        ),
+        ("J. R. R. Tolkien wrote it. The U.S. Army read it.", ["J. R. R. Tolkien wrote it.", "The U.S. Army read it."]),
         ("Fruit, e.g. Apples, i.e. Red ones, etc. Are fine.", ["Fruit, e.g. Apples, i.e. Red ones, etc. Are fine."]),
         ("Pi is 3.14 and e is 2.72. Both are real.", ["Pi is 3.14 and e is 2.72.", "Both are real."]),
         ("It costs 3.5 dollars. 12 people paid.", ["It costs 3.5 dollars.", "12 people paid."]),
@@ -261,8 +267,10 @@ def test_documents_from_texts_rows_and_bad_input():
         ("Yahoo! is a site. What?! No way...", ["Yahoo! is a site.", "What?!", "No way..."]),
         ("(It rained.) Then it stopped.", ["(It rained.)", "Then it stopped."]),
         ("Line one\nLine two\r\n\n  Line three  ", ["Line one", "Line two", "Line three"]),
-        ("the film is bad . it is long .\nbut the music is good .",
-         ["the film is bad . it is long .", "but the music is good ."]),
+        (
+            "the film is bad . it is long .\nbut the music is good .",
+            ["the film is bad . it is long .", "but the music is good ."],
+        ),
         ("Team A vs. Team Blue. Done.", ["Team A vs. Team Blue.", "Done."]),
         ("", []),
         ("   \n\t\n", []),
@@ -274,9 +282,7 @@ def test_split_sentences(text, sentences):
 
 def test_split_sentences_keeps_unicode_and_drops_control_characters():
     text = "Émile a mangé. Ça va 😀! Ünïcode wins.\x00\x07 Next\x9f one. 日本語です。"
-    assert data.split_sentences(text) == [
-        "Émile a mangé.", "Ça va 😀!", "Ünïcode wins.", "Next one. 日本語です。"
-    ]
+    assert data.split_sentences(text) == ["Émile a mangé.", "Ça va 😀!", "Ünïcode wins.", "Next one. 日本語です。"]
     assert data.split_sentences("tab\tinside. Stays.") == ["tab\tinside.", "Stays."]
 
 

@@ -20,11 +20,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_worker
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import ddp_worker
 from teachkit.machinery.checkpoint import load_training_state
 
 KINDS = ["classification", "pretraining", "pretraining-accum"]
@@ -44,13 +44,26 @@ def runs(tmp_path_factory) -> Path:
         model, _ = setup(tokenizer, dropout=0.0)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{kind}-init.safetensors"))
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(WORKER.parent.parent),
-                                                                            env.get("PYTHONPATH")])))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(WORKER.parent.parent), env.get("PYTHONPATH")])),
+    )
     # --standalone: the rendezvous takes a free port itself (no race between finding a port and using it).
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           str(folder), *KINDS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(folder),
+        *KINDS,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"the DDP workers failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     threads = torch.get_num_threads()
@@ -82,8 +95,13 @@ def test_two_processes_match_one_process(runs, kind):
         grads_two = load_file(str(runs / f"{kind}-world2-rank{rank}-grads.safetensors"))
         assert grads_two.keys() == grads_one.keys() and len(grads_one) > 0
         for name in grads_one:
-            torch.testing.assert_close(grads_two[name], grads_one[name], rtol=1e-4, atol=1e-6,
-                                       msg=lambda m, name=name, rank=rank: f"rank {rank}, gradient {name}: {m}")
+            torch.testing.assert_close(
+                grads_two[name],
+                grads_one[name],
+                rtol=1e-4,
+                atol=1e-6,
+                msg=lambda m, name=name, rank=rank: f"rank {rank}, gradient {name}: {m}",
+            )
     final_one = load_file(str(runs / f"{kind}-world1.safetensors"))
     final_two = load_file(str(runs / f"{kind}-world2.safetensors"))
     assert final_two.keys() == final_one.keys()

@@ -8,9 +8,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -23,12 +22,19 @@ from teachkit.train import History  # noqa: E402
 def test_fast_demo_writes_a_measured_report(tmp_path, mirror_dir, monkeypatch):
     monkeypatch.setenv("TEACHKIT_DATA_DIR", str(mirror_dir))
     monkeypatch.setenv("TEACHKIT_CACHE", str(tmp_path / "cache"))
-    settings = dataclasses.replace(DemoSettings(out_dir=str(tmp_path), real_bert=None).fast(),
-                                   pretrain_seconds=4.0, budget=60, grid=((1e-3, 1.0), (3e-4, 0.3)))
+    settings = dataclasses.replace(
+        DemoSettings(out_dir=str(tmp_path), real_bert=None).fast(),
+        pretrain_seconds=4.0,
+        budget=60,
+        grid=((1e-3, 1.0), (3e-4, 0.3)),
+    )
     results = run_demo(settings, log=lambda *_: None)
     rows = results["rows"]
-    assert [(r["arm"], r["budget"], r["seed"]) for r in rows] == [("scratch", 60, 0), ("my pre-training", 60, 0),
-                                                                  ("course BERT", 60, 0)]
+    assert [(r["arm"], r["budget"], r["seed"]) for r in rows] == [
+        ("scratch", 60, 0),
+        ("my pre-training", 60, 0),
+        ("course BERT", 60, 0),
+    ]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["seconds"] > 0 and len(r["grid"]) == 2 for r in rows)
     assert rows[0]["tokens_seen"] == 0 < rows[1]["tokens_seen"] < rows[2]["tokens_seen"]
     report = (tmp_path / "report.md").read_text()
@@ -50,8 +56,13 @@ def test_the_demo_stays_within_binder_memory(tmp_path, mirror_dir):
     does not grow with the pre-training budget, so five seconds of pre-training are enough."""
     from test_notebooks import RSS_LIMIT_BYTES
 
-    env = {**os.environ, "TEACHKIT_DATA_DIR": str(mirror_dir), "TEACHKIT_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    env = {
+        **os.environ,
+        "TEACHKIT_DATA_DIR": str(mirror_dir),
+        "TEACHKIT_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "MPLBACKEND": "Agg",
+    }
     command = [sys.executable, "-m", "teachkit", "demo", "--fast", "--pretrain-seconds", "5", "--out", str(tmp_path)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.stdout.read()
@@ -60,7 +71,9 @@ def test_the_demo_stays_within_binder_memory(tmp_path, mirror_dir):
     assert process.returncode == 0, output[-3000:]
     peak = usage.ru_maxrss * 1024  # kB on Linux
     print(f"fast demo: peak RSS {peak:,} bytes")
-    assert peak <= RSS_LIMIT_BYTES, f"the demo peaked at {peak:,} bytes RSS, over {RSS_LIMIT_BYTES:,}:\n{output[-2000:]}"
+    assert peak <= RSS_LIMIT_BYTES, (
+        f"the demo peaked at {peak:,} bytes RSS, over {RSS_LIMIT_BYTES:,}:\n{output[-2000:]}"
+    )
 
 
 def history(losses):
@@ -75,9 +88,15 @@ def test_loss_curves_draw_one_line_per_run_and_key():
 
 
 def test_accuracy_vs_budget_has_a_point_per_result():
-    rows = [{"arm": arm, "budget": b, "test_accuracy": acc}
-            for arm, b, acc in [("scratch", 100, 0.6), ("scratch", 1000, 0.7), ("pretrained", 100, 0.65),
-                                ("pretrained", 1000, 0.72)]]
+    rows = [
+        {"arm": arm, "budget": b, "test_accuracy": acc}
+        for arm, b, acc in [
+            ("scratch", 100, 0.6),
+            ("scratch", 1000, 0.7),
+            ("pretrained", 100, 0.65),
+            ("pretrained", 1000, 0.72),
+        ]
+    ]
     ax = viz.accuracy_vs_budget(rows).axes[0]
     data_lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 2 and line.get_linestyle() == "-"]
     assert len(data_lines) == 2
@@ -86,10 +105,29 @@ def test_accuracy_vs_budget_has_a_point_per_result():
 
 
 def test_ladder_figure_draws_accuracy_and_the_paired_gain_per_setting():
-    rows = [{"arm": "scratch", "tokens_seen": 0, "dataset": "rt", "budget": 1000, "seed": s, "test_accuracy": 0.60 + s / 100}
-            for s in (0, 1)]
-    rows += [{"arm": "pretrained", "tokens_seen": t, "dataset": "rt", "budget": 1000, "seed": s,
-              "test_accuracy": 0.60 + s / 100 + gain} for t, gain in ((1e6, 0.01), (1e7, 0.05)) for s in (0, 1)]
+    rows = [
+        {
+            "arm": "scratch",
+            "tokens_seen": 0,
+            "dataset": "rt",
+            "budget": 1000,
+            "seed": s,
+            "test_accuracy": 0.60 + s / 100,
+        }
+        for s in (0, 1)
+    ]
+    rows += [
+        {
+            "arm": "pretrained",
+            "tokens_seen": t,
+            "dataset": "rt",
+            "budget": 1000,
+            "seed": s,
+            "test_accuracy": 0.60 + s / 100 + gain,
+        }
+        for t, gain in ((1e6, 0.01), (1e7, 0.05))
+        for s in (0, 1)
+    ]
     fig = viz.ladder_figure(rows)
     acc_ax, gain_ax = fig.axes
     acc_line = [line for line in acc_ax.get_lines() if len(line.get_xdata()) == 2][0]

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import pytest
-from ddp_worker import reference_masking_rule
 import torch
+from ddp_worker import reference_masking_rule
 
 from teachkit.course import exercises
 
 
-@pytest.mark.parametrize("answer, expected, right", [
-    ((1, 3), (1, 3), True),
-    ((3, 1), (1, 3), False),
-    ("pretrained", "scratch", False),
-    ("scratch", "scratch", True),
-])
+@pytest.mark.parametrize(
+    "answer, expected, right",
+    [
+        ((1, 3), (1, 3), True),
+        ((3, 1), (1, 3), False),
+        ("pretrained", "scratch", False),
+        ("scratch", "scratch", True),
+    ],
+)
 def test_check_compares_the_answer_with_the_computed_one(answer, expected, right):
     feedback = exercises.check_answer(answer, expected, hint="look at the map")
     assert feedback.ok is right

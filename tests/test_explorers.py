@@ -7,11 +7,11 @@ that the view changed, and that a nonsensical value shows a note instead of rais
 from __future__ import annotations
 
 import pytest
-from ddp_worker import reference_masking_rule
 import torch
+from ddp_worker import reference_masking_rule
 
-from teachkit.course import exercises, explorers
 from teachkit.config import preset
+from teachkit.course import exercises, explorers
 from teachkit.model import build_model
 from teachkit.objectives import make_nsp_pairs
 from teachkit.tokenization import train_bpe, train_wordpiece
@@ -22,8 +22,11 @@ TEXTS = [
     "The orchestra performed a long symphony in the old concert hall.",
     "Rain fell on the quiet village all through the winter night.",
 ] * 30
-DOCS = [["The cat sat.", "The dog slept.", "The fox ran."], ["Rain fell.", "The night was long.", "Snow came."],
-        ["A bank.", "A river.", "A hall."]]
+DOCS = [
+    ["The cat sat.", "The dog slept.", "The fox ran."],
+    ["Rain fell.", "The night was long.", "Snow came."],
+    ["A bank.", "A river.", "A hall."],
+]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +164,10 @@ def test_check_masking_rule_compares_with_mask_tokens(wordpiece):
 
     text = " ".join(TEXTS[:4])
     assert exercises.check_masking_rule(rule, wordpiece, text).ok is True
-    swapped = lambda p, h, s: rule(p, 1 - h, s)
+
+    def swapped(p, h, s):
+        return rule(p, 1 - h, s)
+
     assert exercises.check_masking_rule(swapped, wordpiece, text).ok is False
     assert exercises.check_masking_rule(lambda p, h, s: None, wordpiece, text).ok is None
 

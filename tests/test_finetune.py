@@ -7,18 +7,17 @@ from collections import Counter
 
 import pytest
 import torch
+from ddp_worker import classification, managed, pretraining, sentiment
 from safetensors.torch import load_file
 
-from ddp_worker import classification, managed, pretraining, sentiment
 from teachkit import finetune
-from teachkit.machinery.checkpoint import save_checkpoint
 from teachkit.config import preset
 from teachkit.data import LabelledSplit
+from teachkit.machinery import loading
+from teachkit.machinery.checkpoint import save_checkpoint
 from teachkit.model import BertForSequenceClassification
 from teachkit.tasks import ClassificationTask
 from teachkit.train import TrainConfig, make_optimizer, train
-from teachkit.machinery import loading
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,12 +76,15 @@ def test_budget_of_the_whole_data_set_is_every_example():
     assert finetune.sample_budget(labels, budget=12, seed=5) == list(range(12))
 
 
-@pytest.mark.parametrize("budget, words", [
-    (11, ["Label budget 11 is larger than the 10 labelled examples", "use at most 10"]),
-    (1, ["Label budget 1 is smaller than the number of classes (2)", "at least 2"]),
-    (0, ["Label budget 0", "at least 2"]),
-    (-3, ["Label budget -3", "at least 2"]),
-])
+@pytest.mark.parametrize(
+    "budget, words",
+    [
+        (11, ["Label budget 11 is larger than the 10 labelled examples", "use at most 10"]),
+        (1, ["Label budget 1 is smaller than the number of classes (2)", "at least 2"]),
+        (0, ["Label budget 0", "at least 2"]),
+        (-3, ["Label budget -3", "at least 2"]),
+    ],
+)
 def test_impossible_budgets_are_refused_with_advice(budget, words):
     labels = shuffled_labels({0: 6, 1: 4})
     with pytest.raises(ValueError) as err:
@@ -113,8 +115,11 @@ def test_a_budget_smaller_than_the_batch_is_refused_by_train(tok):
 def test_freeze_marks_the_embeddings_and_the_lowest_layers(tok):
     model, _ = classification(tok)
     frozen = finetune.freeze(model, embeddings=True, layers=1)
-    expected = [n for n, _ in model.named_parameters()
-                if n.startswith("bert.body.embed.") or n.startswith("bert.body.layers.0.")]
+    expected = [
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith("bert.body.embed.") or n.startswith("bert.body.layers.0.")
+    ]
     assert frozen == expected
     assert all(p.requires_grad == (n not in frozen) for n, p in model.named_parameters())
 
@@ -211,8 +216,18 @@ def test_a_fair_fine_tune_leaves_no_model_behind(tok):
     before = sum(isinstance(o, BertModel) for o in gc.get_objects())
     gc.disable()  # only what finetune_fair frees itself counts
     try:
-        finetune_fair("scratch", "scratch", tokenizer=tok, config=model.cfg, labelled=labelled, budget=None, seed=0,
-                      protocol=protocol, device="cpu", log=lambda _: None)
+        finetune_fair(
+            "scratch",
+            "scratch",
+            tokenizer=tok,
+            config=model.cfg,
+            labelled=labelled,
+            budget=None,
+            seed=0,
+            protocol=protocol,
+            device="cpu",
+            log=lambda _: None,
+        )
         after = sum(isinstance(o, BertModel) for o in gc.get_objects())
     finally:
         gc.enable()

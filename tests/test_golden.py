@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ddp_worker import classification, pretraining
-from teachkit.tasks import PackedMLMTask
+
 from teachkit.machinery.runs import ManagedRun, RunSettings
+from teachkit.tasks import PackedMLMTask
 from teachkit.train import TrainConfig, train
 
 GOLDEN = Path(__file__).parent / "golden" / "training_losses.json"
@@ -51,8 +51,11 @@ def _losses(tok, name: str, speedups: str) -> dict:
     """speedups: "on" or "off" (a ManagedRun on the CPU in fp32, with the switch on or off), or "lesson": the
     lesson's loop alone (`train` with its plain Run), which must give the "off" numbers."""
     model, task = RUNS[name](tok)
-    run = None if speedups == "lesson" else \
-        ManagedRun(RunSettings(device="cpu", precision="fp32", progress=False, speedups=speedups == "on"))
+    run = (
+        None
+        if speedups == "lesson"
+        else ManagedRun(RunSettings(device="cpu", precision="fp32", progress=False, speedups=speedups == "on"))
+    )
     result = train(model, task, _config(eval_every=10), run=run)
     return {"loss": result.history.column("loss"), "evals": result.history.evals}
 

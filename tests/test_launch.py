@@ -28,8 +28,8 @@ from packaging.version import Version
 
 from teachkit import data
 from teachkit.data import mirror
-from teachkit.machinery import pretrained
 from teachkit.experiments.cli import main
+from teachkit.machinery import pretrained
 
 try:
     import tomllib
@@ -96,7 +96,8 @@ def test_binder_lists_the_same_packages_as_pyproject_pinned_within_its_ranges():
         (spec,) = req.specifier
         assert spec.operator == "==", f"binder/requirements.txt: pin {name} to the tested version (==), not {spec}"
         assert wanted[name].specifier.contains(Version(spec.version), prereleases=True), (
-            f"binder/requirements.txt pins {req}, outside pyproject.toml's {wanted[name]}")
+            f"binder/requirements.txt pins {req}, outside pyproject.toml's {wanted[name]}"
+        )
 
 
 def test_environment_yml_lists_the_same_packages_and_ranges_as_pyproject():
@@ -123,8 +124,9 @@ def repo2docker() -> tuple[str, str]:
     """The Dockerfile repo2docker would build for this repository, and what it logged."""
     exe = Path(sys.executable).with_name("jupyter-repo2docker")
     assert exe.exists(), "jupyter-repo2docker is missing: pip install -e '.[dev]'"
-    done = subprocess.run([str(exe), "--no-build", "--debug", str(ROOT)], capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [str(exe), "--no-build", "--debug", str(ROOT)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, done.stderr
 
@@ -208,8 +210,9 @@ def test_readme_badges_launch_the_course_and_the_app_on_binder():
     lab = links[badges["Launch the course in JupyterLab"]]
     app = links[badges["Launch the playground app"]]
     pattern = r"https://mybinder\.org/v2/gh/([\w.-]+/[\w.-]+)/HEAD\?urlpath=(lab/tree|voila/render)/(\S+)"
-    (lab_repo, lab_kind, lab_path), (app_repo, app_kind, app_path) = (re.fullmatch(pattern, u).groups()
-                                                                      for u in (lab, app))
+    (lab_repo, lab_kind, lab_path), (app_repo, app_kind, app_path) = (
+        re.fullmatch(pattern, u).groups() for u in (lab, app)
+    )
     assert lab_repo == app_repo, "both badges must point at the same GitHub repository"
     assert (lab_kind, app_kind) == ("lab/tree", "voila/render")
     assert lab_path == "notebooks/00_start_here.ipynb" and app_path == "notebooks/playground.ipynb"
@@ -259,9 +262,12 @@ def test_a_broken_download_leaves_no_folder_and_a_rerun_fetches_only_what_is_mis
     outcomes = mirror.mirror(dest, source=again, models=(), log=lambda _: None)
     assert again.fetched == ["sst2"]
     assert {o.item.name: o.status for o in outcomes} == {
-        name: "fetched" if name == "sst2" else "skipped" for name in dataset_names()}
-    assert data.load("sst2", data_dir=dest, split="train")["sentence"][:5] == \
-        data.load("sst2", data_dir=mirror_dir, split="train")["sentence"][:5]
+        name: "fetched" if name == "sst2" else "skipped" for name in dataset_names()
+    }
+    assert (
+        data.load("sst2", data_dir=dest, split="train")["sentence"][:5]
+        == data.load("sst2", data_dir=mirror_dir, split="train")["sentence"][:5]
+    )
 
 
 def test_a_changed_file_is_noticed_and_its_item_fetched_again(tmp_path, mirror_dir):
@@ -309,9 +315,13 @@ def fake_hub(mirror_dir: Path, tmp_path: Path, monkeypatch) -> list[tuple]:
                 shutil.copy(file, Path(local_dir) / rel)
         if repo_id == "Salesforce/wikitext":  # the hub card lists a config whose files we do not take
             card = Path(local_dir) / "README.md"
-            text = card.read_text().replace("configs:\n", "configs:\n- config_name: wikitext-103-raw-v1\n"
-                                            "  data_files:\n  - split: train\n"
-                                            "    path: wikitext-103-raw-v1/train-*\n", 1)
+            text = card.read_text().replace(
+                "configs:\n",
+                "configs:\n- config_name: wikitext-103-raw-v1\n"
+                "  data_files:\n  - split: train\n"
+                "    path: wikitext-103-raw-v1/train-*\n",
+                1,
+            )
             card.write_text(text)
         (Path(local_dir) / ".cache" / "huggingface").mkdir(parents=True)
         return str(local_dir)
@@ -364,11 +374,16 @@ def test_offline_the_hub_source_says_how_to_use_a_local_mirror(tmp_path, monkeyp
 
 def test_the_model_is_mirrored_and_found_through_teachkit_data_dir(tmp_path, mirror_dir, monkeypatch):
     dest = tmp_path / "mirror"
-    (outcome,) = [o for o in mirror.mirror(dest, source=mirror.LocalSource(mirror_dir), log=lambda _: None)
-                  if o.item.kind == "model"]
+    (outcome,) = [
+        o
+        for o in mirror.mirror(dest, source=mirror.LocalSource(mirror_dir), log=lambda _: None)
+        if o.item.kind == "model"
+    ]
     assert outcome.status == "fetched"
     folder = dest / "models" / pretrained.MINILM_HUB_ID
-    assert (folder / "model.safetensors").read_bytes() == (pretrained.installed_minilm() / "model.safetensors").read_bytes()
+    assert (folder / "model.safetensors").read_bytes() == (
+        pretrained.installed_minilm() / "model.safetensors"
+    ).read_bytes()
     # Without the pip package, 'minilm' is read from the mirror named by TEACHKIT_DATA_DIR.
     monkeypatch.setenv(data.DATA_DIR_ENV, str(dest))
     monkeypatch.setattr(pretrained, "installed_minilm", lambda: None)
@@ -397,9 +412,14 @@ def test_a_notebook_runs_from_a_freshly_made_mirror(tmp_path, mirror_dir):
     assert notebook.is_file(), "notebooks/01_tokens.ipynb is missing"
     dest = tmp_path / "classroom-mirror"
     mirror.mirror(dest, source=mirror.LocalSource(mirror_dir), log=lambda _: None)
-    env = {"TEACHKIT_FAST": "1", "TEACHKIT_CACHE": str(tmp_path / "cache"), "TEACHKIT_DATA_DIR": str(dest),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    env = {
+        "TEACHKIT_FAST": "1",
+        "TEACHKIT_CACHE": str(tmp_path / "cache"),
+        "TEACHKIT_DATA_DIR": str(dest),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "MPLBACKEND": "Agg",
+    }
     nb, _ = execute(notebook, env=env)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors[0].get("evalue") if errors else ""
-

@@ -6,12 +6,20 @@ import torch
 
 from teachkit.config import preset
 from teachkit.model import GPT, BertForPreTraining
-from teachkit.objectives import IGNORE_INDEX, causal_lm_labels, clm_loss, make_nsp_pairs, mlm_loss, nsp_loss, \
-    pretraining_batch
+from teachkit.objectives import (
+    IGNORE_INDEX,
+    causal_lm_labels,
+    clm_loss,
+    make_nsp_pairs,
+    mlm_loss,
+    nsp_loss,
+    pretraining_batch,
+)
 from teachkit.tokenization import train_wordpiece
 
-DOCS = [[f"document {d} sentence {s} talks about topic {d * 7 + s} and colour {s % 3}." for s in range(4)]
-        for d in range(6)]
+DOCS = [
+    [f"document {d} sentence {s} talks about topic {d * 7 + s} and colour {s % 3}." for s in range(4)] for d in range(6)
+]
 
 
 def overfit(model, loss_fn, steps: int = 150) -> tuple[float, float]:
@@ -35,8 +43,7 @@ def test_tiny_bert_overfits_one_mlm_nsp_batch():
     model = BertForPreTraining(preset("tiny", vocab_size=tok.get_vocab_size(), dropout=0.0, attn_dropout=0.0))
 
     def loss():
-        out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                    attention_mask=batch["attention_mask"])
+        out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
         return mlm_loss(out.logits, batch["mlm_labels"]) + nsp_loss(out.nsp_logits, batch["nsp_labels"])
 
     first, last = overfit(model, loss)

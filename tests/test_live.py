@@ -17,8 +17,16 @@ def _close_figures():
 
 
 def step(i: int) -> dict:
-    return {"kind": "step", "step": i, "loss": 9.0 - i / 10, "mlm": 8.0 - i / 10, "nsp": 0.7, "lr": 1e-3,
-            "tokens_per_s": 1000.0, "elapsed": 0.1 * i}
+    return {
+        "kind": "step",
+        "step": i,
+        "loss": 9.0 - i / 10,
+        "mlm": 8.0 - i / 10,
+        "nsp": 0.7,
+        "lr": 1e-3,
+        "tokens_per_s": 1000.0,
+        "elapsed": 0.1 * i,
+    }
 
 
 def feed(curves: live.LiveCurves, n: int, *, start: int = 1) -> None:
@@ -36,8 +44,10 @@ def test_steps_and_evaluations_grow_the_static_figure():
     loss_ax, accuracy_ax = curves.figure().axes
     # Training losses, then the validation loss: every loss on the left, in the legend's words.
     assert [len(line.get_xdata()) for line in loss_ax.lines] == [8, 8, 8, 2]
-    assert [line.get_label() for line in loss_ax.lines][-2:] == ["training loss (next sentence)",
-                                                                 "validation loss (masked-LM)"]
+    assert [line.get_label() for line in loss_ax.lines][-2:] == [
+        "training loss (next sentence)",
+        "validation loss (masked-LM)",
+    ]
     (accuracy,) = accuracy_ax.lines  # accuracies on the right, in percent
     assert accuracy.get_label() == "masked-LM accuracy (validation)"
     assert list(accuracy.get_xdata()) == [5, 8] and list(accuracy.get_ydata()) == pytest.approx([10, 20])
@@ -83,8 +93,11 @@ def test_the_first_event_is_drawn_whatever_the_clock_reads(monkeypatch):
     monkeypatch.setattr(live.time, "perf_counter", lambda: 1.0)
     curves = live.LiveCurves(widget=True, every=60)
     feed(curves, 1)
-    assert {t.name for t in curves.widget.data} == {"training loss (all objectives)", "training loss (masked-LM)",
-                                                    "training loss (next sentence)"}
+    assert {t.name for t in curves.widget.data} == {
+        "training loss (all objectives)",
+        "training loss (masked-LM)",
+        "training loss (next sentence)",
+    }
     assert all(len(t.x) == 1 for t in curves.widget.data)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import B, C, H, T, V
+
 from teachkit.config import ModelConfig, preset
 from teachkit.model import (
     GPT,
@@ -20,13 +20,33 @@ from teachkit.model import (
 
 
 def bert_cfg(**kw) -> ModelConfig:
-    return ModelConfig(arch="bert", vocab_size=V, d_model=C, n_heads=H, n_layers=2, d_ff=37, max_len=16,
-                       dropout=0.0, attn_dropout=0.0, **kw)
+    return ModelConfig(
+        arch="bert",
+        vocab_size=V,
+        d_model=C,
+        n_heads=H,
+        n_layers=2,
+        d_ff=37,
+        max_len=16,
+        dropout=0.0,
+        attn_dropout=0.0,
+        **kw,
+    )
 
 
 def gpt_cfg(**kw) -> ModelConfig:
-    return preset("gpt-tiny", vocab_size=V, d_model=C, n_heads=H, n_layers=2, d_ff=37, max_len=16,
-                  dropout=0.0, attn_dropout=0.0, **kw)
+    return preset(
+        "gpt-tiny",
+        vocab_size=V,
+        d_model=C,
+        n_heads=H,
+        n_layers=2,
+        d_ff=37,
+        max_len=16,
+        dropout=0.0,
+        attn_dropout=0.0,
+        **kw,
+    )
 
 
 def ids(b=B, t=T) -> torch.Tensor:
@@ -150,7 +170,9 @@ def test_presets_build_and_count_parameters():
 
 
 def test_bad_config_messages_say_what_to_change():
-    with pytest.raises(ValueError, match=r"Width 100 \(d_model\) is not divisible by 3 heads.*Pick heads from \[1, 2, 4, 5, 10\]"):
+    with pytest.raises(
+        ValueError, match=r"Width 100 \(d_model\) is not divisible by 3 heads.*Pick heads from \[1, 2, 4, 5, 10\]"
+    ):
         ModelConfig(d_model=100, n_heads=3)
     with pytest.raises(ValueError, match="arch='t5'"):
         ModelConfig(arch="t5")
@@ -175,10 +197,10 @@ def test_bad_input_messages():
 
 
 def test_the_course_bert_recipe_is_the_shipped_course_bert_and_the_demos_model():
-    from teachkit.machinery.checkpoint import model_config
     from teachkit.config import course_bert_config
     from teachkit.course import course_bert
     from teachkit.experiments.pretraining import DemoSettings
+    from teachkit.machinery.checkpoint import model_config
 
     shipped = model_config(course_bert())
     assert course_bert_config(vocab_size=shipped.vocab_size, max_len=shipped.max_len) == shipped

@@ -14,13 +14,17 @@ spec.loader.exec_module(share)
 
 
 def fake_notebook(*cells: str) -> dict:
-    return {"cells": [{"cell_type": "markdown", "source": ["# A fake notebook\n"]}]
-            + [{"cell_type": "code", "source": cell.splitlines(keepends=True)} for cell in cells]}
+    return {
+        "cells": [{"cell_type": "markdown", "source": ["# A fake notebook\n"]}]
+        + [{"cell_type": "code", "source": cell.splitlines(keepends=True)} for cell in cells]
+    }
 
 
-IMPORTS = "import torch\nfrom IPython.display import HTML\nfrom teachkit import course, data\nfrom teachkit.course import viz\n" \
-          "from teachkit.course.probes import pieces as cut\n"
-BODY = '''\
+IMPORTS = (
+    "import torch\nfrom IPython.display import HTML\nfrom teachkit import course, data\nfrom teachkit.course import viz\n"
+    "from teachkit.course.probes import pieces as cut\n"
+)
+BODY = """\
 course.require(globals(), "tok", cell="1. Load")
 docs = data.load_documents("wikitext-2",
                            max_documents=3)  # a continuation line of a teachkit call
@@ -34,7 +38,7 @@ for doc in docs:
     shown = cut(tok, doc[0])
 x = torch.ones(3) * 2
 print(data.data_dir())
-'''
+"""
 
 
 def test_each_category_is_recognised_line_by_line():
@@ -43,7 +47,8 @@ def test_each_category_is_recognised_line_by_line():
     lines = share.classify_lines(BODY, names)
     assert [category for category, _ in lines] == [
         "guards",
-        "teachkit calls", "teachkit calls",  # the call and its continuation line
+        "teachkit calls",
+        "teachkit calls",  # the call and its continuation line
         "teachkit calls",  # viz.html_table(...)
         "teachkit calls",  # HTML(...) shows a teachkit call
         "own",  # total = 0

@@ -307,7 +307,7 @@ def test_pretraining_batch(tokenizer):
 def test_causal_lm_labels_shift_and_padding():
     x = torch.tensor([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]])
     att = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
-    I = IGNORE_INDEX
+    I = IGNORE_INDEX  # noqa: E741  (one letter keeps the expected rows readable)
     assert causal_lm_labels(x, attention_mask=att).tolist() == [
         [6, 7, 8, I, I, I],
         [10, 11, 12, 13, 14, I],
@@ -396,8 +396,10 @@ def test_every_loss_has_a_sum_form_that_divides_by_count_targets_to_the_mean():
     assert count_targets(labels) == int((labels != IGNORE_INDEX).sum()) > 0
     torch.testing.assert_close(total / count_targets(labels), mlm_loss(logits, labels))
     cls_logits, cls_labels = _logits(B, 5), torch.tensor([4, 0, 2])
-    torch.testing.assert_close(classification_loss(cls_logits, cls_labels, reduction="sum"),
-                               F.cross_entropy(cls_logits, cls_labels, reduction="sum"))
+    torch.testing.assert_close(
+        classification_loss(cls_logits, cls_labels, reduction="sum"),
+        F.cross_entropy(cls_logits, cls_labels, reduction="sum"),
+    )
     with pytest.raises(ValueError, match="'mean' or 'sum'"):
         nsp_loss(_logits(B, 2), torch.tensor([0, 1, 1]), reduction="none")
 

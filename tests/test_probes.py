@@ -6,8 +6,8 @@ import pytest
 import torch
 from ddp_worker import sentiment
 
-from teachkit.course import probes
 from teachkit.config import preset
+from teachkit.course import probes
 from teachkit.model import build_model
 from teachkit.tokenization import encode, tokens
 
@@ -129,8 +129,13 @@ def test_classify_returns_one_answer_per_text_in_order(bert, tok):
 
 
 def test_predictions_count_confusions_and_order_mistakes_by_confidence():
-    answers = probes.Predictions(texts=list("abcde"), labels=[0, 0, 1, 1, 1], predicted=[0, 1, 1, 0, 0],
-                                 confidence=[0.9, 0.6, 0.8, 0.7, 0.95], label_names=["neg", "pos"])
+    answers = probes.Predictions(
+        texts=list("abcde"),
+        labels=[0, 0, 1, 1, 1],
+        predicted=[0, 1, 1, 0, 0],
+        confidence=[0.9, 0.6, 0.8, 0.7, 0.95],
+        label_names=["neg", "pos"],
+    )
     assert answers.confusion().tolist() == [[1, 1], [2, 1]]
     assert answers.accuracy == pytest.approx(2 / 5)
     assert answers.mistakes() == [4, 3, 1]

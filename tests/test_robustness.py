@@ -22,17 +22,22 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from ddp_worker import classification, fit, pretraining, sentiment, weights
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ddp_worker import classification, fit, pretraining, sentiment, weights
-from teachkit.machinery import checkpoint, loading
-from teachkit.machinery.checkpoint import CheckpointError, load_model, load_training_state, load_weights, \
-    save_checkpoint
 from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
+from teachkit.machinery import checkpoint, loading
+from teachkit.machinery.checkpoint import (
+    CheckpointError,
+    load_model,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+)
 from teachkit.machinery.files import atomic_folder
-from teachkit.model import build_model
 from teachkit.machinery.runs import RunSettings
+from teachkit.model import build_model
 from teachkit.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,12 +72,14 @@ def edit_header(path: Path, change) -> None:
 def swap_shape(name: str):
     def change(header):
         header[name]["shape"] = header[name]["shape"][::-1]  # same number of values, another shape
+
     return change
 
 
 def to_int32(name: str):
     def change(header):
         header[name]["dtype"] = "I32"  # same bytes, read as integers
+
     return change
 
 
@@ -81,10 +88,14 @@ MISMATCHES = {  # how the checkpoint was changed -> a tensor the error must name
     "config: one more layer": (lambda f: edit_config(f, n_layers=3), "bert.body.layers.2."),
     "config: one layer fewer": (lambda f: edit_config(f, n_layers=1), "bert.body.layers.1."),
     "config: bigger vocabulary": (lambda f: edit_config(f, vocab_size=500), "bert.body.embed.tokens.weight"),
-    "header: one tensor's shape": (lambda f: edit_header(f / "model.safetensors", swap_shape(
-        "bert.body.layers.0.ff.up.weight")), "bert.body.layers.0.ff.up.weight"),
-    "header: float to int32": (lambda f: edit_header(f / "model.safetensors", to_int32(
-        "bert.body.layers.0.attn.proj.weight")), "bert.body.layers.0.attn.proj.weight"),
+    "header: one tensor's shape": (
+        lambda f: edit_header(f / "model.safetensors", swap_shape("bert.body.layers.0.ff.up.weight")),
+        "bert.body.layers.0.ff.up.weight",
+    ),
+    "header: float to int32": (
+        lambda f: edit_header(f / "model.safetensors", to_int32("bert.body.layers.0.attn.proj.weight")),
+        "bert.body.layers.0.attn.proj.weight",
+    ),
 }
 
 
@@ -93,9 +104,11 @@ def test_a_body_that_does_not_fit_is_refused_on_every_load_path(saved, how):
     """Before: 0 of 33 tensors loaded (wider), a fresh layer (deeper), fresh embeddings, reinterpreted bits."""
     edit, tensor = MISMATCHES[how]
     edit(saved)
-    loads = {"load_model, new head": lambda: load_model(saved, task="classification", log=None),
-             "load_model, same task": lambda: load_model(saved, log=None),
-             "loading.classifier (teachkit finetune --from)": lambda: loading.classifier(saved)}
+    loads = {
+        "load_model, new head": lambda: load_model(saved, task="classification", log=None),
+        "load_model, same task": lambda: load_model(saved, log=None),
+        "loading.classifier (teachkit finetune --from)": lambda: loading.classifier(saved),
+    }
     for path, load in loads.items():
         with pytest.raises(CheckpointError) as err:
             load()
@@ -223,8 +236,11 @@ def read_only_folder(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("where", ["a file", "inside a file", "read-only"])
 def test_an_unwritable_checkpoint_folder_fails_before_the_first_step(tok, tmp_path, where):
     (tmp_path / "notes.txt").write_text("mine")
-    folder = {"a file": tmp_path / "notes.txt", "inside a file": tmp_path / "notes.txt" / "run",
-              "read-only": read_only_folder(tmp_path)}[where]
+    folder = {
+        "a file": tmp_path / "notes.txt",
+        "inside a file": tmp_path / "notes.txt" / "run",
+        "read-only": read_only_folder(tmp_path),
+    }[where]
     model, task = classification(tok)
     before, steps = weights(model), []
     with pytest.raises(checkpoint.SaveError, match=re.escape(f"Cannot save a checkpoint to {folder}")):
@@ -305,8 +321,9 @@ def test_a_second_ctrl_c_during_the_update_is_held_until_the_step_is_counted(tok
     """Before: the second Ctrl-C raised at once, wherever it landed."""
     model, task = classification(tok)
     snaps = {0: weights(model)}
-    fit(model, task, callbacks=[lambda e: snaps.__setitem__(e["step"], weights(model))
-                                         if e["kind"] == "step" else None])
+    fit(
+        model, task, callbacks=[lambda e: snaps.__setitem__(e["step"], weights(model)) if e["kind"] == "step" else None]
+    )
 
     calls = []
 
@@ -348,13 +365,30 @@ def test_a_diverged_fine_tuning_says_so(tok):
     model, _ = classification(tok)
     protocol = Protocol(grid=((1e6, 1.0),), max_len=32, batch=16, epochs_few=2)
     with pytest.raises(TrainingStopped, match=r"Fine-tuning \(scratch, 48 labels\) did not finish.*learning rate"):
-        finetune_fair("scratch", "scratch", tokenizer=tok, config=model.cfg, labelled=labelled, budget=None, seed=0,
-                      protocol=protocol, device="cpu", log=lambda _: None)
+        finetune_fair(
+            "scratch",
+            "scratch",
+            tokenizer=tok,
+            config=model.cfg,
+            labelled=labelled,
+            budget=None,
+            seed=0,
+            protocol=protocol,
+            device="cpu",
+            log=lambda _: None,
+        )
 
 
-@pytest.mark.parametrize("settings, changes", [
-    (TrainConfig, dict(max_seconds=math.nan)), (TrainConfig, dict(max_seconds=math.inf)),
-    (TrainConfig, dict(lr=math.inf)), (RunSettings, dict(save_minutes=0)), (RunSettings, dict(save_minutes=math.nan))])
+@pytest.mark.parametrize(
+    "settings, changes",
+    [
+        (TrainConfig, dict(max_seconds=math.nan)),
+        (TrainConfig, dict(max_seconds=math.inf)),
+        (TrainConfig, dict(lr=math.inf)),
+        (RunSettings, dict(save_minutes=0)),
+        (RunSettings, dict(save_minutes=math.nan)),
+    ],
+)
 def test_train_config_refuses_non_finite_budgets(settings, changes):
     """Before: max_seconds=nan or inf trained forever at learning rate 0."""
     with pytest.raises(ValueError, match=f"{next(iter(changes))}=.*finite"):
@@ -396,6 +430,7 @@ def test_a_damaged_or_missing_optimizer_file_is_named(tok, run):
 
 def test_an_optimizer_file_that_would_run_code_is_refused(run, tmp_path):
     """optimizer.pt is read with torch.load(weights_only=True): a pickled call is refused, never made."""
+
     class Payload:
         def __reduce__(self):
             return Path.write_text, (tmp_path / "ran.txt", "the checkpoint ran code")

@@ -20,12 +20,11 @@ import pytest
 import torch
 
 from teachkit import data
+from teachkit.app.playground import Settings
+from teachkit.config import ModelConfig
 from teachkit.data import DataUnavailableError, mirror
 from teachkit.machinery import pretrained
-from teachkit.config import ModelConfig
 from teachkit.model import GPT, BertForSequenceClassification, build_model
-from teachkit.app.playground import Settings
-
 
 # ------------------------------------------------------------------------------- 2. the datasets cache
 
@@ -59,7 +58,8 @@ def test_another_folder_is_never_served_from_the_cache(tmp_path, fresh_cache):
     truth = pq.read_table(fresh_cache / "rotten_tomatoes" / "train.parquet")["label"].to_pylist()
     assert data.load("rotten_tomatoes", split="train", data_dir=flipped)["label"] == [1 - x for x in truth]
     assert data.load("rotten_tomatoes", split="train", data_dir=real)["label"] == truth, (
-        "the second folder was served from the first folder's cache")
+        "the second folder was served from the first folder's cache"
+    )
 
 
 def test_a_changed_file_is_read_again(tmp_path, fresh_cache):
@@ -132,8 +132,9 @@ def tiny_bert(**changes) -> ModelConfig:
 
 
 def test_hf_tensors_that_are_not_floats_are_refused(tmp_path):
-    model = BertForSequenceClassification(ModelConfig(vocab_size=99, d_model=32, n_layers=1, n_heads=4, d_ff=37,
-                                                      max_len=16, pooling="cls"))
+    model = BertForSequenceClassification(
+        ModelConfig(vocab_size=99, d_model=32, n_layers=1, n_heads=4, d_ff=37, max_len=16, pooling="cls")
+    )
     state = pretrained.to_hf_state_dict(model)
     state["bert.encoder.layer.0.output.dense.weight"] = state["bert.encoder.layer.0.output.dense.weight"].int()
     with pytest.raises(pretrained.CheckpointError, match=r"(?s)layer\.0\.output\.dense\.weight.*torch\.int32"):
@@ -165,16 +166,33 @@ def test_load_hf_gives_an_eval_model_and_a_tokenizer_that_pads_nothing():
     assert stats.pieces_per_word < 1.5
 
 
-@pytest.mark.parametrize("vocab, tokenizer, expected", [(300, "bpe", "from the tokenizer"), (300, None, 0),
-                                                       (50257, None, 50256)])
+@pytest.mark.parametrize(
+    "vocab, tokenizer, expected", [(300, "bpe", "from the tokenizer"), (300, None, 0), (50257, None, 50256)]
+)
 def test_a_gpt_export_names_its_end_of_text_token(tmp_path, vocab, tokenizer, expected):
     transformers = pytest.importorskip("transformers")
     from teachkit.tokenization import train_bpe
 
-    tok = train_bpe(["some text to learn a few merges from, and some more text"] * 5, vocab_size=300) \
-        if tokenizer else None
-    model = GPT(ModelConfig(arch="gpt", vocab_size=vocab, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_len=16,
-                            n_segments=0, norm_first=True, activation="gelu_tanh", layer_norm_eps=1e-5))
+    tok = (
+        train_bpe(["some text to learn a few merges from, and some more text"] * 5, vocab_size=300)
+        if tokenizer
+        else None
+    )
+    model = GPT(
+        ModelConfig(
+            arch="gpt",
+            vocab_size=vocab,
+            d_model=8,
+            n_layers=1,
+            n_heads=2,
+            d_ff=16,
+            max_len=16,
+            n_segments=0,
+            norm_first=True,
+            activation="gelu_tanh",
+            layer_norm_eps=1e-5,
+        )
+    )
     pretrained.save_hf(model, tmp_path / "gpt", tokenizer=tok)
     config = transformers.AutoConfig.from_pretrained(str(tmp_path / "gpt"))
     want = tok.token_to_id("<|endoftext|>") if tok else expected
@@ -193,9 +211,13 @@ def test_a_damaged_hugging_face_checkpoint_names_the_file(tmp_path):
 
 
 def test_settings_files_that_are_not_settings_are_refused_briefly():
-    for text, reason in [(b"\xff\xfe{\x00", "not UTF-8"), ("[" * 100_000, "too big"), ("[" * 50_000, "nested"),
-                         ('{"budget": "' + "x" * 50_000 + '"}', "should be a int"),
-                         (b'{"budget": 7, "width": 64}', None)]:
+    for text, reason in [
+        (b"\xff\xfe{\x00", "not UTF-8"),
+        ("[" * 100_000, "too big"),
+        ("[" * 50_000, "nested"),
+        ('{"budget": "' + "x" * 50_000 + '"}', "should be a int"),
+        (b'{"budget": 7, "width": 64}', None),
+    ]:
         if reason is None:
             assert Settings.from_json(text).budget == 7
             continue
@@ -209,8 +231,13 @@ def test_an_uploaded_file_that_is_not_text_is_explained_on_the_page(mirror_dir):
     from teachkit.app.widgets import Playground
 
     app = Playground()
-    upload = {"name": "settings.json", "type": "application/json", "size": 4, "content": memoryview(b"\xff\xfe{\x00"),
-              "last_modified": datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)}
+    upload = {
+        "name": "settings.json",
+        "type": "application/json",
+        "size": 4,
+        "content": memoryview(b"\xff\xfe{\x00"),
+        "last_modified": datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc),
+    }
     app.load_upload.value = (upload,)  # what the browser sends when a learner picks the file
     assert "Could not load the settings" in app.problems.value and "not UTF-8" in app.problems.value
     assert app.settings() == Settings()

@@ -5,20 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import C, H, T, V
 from ddp_worker import fit, pretraining
+
 from teachkit.config import ModelConfig
 from teachkit.machinery import speed
-from teachkit.model import Attention, BertForSequenceClassification, MLMHead
 from teachkit.machinery.speed import Dropout16, dropout16, training_speedups
+from teachkit.model import Attention, BertForSequenceClassification, MLMHead
 
 CPU = torch.device("cpu")
 
 
 def classifier(dropout: float) -> BertForSequenceClassification:
-    return BertForSequenceClassification(ModelConfig(vocab_size=V, d_model=C, n_heads=H, n_layers=2, d_ff=37,
-                                                     max_len=16, dropout=dropout, attn_dropout=dropout))
+    return BertForSequenceClassification(
+        ModelConfig(
+            vocab_size=V, d_model=C, n_heads=H, n_layers=2, d_ff=37, max_len=16, dropout=dropout, attn_dropout=dropout
+        )
+    )
 
 
 def batch() -> dict[str, torch.Tensor]:
@@ -77,8 +80,12 @@ def test_the_speedups_are_on_in_the_block_and_the_model_is_as_before_after_it():
 def test_train_runs_with_the_speedups_and_hands_the_model_back_plain(tok):
     model, task = pretraining(tok)
     kinds = []
-    fit(model, task, max_steps=2,
-        callbacks=[lambda e: kinds.append({type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout)})])
+    fit(
+        model,
+        task,
+        max_steps=2,
+        callbacks=[lambda e: kinds.append({type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout)})],
+    )
     assert kinds[0] == {"Dropout16"}
     assert {type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout)} == {"Dropout"}
 
@@ -146,17 +153,23 @@ def test_the_memory_thresholds_are_set_when_training_starts_not_on_import(monkey
 
     monkeypatch.setattr(speed, "_LIBC", FakeLibc())
     with training_speedups(classifier(0.1), device=CPU, precision="fp32"):
-        assert calls == [(speed.M_MMAP_THRESHOLD, speed.OWN_MAPPING_BYTES), (speed.M_TRIM_THRESHOLD, speed.KEEP_FREED_BYTES)]
+        assert calls == [
+            (speed.M_MMAP_THRESHOLD, speed.OWN_MAPPING_BYTES),
+            (speed.M_TRIM_THRESHOLD, speed.KEEP_FREED_BYTES),
+        ]
     code = "import teachkit.machinery.speed, teachkit.machinery.runs, teachkit.experiments.demo\nprint('imported')"
     # Fresh interpreter: a mallopt spy wrapped around glibc's, installed before teachkit is imported.
-    spy = ("import ctypes\n"
-           "real = ctypes.CDLL\n"
-           "called = []\n"
-           "class Spy:\n"
-           "    def __init__(self, lib): self._lib = lib\n"
-           "    def mallopt(self, *a): called.append(a); return 1\n"
-           "    def __getattr__(self, name): return getattr(self._lib, name)\n"
-           "ctypes.CDLL = lambda name, *a, **k: Spy(real(name, *a, **k)) if name == 'libc.so.6' else real(name, *a, **k)\n"
-           + code + "\nprint(called)")
+    spy = (
+        "import ctypes\n"
+        "real = ctypes.CDLL\n"
+        "called = []\n"
+        "class Spy:\n"
+        "    def __init__(self, lib): self._lib = lib\n"
+        "    def mallopt(self, *a): called.append(a); return 1\n"
+        "    def __getattr__(self, name): return getattr(self._lib, name)\n"
+        "ctypes.CDLL = lambda name, *a, **k: Spy(real(name, *a, **k)) if name == 'libc.so.6' else real(name, *a, **k)\n"
+        + code
+        + "\nprint(called)"
+    )
     out = subprocess.run([sys.executable, "-c", spy], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[:2] == ["imported", "[]"], out

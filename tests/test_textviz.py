@@ -16,11 +16,12 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from teachkit.course import probes as ins, textviz
 from teachkit.config import preset
+from teachkit.course import probes as ins
+from teachkit.course import textviz
+from teachkit.course.probes import MaskGuess
 from teachkit.model import build_model
 from teachkit.objectives import ROLE_NAMES, mask_tokens
-from teachkit.course.probes import MaskGuess
 from teachkit.tokenization import special_ids, train_bpe, train_wordpiece
 
 TEXTS = [
@@ -54,7 +55,7 @@ def test_pieces_carry_ids_words_and_segments(wordpiece):
     texts = [p.text for p in got]
     assert texts[0] == "[CLS]" and texts.count("[SEP]") == 2
     first_sep = texts.index("[SEP]")
-    assert all(p.segment == 0 for p in got[: first_sep + 1]) and all(p.segment == 1 for p in got[first_sep + 1:])
+    assert all(p.segment == 0 for p in got[: first_sep + 1]) and all(p.segment == 1 for p in got[first_sep + 1 :])
     assert [p.id for p in got] == [wordpiece.token_to_id(t) for t in texts]
     assert got[0].word is None and got[1].word == 0
 
@@ -73,8 +74,14 @@ def test_mask_sentence_reports_what_mask_tokens_did(wordpiece):
     masked = ins.mask_sentence(wordpiece, text, mask_prob=0.4, seed=3)
     ids = special_ids(wordpiece)
     before = torch.tensor(wordpiece.encode(text).ids)[None]
-    oracle = mask_tokens(before, mask_id=ids.mask, vocab_size=wordpiece.get_vocab_size(), special_ids=ids.all,
-                         mask_prob=0.4, generator=torch.Generator().manual_seed(3))
+    oracle = mask_tokens(
+        before,
+        mask_id=ids.mask,
+        vocab_size=wordpiece.get_vocab_size(),
+        special_ids=ids.all,
+        mask_prob=0.4,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert masked.roles == [ROLE_NAMES[r] for r in oracle.roles[0].tolist()]
     assert masked.after == [wordpiece.id_to_token(i) for i in oracle.input_ids[0].tolist()]
     assert all(a == "[MASK]" for a, r in zip(masked.after, masked.roles) if r == "masked")
@@ -93,8 +100,12 @@ def test_nsp_probability_is_a_probability(wordpiece):
     assert p == ins.nsp_probability(model, wordpiece, TEXTS[0], TEXTS[1])  # evaluated without dropout ...
     assert model.training is True  # ... and the model is handed back in the mode it came in
     with pytest.raises(ValueError, match="no NSP head"):
-        ins.nsp_probability(build_model(preset("tiny", vocab_size=wordpiece.get_vocab_size()), task="base"),
-                            wordpiece, TEXTS[0], TEXTS[1])
+        ins.nsp_probability(
+            build_model(preset("tiny", vocab_size=wordpiece.get_vocab_size()), task="base"),
+            wordpiece,
+            TEXTS[0],
+            TEXTS[1],
+        )
 
 
 def test_generate_text_continues_the_prompt_and_repeats_with_a_seed():
@@ -141,22 +152,30 @@ def test_masking_html_colours_every_token_by_role(wordpiece):
 # Colour-vision deficiencies as linear-RGB matrices (Machado, Oliveira & Fernandes 2009, severity 1.0).
 DEFICIENCIES = {
     "normal": torch.eye(3),
-    "protanopia": torch.tensor([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
-                                [-0.003882, -0.048116, 1.051998]]),
-    "deuteranopia": torch.tensor([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
-                                  [-0.011820, 0.042940, 0.968881]]),
-    "tritanopia": torch.tensor([[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602],
-                                [0.004733, 0.691367, 0.303900]]),
+    "protanopia": torch.tensor(
+        [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]]
+    ),
+    "deuteranopia": torch.tensor(
+        [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]]
+    ),
+    "tritanopia": torch.tensor(
+        [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]]
+    ),
 }
 
 
 def _lab(colour: str, seen_by: torch.Tensor) -> torch.Tensor:
     """A hex colour as a person with the given deficiency sees it, in CIELAB (distance ~ perceived difference)."""
-    srgb = torch.tensor([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)], dtype=torch.float64)
+    srgb = torch.tensor([int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)], dtype=torch.float64)
     linear = torch.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
     linear = (seen_by.double() @ linear).clamp(0, 1)
-    xyz = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
-                       dtype=torch.float64) @ linear / torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+    xyz = (
+        torch.tensor(
+            [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]], dtype=torch.float64
+        )
+        @ linear
+        / torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+    )
     f = torch.where(xyz > 216 / 24389, xyz ** (1 / 3), (24389 / 27 * xyz + 16) / 116)
     return torch.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
 
@@ -174,8 +193,11 @@ def test_masking_roles_stay_apart_for_colour_blind_readers():
 def test_a_token_a_browser_may_not_draw_shows_its_id(wordpiece):
     assert textviz.may_not_render("\u1017") and textviz.may_not_render("##\u0b95")  # Myanmar, Tamil
     assert not any(textviz.may_not_render(t) for t in ("river", "##ing", "café", "Ωμέγα", "[MASK]", "—"))
-    masked = ins.MaskedSentence(before=["[CLS]", "the", "river", "[SEP]"], after=["[CLS]", "the", "\u1017", "[SEP]"],
-                                roles=["untouched", "untouched", "random", "untouched"])
+    masked = ins.MaskedSentence(
+        before=["[CLS]", "the", "river", "[SEP]"],
+        after=["[CLS]", "the", "\u1017", "[SEP]"],
+        roles=["untouched", "untouched", "random", "untouched"],
+    )
 
     class Ids:  # a tokenizer that knows one id
         def token_to_id(self, token):
@@ -190,11 +212,13 @@ def test_a_token_a_browser_may_not_draw_shows_its_id(wordpiece):
 def test_the_masking_explorer_shows_the_models_guesses_and_a_static_snapshot(wordpiece):
     from teachkit.course import explorers
 
-    model = build_model(preset("tiny", vocab_size=wordpiece.get_vocab_size(), n_layers=1, d_model=32, n_heads=2,
-                               d_ff=64, max_len=64))
+    model = build_model(
+        preset("tiny", vocab_size=wordpiece.get_vocab_size(), n_layers=1, d_model=32, n_heads=2, d_ff=64, max_len=64)
+    )
     box = explorers.masking_explorer(wordpiece, TEXTS[0], model=model, mask_prob=0.9)
-    selected = sum("untouched" not in role for role in
-                   ins.mask_sentence(wordpiece, TEXTS[0], mask_prob=0.9, seed=0).roles)
+    selected = sum(
+        "untouched" not in role for role in ins.mask_sentence(wordpiece, TEXTS[0], mask_prob=0.9, seed=0).roles
+    )
     assert "The model's guesses: " in box.view.value and f"of {selected} right" in box.view.value
     assert box.view.value.count("position ") == selected
     bundle = box._repr_mimebundle_()

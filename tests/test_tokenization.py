@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from teachkit import data, tokenization as tok
+from teachkit import data
+from teachkit import tokenization as tok
 
 IN_MEMORY = [
     "The cat sat on the mat.",

@@ -21,18 +21,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_worker import cfg, classification, fit, pretraining, weights
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ddp_worker import cfg, classification, fit, pretraining, weights
 from teachkit.machinery import checkpoint
-from teachkit.machinery.checkpoint import CheckpointError, load_training_state, load_weights, \
-    save_checkpoint
+from teachkit.machinery.checkpoint import CheckpointError, load_training_state, load_weights, save_checkpoint
 from teachkit.machinery.devices import DeviceError
 from teachkit.machinery.files import atomic_folder
 from teachkit.model import build_model
-from teachkit.tokenization import load_tokenizer
 from teachkit.objectives import IGNORE_INDEX, mlm_loss, nsp_loss
+from teachkit.tokenization import load_tokenizer
 from teachkit.train import TrainConfig, lr_factor, make_optimizer, train, train_step
 
 CHECKPOINT_FILES = {"config.json", "model.safetensors", "optimizer.pt", "training_state.json"}
@@ -60,9 +59,11 @@ def snapshots(model) -> tuple[dict[int, dict], Callable[[dict], None]]:
 
 def on_step(at: int, action):
     """A callback that calls action() when the step event of step `at` arrives."""
+
     def callback(event):
         if event["kind"] == "step" and event["step"] == at:
             action()
+
     return callback
 
 
@@ -147,6 +148,7 @@ def test_another_seed_another_loss_curve(tok):
 
 def test_seeds_do_what_their_comments_say(tok):
     """TrainConfig.seed fixes dropout only; the task's seed fixes data order and masking."""
+
     def run(*, train_seed, task_seed, dropout):
         model, task = pretraining(tok, dropout=dropout, seed=task_seed)
         return fit(model, task, seed=train_seed).history.column("loss")
@@ -181,8 +183,9 @@ def test_same_seed_same_loss_curve_in_a_fresh_process(mirror_dir):
     env = {**os.environ, "TEACHKIT_DATA_DIR": str(mirror_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     runs = []
     for _ in range(2):
-        done = subprocess.run([sys.executable, "-c", FRESH_PROCESS_RUN], env=env, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", FRESH_PROCESS_RUN], env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     (a, b) = runs
@@ -190,7 +193,8 @@ def test_same_seed_same_loss_curve_in_a_fresh_process(mirror_dir):
     assert a["vocab"] == b["vocab"], (
         "train_wordpiece gave different vocabularies in two processes "
         f"({'the same tokens under other ids' if same_tokens else 'different tokens'}), "
-        f"so the same seeds gave the loss curves {a['losses']} and {b['losses']}")
+        f"so the same seeds gave the loss curves {a['losses']} and {b['losses']}"
+    )
     assert a["losses"] == b["losses"]
 
 
@@ -268,7 +272,8 @@ def test_keep_best_survives_resume(tok, tmp_path):
     assert [e["accuracy"] for e in resumed.history.evals] == [0.9, 0.5, 0.6, 0.7]
     assert resumed.best == {"step": 3, "accuracy": 0.9}, (
         f"after resuming, result.best is {resumed.best}: the best evaluation from before the interruption "
-        "(step 3, 0.9) was forgotten")
+        "(step 3, 0.9) was forgotten"
+    )
     assert_same_weights(weights(model), snaps[3])
 
 
@@ -351,7 +356,8 @@ def test_ctrl_c_during_the_update_keeps_weights_and_step_count_consistent(tok, t
     matches = [s for s, w in snaps.items() if all(torch.equal(in_memory[k], w[k]) for k in w)]
     assert matches == [result.step], (
         f"the run reports {result.step} steps but its weights are those after {matches} updates: "
-        "Ctrl-C between optimizer.step() and the history update loses the step's bookkeeping")
+        "Ctrl-C between optimizer.step() and the history update loses the step's bookkeeping"
+    )
     assert_same_weights(saved, snaps[result.step])
 
 
@@ -362,8 +368,14 @@ def test_nan_loss_stops_before_the_bad_update(tok, tmp_path):
     folder = tmp_path / "run"
     model, task = pretraining(tok)
     snaps, record = snapshots(model)
-    result = fit(model, Faulty(task, at=5, fault=lambda s: s * math.nan), max_steps=12, save_every=2,
-                 checkpoint_dir=str(folder), callbacks=[record])
+    result = fit(
+        model,
+        Faulty(task, at=5, fault=lambda s: s * math.nan),
+        max_steps=12,
+        save_every=2,
+        checkpoint_dir=str(folder),
+        callbacks=[record],
+    )
     assert result.stopped == "diverged"
     assert result.step == 4 and len(result.history.steps) == 4
     assert "learning rate" in result.message and "lr=0.001" in result.message and "lr=0.0001" in result.message
@@ -385,7 +397,8 @@ def test_non_finite_gradient_with_finite_loss_stops_before_the_bad_update(tok):
     result = fit(model, Faulty(task, at=3, fault=_InfiniteGradient.apply), callbacks=[record])
     assert all_finite(model), (
         f"stopped={result.stopped!r} after {result.step} steps with NaN/inf weights: the loop checks only the "
-        "loss, and clipping/AdamW turned the non-finite gradient of step 3 into NaN weights")
+        "loss, and clipping/AdamW turned the non-finite gradient of step 3 into NaN weights"
+    )
     assert result.stopped == "diverged" and result.step == 2
     assert_same_weights(weights(model), snaps[2])
 
@@ -484,9 +497,15 @@ def _best_weights_kept_on_disk_during_the_run(tok, tmp_path, monkeypatch) -> tup
     model, task = classification(tok)
     task.primary_metric = ("loss", "max")  # the best evaluation is an early one
     seen = []
-    result = fit(model, task, max_steps=8, lr=3e-3, eval_every=2, keep_best=True,
-                 callbacks=[lambda e: seen.append(sorted(p.name for p in tmp_path.iterdir())) if e["kind"] == "eval"
-                            else None])
+    result = fit(
+        model,
+        task,
+        max_steps=8,
+        lr=3e-3,
+        eval_every=2,
+        keep_best=True,
+        callbacks=[lambda e: seen.append(sorted(p.name for p in tmp_path.iterdir())) if e["kind"] == "eval" else None],
+    )
     again = task.evaluate(model, to_device=lambda b: b)
     assert again["loss"] == pytest.approx(result.best["loss"], rel=1e-6)  # the best weights came back
     return seen, result
@@ -558,7 +577,9 @@ def test_the_tasks_losses_are_objectives_losses_summed(tok):
     model, task = classification(tok, dropout=0.0)
     batch = task.batch([0, 1, 2])
     out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
-    torch.testing.assert_close(task.loss_sums(model, batch)["cls"] / 3, classification_loss(out.logits, batch["labels"]))
+    torch.testing.assert_close(
+        task.loss_sums(model, batch)["cls"] / 3, classification_loss(out.logits, batch["labels"])
+    )
 
 
 def test_learning_rate_warms_up_then_decays(tok):
@@ -593,8 +614,12 @@ def written_out_step(model, batch, optimizer, *, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
     at = batch["mlm_labels"] != IGNORE_INDEX
-    out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
-                predict_at=at)
+    out = model(
+        batch["input_ids"],
+        token_type_ids=batch["token_type_ids"],
+        attention_mask=batch["attention_mask"],
+        predict_at=at,
+    )
     loss = mlm_loss(out.logits, batch["mlm_labels"][at]) + nsp_loss(out.nsp_logits, batch["nsp_labels"])
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -646,8 +671,13 @@ def test_the_plain_run_keeps_the_best_weights_and_stops_cleanly(tok):
     events = []
     result = train(model, task, cfg(), callbacks=[on_step(3, raise_interrupt), events.append])
     assert result.stopped == "interrupted" and result.step == 3 and "history so far is kept" in result.message
-    assert events[-1] == {"kind": "end", "step": 3, "stopped": "interrupted", "message": result.message,
-                          "seconds": result.seconds}
+    assert events[-1] == {
+        "kind": "end",
+        "step": 3,
+        "stopped": "interrupted",
+        "message": result.message,
+        "seconds": result.seconds,
+    }
 
     model, task = pretraining(tok)
     result = train(model, task, cfg(max_steps=12, lr=1e4, warmup=0.0))
@@ -657,17 +687,20 @@ def test_the_plain_run_keeps_the_best_weights_and_stops_cleanly(tok):
 # ------------------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("changes, words", [
-    (dict(max_steps=0), ["max_steps=0", "at least 1"]),
-    (dict(max_steps=-5), ["max_steps=-5", "at least 1"]),
-    (dict(max_seconds=0), ["max_seconds=0", "positive"]),
-    (dict(max_seconds=-1.0), ["max_seconds=-1.0", "positive"]),
-    (dict(max_steps=None, max_seconds=None), ["Give a budget", "max_steps", "max_seconds"]),
-    (dict(batch_size=0), ["batch_size=0", "positive"]),
-    (dict(batch_size=8, grad_accum=3), ["batch_size=8", "multiple of grad_accum=3"]),
-    (dict(lr=0.0), ["lr=0.0", "positive"]),
-    (dict(warmup=1.0), ["warmup=1.0", "[0, 1)"]),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (dict(max_steps=0), ["max_steps=0", "at least 1"]),
+        (dict(max_steps=-5), ["max_steps=-5", "at least 1"]),
+        (dict(max_seconds=0), ["max_seconds=0", "positive"]),
+        (dict(max_seconds=-1.0), ["max_seconds=-1.0", "positive"]),
+        (dict(max_steps=None, max_seconds=None), ["Give a budget", "max_steps", "max_seconds"]),
+        (dict(batch_size=0), ["batch_size=0", "positive"]),
+        (dict(batch_size=8, grad_accum=3), ["batch_size=8", "multiple of grad_accum=3"]),
+        (dict(lr=0.0), ["lr=0.0", "positive"]),
+        (dict(warmup=1.0), ["warmup=1.0", "[0, 1)"]),
+    ],
+)
 def test_train_config_rejects_bad_values_with_advice(changes, words):
     with pytest.raises(ValueError) as err:
         TrainConfig(**changes)
@@ -683,11 +716,14 @@ def test_batch_larger_than_the_data_is_refused_before_training(tok):
     assert_same_weights(weights(model), before)
 
 
-@pytest.mark.parametrize("changes, pattern", [
-    (dict(device="gpu"), r"Unknown device 'gpu'; use one of auto, cpu, cuda, mps"),
-    (dict(device="tpu:0"), r"Unknown device 'tpu:0'"),
-    (dict(precision="fp16"), r"Unknown precision 'fp16'; use one of auto, bf16, fp32"),
-])
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        (dict(device="gpu"), r"Unknown device 'gpu'; use one of auto, cpu, cuda, mps"),
+        (dict(device="tpu:0"), r"Unknown device 'tpu:0'"),
+        (dict(precision="fp16"), r"Unknown precision 'fp16'; use one of auto, bf16, fp32"),
+    ],
+)
 def test_unknown_device_or_precision(tok, changes, pattern):
     model, task = classification(tok)
     with pytest.raises(DeviceError, match=pattern):
@@ -709,9 +745,27 @@ def test_cli_cuda_on_a_machine_without_cuda_prints_the_message_not_a_traceback(t
     model, _ = pretraining(tok)
     save_checkpoint(tmp_path / "pretrained", model=model, tokenizer=tok)
     env = {**os.environ, "TEACHKIT_DATA_DIR": str(mirror_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "teachkit", "finetune", "--from", "scratch", "--like",
-                           str(tmp_path / "pretrained"), "--labels", "10", "--device", "cuda"],
-                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "teachkit",
+            "finetune",
+            "--from",
+            "scratch",
+            "--like",
+            str(tmp_path / "pretrained"),
+            "--labels",
+            "10",
+            "--device",
+            "cuda",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("teachkit finetune: Device 'cuda' was asked for") and "no CUDA GPU" in done.stderr
@@ -766,4 +820,3 @@ def test_resuming_a_pretraining_run_into_a_classifier(tok, tmp_path):
     classifier, task = classification(tok)
     with pytest.raises(CheckpointError, match="lacks tensors this model needs.*classifier"):
         fit(classifier, task, checkpoint_dir=str(tmp_path / "run"), resume=True)
-

@@ -61,8 +61,13 @@ def test_head_scores_map_writes_every_score(maps):
 
 
 def test_confusion_matrix_shows_counts_and_accuracy():
-    answers = probes.Predictions(texts=list("abcde"), labels=[0, 0, 1, 1, 1], predicted=[0, 1, 1, 0, 0],
-                                 confidence=[0.9] * 5, label_names=["negative", "positive"])
+    answers = probes.Predictions(
+        texts=list("abcde"),
+        labels=[0, 0, 1, 1, 1],
+        predicted=[0, 1, 1, 0, 0],
+        confidence=[0.9] * 5,
+        label_names=["negative", "positive"],
+    )
     (ax,) = _heatmaps(viz.confusion_matrix(answers))
     assert [t.get_text() for t in ax.texts] == ["1\n(50%)", "1\n(50%)", "2\n(67%)", "1\n(33%)"]
     assert "40.0% correct" in ax.get_title()
@@ -77,9 +82,13 @@ def test_eval_curves_plot_one_point_per_evaluation():
 
 
 def test_misclassified_table_lists_the_most_confident_mistakes_escaped():
-    answers = probes.Predictions(texts=["<b>bold</b> claim", "fine", "meh", "ok"], labels=[1, 0, 1, 0],
-                                 predicted=[0, 0, 0, 1], confidence=[0.9, 0.8, 0.55, 0.7],
-                                 label_names=["neg", "pos"])
+    answers = probes.Predictions(
+        texts=["<b>bold</b> claim", "fine", "meh", "ok"],
+        labels=[1, 0, 1, 0],
+        predicted=[0, 0, 0, 1],
+        confidence=[0.9, 0.8, 0.55, 0.7],
+        label_names=["neg", "pos"],
+    )
     html = viz.misclassified_table(answers, n=2)
     assert html.count("<tr>") == 1 + 2  # header + two mistakes
     assert "&lt;b&gt;bold" in html and "<b>bold" not in html
@@ -91,8 +100,9 @@ def test_neighbours_and_mask_guess_tables_have_a_row_per_word_and_mask():
     html = viz.neighbours_table({"king": [("queen", 0.81), ("prince", 0.7)], "river": [("lake", 0.6)]})
     assert html.count("<tr>") == 3 and "queen (0.81)" in html
     guess = probes.MaskGuess(position=2, tokens=["cat", "dog"], probs=[0.5, 0.25])
-    html = viz.mask_guesses_table("the [MASK] sat on the [MASK].", ["cat", "mat"],
-                                  {"before": [guess, guess], "after": [guess, guess]})
+    html = viz.mask_guesses_table(
+        "the [MASK] sat on the [MASK].", ["cat", "mat"], {"before": [guess, guess], "after": [guess, guess]}
+    )
     assert html.count("<tr>") == 3
     assert html.count("cat 50.0%, dog 25.0%") == 4
     assert html.index(">before</th>") < html.index(">after</th>")
@@ -109,9 +119,17 @@ def _label_boxes(fig) -> tuple[list, list]:
 
 
 # Equal values at one budget, crossing lines, a steep climb and a point on the chance line.
-CROWDED = [("scratch", 100, 0.553), ("pretrained", 100, 0.553), ("real BERT", 100, 0.556),
-           ("scratch", 200, 0.617), ("pretrained", 200, 0.557), ("real BERT", 200, 0.70),
-           ("scratch", 400, 0.50), ("pretrained", 400, 0.66), ("real BERT", 400, 0.81)]
+CROWDED = [
+    ("scratch", 100, 0.553),
+    ("pretrained", 100, 0.553),
+    ("real BERT", 100, 0.556),
+    ("scratch", 200, 0.617),
+    ("pretrained", 200, 0.557),
+    ("real BERT", 200, 0.70),
+    ("scratch", 400, 0.50),
+    ("pretrained", 400, 0.66),
+    ("real BERT", 400, 0.81),
+]
 
 
 def test_accuracy_vs_budget_labels_every_point_where_no_line_or_label_crosses_it():
@@ -128,16 +146,26 @@ def test_accuracy_vs_budget_labels_every_point_where_no_line_or_label_crosses_it
     assert all(inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1) for _, box in boxes)
 
 
-@pytest.mark.parametrize("n, words", [(0, "0"), (999, "999"), (1000, "1 thousand"), (614_400, "610 thousand"),
-                                      (999_999, "1 million"), (2.34e6, "2.3 million"), (4.5e10, "45 billion")])
+@pytest.mark.parametrize(
+    "n, words",
+    [
+        (0, "0"),
+        (999, "999"),
+        (1000, "1 thousand"),
+        (614_400, "610 thousand"),
+        (999_999, "1 million"),
+        (2.34e6, "2.3 million"),
+        (4.5e10, "45 billion"),
+    ],
+)
 def test_readable_count_never_says_zero_million(n, words):
     assert viz.readable_count(n) == words
 
 
 def test_attention_explorer_keeps_its_picture_where_no_widget_can_show(tok):
     """interact()'s output disappears from an HTML export with the widget state; the explorer's picture stays."""
-    from teachkit.course import explorers
     from teachkit.config import preset
+    from teachkit.course import explorers
     from teachkit.model import build_model
 
     model = build_model(preset("tiny", vocab_size=tok.get_vocab_size(), n_layers=L, n_heads=H, d_model=40, d_ff=64))

@@ -18,11 +18,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from teachkit.machinery import checkpoint
 from teachkit import course
 from teachkit.app import playground as engine
 from teachkit.app.playground import Settings
 from teachkit.app.widgets import Playground
+from teachkit.machinery import checkpoint
 
 TINY = Settings(start_from="my pre-training", budget=6, budget_unit="steps", labels=48, epochs=2, batch_size=16)
 
@@ -266,12 +266,15 @@ def test_the_loss_panels_show_what_guessing_scores():
     assert "ln 4,096 = 8.3" in page and "Things to try" in page  # explained in the page, near the top
 
 
-@pytest.mark.parametrize("name, typed, kept, said, fine", [
-    ("labels", 99999, 8530, "99,999 is above the highest label budget on offer (8,530", 500),
-    ("lr", 5.0, 0.1, "5 is above the highest learning rate on offer (0.1", 0.01),
-    ("seed", -5, 0, "-5 is below the lowest seed on offer (0)", 3),
-    ("frozen", 7, 2, "7 is above the highest frozen layers on offer (2)", 1),
-])
+@pytest.mark.parametrize(
+    "name, typed, kept, said, fine",
+    [
+        ("labels", 99999, 8530, "99,999 is above the highest label budget on offer (8,530", 500),
+        ("lr", 5.0, 0.1, "5 is above the highest learning rate on offer (0.1", 0.01),
+        ("seed", -5, 0, "-5 is below the lowest seed on offer (0)", 3),
+        ("frozen", 7, 2, "7 is above the highest frozen layers on offer (2)", 1),
+    ],
+)
 def test_a_typed_value_outside_the_range_is_moved_inside_and_the_control_says_so(name, typed, kept, said, fine):
     app = Playground()
     control = app.controls[name]
@@ -289,8 +292,16 @@ def test_the_status_line_shows_a_steady_speed(monkeypatch):
 
     def fake_run(settings, *, run, on_event, stop):
         for step, speed in enumerate(speeds, start=1):
-            event = {"kind": "step", "step": step, "mlm": 8.0, "nsp": 0.69, "loss": 8.7, "elapsed": 0.1 * step,
-                     "tokens_per_s": speed, "lr": 1e-3}
+            event = {
+                "kind": "step",
+                "step": step,
+                "mlm": 8.0,
+                "nsp": 0.69,
+                "loss": 8.7,
+                "elapsed": 0.1 * step,
+                "tokens_per_s": speed,
+                "lr": 1e-3,
+            }
             run.pretraining.steps.append(event)
             on_event({**event, "phase": "pretraining"})
             shown.append(app.status.value)
@@ -322,8 +333,10 @@ def test_each_starting_point_fine_tunes_its_own_network_with_its_own_tokenizer()
     assert own_tok is res.tokenizer and own.cfg.d_model == TINY.width
     minilm = engine.start_config("MiniLM")
     assert replace(TINY, start_from="MiniLM", frozen=minilm.n_layers).problems() == []
-    assert any("Cannot freeze 7 layers of a 6-layer model" in p
-               for p in replace(TINY, start_from="MiniLM", frozen=7).problems())
+    assert any(
+        "Cannot freeze 7 layers of a 6-layer model" in p
+        for p in replace(TINY, start_from="MiniLM", frozen=7).problems()
+    )
 
 
 def test_a_checkpoint_start_disables_the_controls_it_ignores_and_says_what_it_is():

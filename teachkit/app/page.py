@@ -18,13 +18,25 @@ from teachkit.app.playground import LIMITS, SIZE_PRESETS, VOCAB_SIZE, Run, Setti
 COLOURS = qualitative.D3  # run n gets COLOURS[(n - 1) % 10]
 FONT = {"size": 15}  # projector-sized text in every figure
 LABEL = "150px"  # width of every control's name
-NAMES = {"start_from": "Start from", "budget": "Pre-training budget", "mask_rate": "Mask rate",
-         "nsp": "Next-sentence prediction", "size": "Model size", "layers": "Layers", "width": "Width (d_model)",
-         "heads": "Attention heads", "labels": "Labelled examples", "epochs": "Fine-tuning epochs",
-         "frozen": "Frozen layers", "lr": "Learning rate", "batch_size": "Batch size", "seed": "Seed"}
+NAMES = {
+    "start_from": "Start from",
+    "budget": "Pre-training budget",
+    "mask_rate": "Mask rate",
+    "nsp": "Next-sentence prediction",
+    "size": "Model size",
+    "layers": "Layers",
+    "width": "Width (d_model)",
+    "heads": "Attention heads",
+    "labels": "Labelled examples",
+    "epochs": "Fine-tuning epochs",
+    "frozen": "Frozen layers",
+    "lr": "Learning rate",
+    "batch_size": "Batch size",
+    "seed": "Seed",
+}
 HELP = {  # what each control does: shown where the pointer rests, and under "What the settings mean"
     "start_from": "Where fine-tuning starts: a pre-trained BERT (the course's, or MiniLM), your own pre-training run "
-                  "on unlabelled Wikipedia text, or random weights (untrained, scratch).",
+    "on unlabelled Wikipedia text, or random weights (untrained, scratch).",
     "budget": "How long pre-training runs, in seconds (wall clock) or in steps (the same on any machine).",
     "mask_rate": "Share of the tokens hidden for masked-LM to guess back (BERT: 15%).",
     "nsp": "Also learn next-sentence prediction: does sentence B follow sentence A? (BERT's second task)",
@@ -39,10 +51,12 @@ HELP = {  # what each control does: shown where the pointer rests, and under "Wh
     "batch_size": "Examples per training step, in both phases.",
     "seed": "Fixes the random start, data order and masking: the same seed and settings repeat a run.",
 }
-INTRO = ("<h2>Training playground: pre-training vs fine-tuning</h2><div class='tk-intro'><b>Pre-training</b> "
-         "teaches a small BERT about language from unlabelled text (guess the hidden words, and whether two sentences "
-         "belong together); <b>fine-tuning</b> then teaches it one task, the sentiment of movie reviews, from a few "
-         "labelled ones. Press <b>Run</b>: every run stays on the plots.</div>")
+INTRO = (
+    "<h2>Training playground: pre-training vs fine-tuning</h2><div class='tk-intro'><b>Pre-training</b> "
+    "teaches a small BERT about language from unlabelled text (guess the hidden words, and whether two sentences "
+    "belong together); <b>fine-tuning</b> then teaches it one task, the sentiment of movie reviews, from a few "
+    "labelled ones. Press <b>Run</b>: every run stays on the plots.</div>"
+)
 TIPS = """<details class='tk-more'><summary>Things to try</summary><ul>
 <li><b>Is pre-training worth it?</b> Run once as it is (from the course BERT), then once with <i>Start from</i>
 set to <i>course BERT, untrained</i> (the same network with random weights), and compare the validation accuracy
@@ -94,20 +108,19 @@ class NumberControl:
     """A slider with a box to type a number into. A typed value outside the range is moved inside it,
     and a note under the control says so (the frontend's own box would change it silently)."""
 
-    def __init__(self, name: str, label: str, *, value, low, high, step=None, log: bool = False,
-                 slider: bool = True):
+    def __init__(self, name: str, label: str, *, value, low, high, step=None, log: bool = False, slider: bool = True):
         self.name, self._busy = name, False
         kind = float if isinstance(value, float) else int
         common = {"continuous_update": False, "readout": False, "layout": W.Layout(width="105px")}
         if log:  # a log slider's min and max are powers of ten
-            self.slider = W.FloatLogSlider(value=value, base=10, min=log10(low), max=log10(high), step=0.25,
-                                           **common)
+            self.slider = W.FloatLogSlider(value=value, base=10, min=log10(low), max=log10(high), step=0.25, **common)
         elif kind is float:
             self.slider = W.FloatSlider(value=value, min=low, max=high, step=step or 0.05, **common)
         else:
             self.slider = W.IntSlider(value=value, min=low, max=high, step=step or 1, **common)
-        self.box = (W.FloatText if kind is float else W.IntText)(value=value, continuous_update=False,
-                                                                  layout=W.Layout(width="80px"))
+        self.box = (W.FloatText if kind is float else W.IntText)(
+            value=value, continuous_update=False, layout=W.Layout(width="80px")
+        )
         self.note = W.HTML()
         self.slider.observe(self._slid, names="value")
         self.box.observe(self._typed, names="value")
@@ -159,8 +172,11 @@ class NumberControl:
     def _typed(self, change) -> None:
         if change["new"] == self.slider.value:  # the box shows the slider's value: nothing was typed
             return
-        low, high = (10 ** self.slider.min, 10 ** self.slider.max) if isinstance(self.slider, W.FloatLogSlider) \
+        low, high = (
+            (10**self.slider.min, 10**self.slider.max)
+            if isinstance(self.slider, W.FloatLogSlider)
             else (self.slider.min, self.slider.max)
+        )
         value, why = engine.clamp(self.name, change["new"], low=low, high=high)
         self.note.value = f"<div class='tk-note'>{html.escape(why)}</div>" if why else ""
         self._busy = True
@@ -194,8 +210,7 @@ def make_controls() -> dict[str, object]:
     return {
         "start_from": choice(W.Dropdown, "start_from", options=list(engine.STARTS), layout=W.Layout(width="230px")),
         "budget": number_control("budget", "Pre-training budget"),
-        "budget_unit": choice(W.Dropdown, "budget_unit", options=["seconds", "steps"],
-                              layout=W.Layout(width="90px")),
+        "budget_unit": choice(W.Dropdown, "budget_unit", options=["seconds", "steps"], layout=W.Layout(width="90px")),
         "mask_rate": number_control("mask_rate", "Mask rate", step=0.05),
         "nsp": choice(W.Checkbox, "nsp", description="Next-sentence prediction too", indent=False),
         "size": choice(W.Dropdown, "size", options=[*SIZE_PRESETS, "custom"], layout=W.Layout(width="180px")),
@@ -227,34 +242,71 @@ def empty_figure() -> go.Figure:
     # One figure with three panels, not three figures: each plotly FigureWidget ships its own copy
     # of plotly.js (5 MB) to the browser, and anywidget gives up on a widget that takes over 2 s to load.
     # The fourth corner holds the legend: one entry per run, however many runs there are.
-    grid = make_subplots(rows=2, cols=2, specs=[[{}, None], [{}, {}]], vertical_spacing=0.2,
-                         horizontal_spacing=0.13, subplot_titles=[
-                             "Pre-training loss", "Fine-tuning loss", "Validation accuracy"])
+    grid = make_subplots(
+        rows=2,
+        cols=2,
+        specs=[[{}, None], [{}, {}]],
+        vertical_spacing=0.2,
+        horizontal_spacing=0.13,
+        subplot_titles=["Pre-training loss", "Fine-tuning loss", "Validation accuracy"],
+    )
     # Lay the figure out before it becomes a widget: layout changes made to a FigureWidget before the
     # browser has drawn it are lost.
-    grid.update_layout(height=560, font=FONT, template="plotly_white", margin={"l": 60, "r": 10, "t": 30, "b": 50},
-                       legend={"x": 0.56, "y": 1.03, "xanchor": "left", "yanchor": "top", "font": {"size": 13},
-                               "title": {"text": "Runs (click one to hide it)"}, "tracegroupgap": 2,
-                               "itemclick": "toggle", "itemdoubleclick": "toggleothers"},
-                       hoverlabel={"namelength": -1})
+    grid.update_layout(
+        height=560,
+        font=FONT,
+        template="plotly_white",
+        margin={"l": 60, "r": 10, "t": 30, "b": 50},
+        legend={
+            "x": 0.56,
+            "y": 1.03,
+            "xanchor": "left",
+            "yanchor": "top",
+            "font": {"size": 13},
+            "title": {"text": "Runs (click one to hide it)"},
+            "tracegroupgap": 2,
+            "itemclick": "toggle",
+            "itemdoubleclick": "toggleothers",
+        },
+        hoverlabel={"namelength": -1},
+    )
     grid.update_annotations(font_size=17)  # the panel titles
-    for (row, col), (x, y) in {(1, 1): ("pre-training step", "loss"), (2, 1): ("fine-tuning epoch", "loss"),
-                               (2, 2): ("fine-tuning epoch", "accuracy")}.items():
+    for (row, col), (x, y) in {
+        (1, 1): ("pre-training step", "loss"),
+        (2, 1): ("fine-tuning epoch", "loss"),
+        (2, 2): ("fine-tuning epoch", "accuracy"),
+    }.items():
         grid.update_xaxes(title_text=x, title_standoff=4, row=row, col=col)
         grid.update_yaxes(title_text=y, title_standoff=4, row=row, col=col)
     grid.update_yaxes(range=[0.35, 1.0], tickformat=".0%", row=2, col=2)
     empty_axes(grid)
-    guess = {"line_dash": "dot", "line_color": "grey", "exclude_empty_subplots": False,
-             "annotation_font": {"size": 12, "color": "#555"}}
+    guess = {
+        "line_dash": "dot",
+        "line_color": "grey",
+        "exclude_empty_subplots": False,
+        "annotation_font": {"size": 12, "color": "#555"},
+    }
     mlm, coin = engine.uniform_loss(VOCAB_SIZE), engine.uniform_loss(2)
-    grid.add_hline(y=mlm, row=1, col=1, annotation_text=f"guessing any of {VOCAB_SIZE:,} tokens: ln V = {mlm:.1f}",
-                   annotation_position="top right", **guess)
-    grid.add_hline(y=coin, row=1, col=1, annotation_text=f"coin toss (next sentence): ln 2 = {coin:.2f}",
-                   annotation_position="top right", **guess)
-    grid.add_hline(y=coin, row=2, col=1, annotation_text=f"coin toss: ln 2 = {coin:.2f}",
-                   annotation_position="top right", **guess)
-    grid.add_hline(y=0.5, row=2, col=2, annotation_text="coin toss: 50%", annotation_position="bottom right",
-                   **guess)
+    grid.add_hline(
+        y=mlm,
+        row=1,
+        col=1,
+        annotation_text=f"guessing any of {VOCAB_SIZE:,} tokens: ln V = {mlm:.1f}",
+        annotation_position="top right",
+        **guess,
+    )
+    grid.add_hline(
+        y=coin,
+        row=1,
+        col=1,
+        annotation_text=f"coin toss (next sentence): ln 2 = {coin:.2f}",
+        annotation_position="top right",
+        **guess,
+    )
+    grid.add_hline(
+        y=coin, row=2, col=1, annotation_text=f"coin toss: ln 2 = {coin:.2f}", annotation_position="top right", **guess
+    )
+    grid.add_hline(y=0.5, row=2, col=2, annotation_text="coin toss: 50%", annotation_position="bottom right", **guess)
     # plotly.js draws a panel's axes only once something refers to them: an empty curve does.
     for row, col in ((1, 1), (2, 1)):
         grid.add_scatter(x=[], y=[], showlegend=False, hoverinfo="skip", meta="placeholder", row=row, col=col)
@@ -285,8 +337,10 @@ def results_table(runs: list[Run]) -> str:
         row = run.summary()
         cells = "".join(f"<td>{html.escape(_fmt(k, row[k]))}</td>" for k in TABLE_COLUMNS)
         other = ", ".join(f"{k} {_fmt(k, row[k])}" for k in OTHER_COLUMNS)
-        body += (f"<tr style='border-left: 6px solid {colour(run.number)}'>{cells}"
-                 f"<td class='tk-other'>{html.escape(other)}</td></tr>")
+        body += (
+            f"<tr style='border-left: 6px solid {colour(run.number)}'>{cells}"
+            f"<td class='tk-other'>{html.escape(other)}</td></tr>"
+        )
     return f"<div style='overflow-x: auto'><table class='tk-results'><tr>{head}</tr>{body}</table></div>"
 
 

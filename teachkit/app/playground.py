@@ -27,12 +27,12 @@ from functools import lru_cache
 
 import torch
 
-from teachkit.machinery import checkpoint, loading, pretrained
 from teachkit import course, data, finetune, tokenization
 from teachkit.config import COURSE_RECIPE, PRESETS, ModelConfig, course_bert_config, heads_problem
+from teachkit.machinery import checkpoint, loading, pretrained
+from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.model import build_model, count_parameters
 from teachkit.tasks import ClassificationTask, PretrainingTask
-from teachkit.machinery.runs import ManagedRun, RunSettings
 from teachkit.train import History, TrainConfig, train
 
 # The model sizes on offer: the BERT presets of teachkit.config (GPT ones do not fine-tune for sentiment).
@@ -45,8 +45,15 @@ N_CLASSES = 2  # rotten_tomatoes: negative / positive
 # weight copies and kernels cost about 250 MB more per app (measured at the default settings).
 APP_RUN = RunSettings(device="cpu", precision="fp32", progress=False)
 LIMITS = {  # the ranges the controls offer; loaded settings are checked against them too
-    "budget": (1, 600), "mask_rate": (0.05, 0.8), "layers": (1, 8), "width": (16, 512), "heads": (1, 16),
-    "lr": (1e-5, 1e-1), "batch_size": (2, 256), "labels": (N_CLASSES, 8530), "epochs": (1, 20),
+    "budget": (1, 600),
+    "mask_rate": (0.05, 0.8),
+    "layers": (1, 8),
+    "width": (16, 512),
+    "heads": (1, 16),
+    "lr": (1e-5, 1e-1),
+    "batch_size": (2, 256),
+    "labels": (N_CLASSES, 8530),
+    "epochs": (1, 20),
     "seed": (0, 2**31 - 1),
 }
 # Where fine-tuning starts. Each pre-trained start has an untrained control (the same network and tokenizer,
@@ -56,10 +63,16 @@ STARTS = ("course BERT", "course BERT, untrained", "my pre-training", "scratch",
 COURSE_STARTS = ("course BERT", "course BERT, untrained")
 OWN_MODEL = ("my pre-training", "scratch")  # the starts whose model the size controls describe
 # Why a limit is where it is, for the note shown when a typed value is moved inside it.
-_WHY_LIMIT = {"labels": "the labelled training reviews there are", "lr": "faster rates make training blow up",
-              "budget": "ten minutes or 600 steps", "batch_size": "the most a CPU holds comfortably",
-              "mask_rate": "beyond that too little text is left to read", "width": "the most a CPU trains in minutes",
-              "layers": "the most a CPU trains in minutes", "heads": "the most the width splits into usefully"}
+_WHY_LIMIT = {
+    "labels": "the labelled training reviews there are",
+    "lr": "faster rates make training blow up",
+    "budget": "ten minutes or 600 steps",
+    "batch_size": "the most a CPU holds comfortably",
+    "mask_rate": "beyond that too little text is left to read",
+    "width": "the most a CPU trains in minutes",
+    "layers": "the most a CPU trains in minutes",
+    "heads": "the most the width splits into usefully",
+}
 
 
 @dataclass
@@ -106,9 +119,15 @@ class Settings:
         if heads:
             found.append(heads)
         preset = SIZE_PRESETS.get(self.size)
-        if preset and self.start_from in OWN_MODEL and (preset.n_layers, preset.d_model, preset.n_heads) != (self.layers, self.width, self.heads):
-            found.append(f"Model size {self.size!r} means {preset.n_layers} layers, width {preset.d_model}, "
-                         f"{preset.n_heads} heads; for other numbers choose size 'custom'.")
+        if (
+            preset
+            and self.start_from in OWN_MODEL
+            and (preset.n_layers, preset.d_model, preset.n_heads) != (self.layers, self.width, self.heads)
+        ):
+            found.append(
+                f"Model size {self.size!r} means {preset.n_layers} layers, width {preset.d_model}, "
+                f"{preset.n_heads} heads; for other numbers choose size 'custom'."
+            )
         try:
             layers = self.model_layers()
         except (OSError, ValueError) as err:  # MiniLM not installed, say: the message says how to get it
@@ -116,11 +135,15 @@ class Settings:
         if self.frozen < 0 or self.frozen > layers:
             found.append(f"Cannot freeze {self.frozen} layers of a {layers}-layer model: choose 0 to {layers}.")
         if self.frozen == self.layers and self.start_from == "scratch":
-            found.append("All layers frozen and no pre-training: the frozen layers would stay random. "
-                         "Turn pre-training on or freeze fewer layers.")
+            found.append(
+                "All layers frozen and no pre-training: the frozen layers would stay random. "
+                "Turn pre-training on or freeze fewer layers."
+            )
         if self.labels < N_CLASSES:
-            found.append(f"A label budget of {self.labels} is below the {N_CLASSES} classes: every class needs at "
-                         f"least one example. Use {N_CLASSES} or more.")
+            found.append(
+                f"A label budget of {self.labels} is below the {N_CLASSES} classes: every class needs at "
+                f"least one example. Use {N_CLASSES} or more."
+            )
         return found
 
     def model_shape(self) -> tuple[int, int, int]:
@@ -146,9 +169,16 @@ class Settings:
         the text as the fine-tuning recipe does (the mean of the token vectors).
         """
         r = COURSE_RECIPE
-        return course_bert_config(vocab_size=vocab_size, max_len=MAX_LEN, layers=self.layers, width=self.width,
-                                  heads=self.heads, dropout=r.finetune_dropout, attn_dropout=r.finetune_dropout,
-                                  pooling=r.pooling)
+        return course_bert_config(
+            vocab_size=vocab_size,
+            max_len=MAX_LEN,
+            layers=self.layers,
+            width=self.width,
+            heads=self.heads,
+            dropout=r.finetune_dropout,
+            attn_dropout=r.finetune_dropout,
+            pooling=r.pooling,
+        )
 
     def budget_text(self) -> str:
         return f"{self.budget} s" if self.budget_unit == "seconds" else f"{self.budget} steps"
@@ -164,7 +194,7 @@ class Settings:
     def from_dict(cls, values: dict) -> Settings:
         """Settings from a dict (e.g. a saved JSON file); unknown names are an error, missing ones default."""
         if not isinstance(values, dict):
-            raise TypeError("A settings file holds one JSON object, like {\"start_from\": \"scratch\", \"budget\": 40}.")
+            raise TypeError('A settings file holds one JSON object, like {"start_from": "scratch", "budget": 40}.')
         known = {f.name: f for f in fields(cls)}
         if isinstance(values.get("pretrain"), bool) and "start_from" not in values:  # a file saved before start_from
             values = {**values, "start_from": "my pre-training" if values["pretrain"] else "scratch"}
@@ -186,19 +216,24 @@ class Settings:
     def from_json(cls, text: str | bytes) -> Settings:
         """Settings from the text (or the bytes, as uploaded) of a file saved by the playground."""
         if len(text) > MAX_SETTINGS_FILE:  # a saved file is well under 1 kB; a huge one is the wrong file
-            raise ValueError(f"This file is {len(text):,} bytes, too big for a settings file (at most "
-                             f"{MAX_SETTINGS_FILE:,}): load a .json file saved by the playground.")
+            raise ValueError(
+                f"This file is {len(text):,} bytes, too big for a settings file (at most "
+                f"{MAX_SETTINGS_FILE:,}): load a .json file saved by the playground."
+            )
         try:
             values = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
         except UnicodeDecodeError as err:
-            raise ValueError(f"This file is not text (byte {err.start} is not UTF-8): load a .json file saved by "
-                             "the playground.") from None
+            raise ValueError(
+                f"This file is not text (byte {err.start} is not UTF-8): load a .json file saved by the playground."
+            ) from None
         except json.JSONDecodeError as err:
-            raise ValueError(f"This is not valid JSON ({err.msg} at line {err.lineno}): "
-                             "load a file saved by the playground.") from None
+            raise ValueError(
+                f"This is not valid JSON ({err.msg} at line {err.lineno}): load a file saved by the playground."
+            ) from None
         except RecursionError:
-            raise ValueError("This JSON is nested too deeply to be a settings file: load a file saved by the "
-                             "playground.") from None
+            raise ValueError(
+                "This JSON is nested too deeply to be a settings file: load a file saved by the playground."
+            ) from None
         return cls.from_dict(values)
 
 
@@ -215,14 +250,18 @@ def start_description(start: str) -> str:
     """What a starting point is, in a sentence for the page (the course BERT's figures come from its record)."""
     if start == "course BERT":
         info = course.course_bert_info()
-        return (f"the course's small BERT, pre-trained with masked-LM on {info['tokens_seen'] / 1e6:.0f}M tokens of "
-                f"movie reviews ({info['seconds'] / 60:.0f} CPU minutes): fine-tuning starts from its weights.")
-    return {"course BERT, untrained": "the course BERT's network and tokenizer with random weights: what its "
-                                      "pre-training is measured against.",
-            "my pre-training": "pre-train a new small BERT here first, with the settings below.",
-            "scratch": "random weights, at the model size below: what my pre-training is measured against.",
-            "MiniLM": "a real pre-trained BERT (6 layers, 384 wide, 22M parameters, pre-trained on about a billion "
-                      "sentence pairs); slower to fine-tune on a CPU, and it likes a lower learning rate (3e-4)."}[start]
+        return (
+            f"the course's small BERT, pre-trained with masked-LM on {info['tokens_seen'] / 1e6:.0f}M tokens of "
+            f"movie reviews ({info['seconds'] / 60:.0f} CPU minutes): fine-tuning starts from its weights."
+        )
+    return {
+        "course BERT, untrained": "the course BERT's network and tokenizer with random weights: what its "
+        "pre-training is measured against.",
+        "my pre-training": "pre-train a new small BERT here first, with the settings below.",
+        "scratch": "random weights, at the model size below: what my pre-training is measured against.",
+        "MiniLM": "a real pre-trained BERT (6 layers, 384 wide, 22M parameters, pre-trained on about a billion "
+        "sentence pairs); slower to fine-tune on a CPU, and it likes a lower learning rate (3e-4).",
+    }[start]
 
 
 def start_text(start: str, budget: str) -> str:
@@ -261,8 +300,10 @@ def clamp(name: str, value: float, *, low: float | None = None, high: float | No
     bound = high if value > high else low
     why = f": {_WHY_LIMIT[name]}" if name in _WHY_LIMIT and value > high else ""
     side = "above the highest" if value > high else "below the lowest"
-    return bound, (f"{_number(value)} is {side} {_LABELS.get(name, name).lower()} on offer "
-                   f"({_number(bound)}{why}), so {_number(bound)} is used.")
+    return bound, (
+        f"{_number(value)} is {side} {_LABELS.get(name, name).lower()} on offer "
+        f"({_number(bound)}{why}), so {_number(bound)} is used."
+    )
 
 
 def _number(value: float) -> str:
@@ -274,9 +315,19 @@ def uniform_loss(n_choices: int) -> float:
     return math.log(n_choices)
 
 
-_LABELS = {"budget": "Pre-training budget", "mask_rate": "Mask rate", "layers": "Layers", "width": "Width",
-           "heads": "Heads", "lr": "Learning rate", "batch_size": "Batch size", "labels": "Label budget",
-           "epochs": "Fine-tuning epochs", "seed": "Seed", "frozen": "Frozen layers"}
+_LABELS = {
+    "budget": "Pre-training budget",
+    "mask_rate": "Mask rate",
+    "layers": "Layers",
+    "width": "Width",
+    "heads": "Heads",
+    "lr": "Learning rate",
+    "batch_size": "Batch size",
+    "labels": "Label budget",
+    "epochs": "Fine-tuning epochs",
+    "seed": "Seed",
+    "frozen": "Frozen layers",
+}
 
 
 @dataclass
@@ -322,12 +373,22 @@ class Run:
         s = self.settings
         pre, fine = self.pretraining.steps, self.finetuning.evals
         return {  # the columns a lecture compares first, then the rest of the settings
-            "run": self.number, "pre-training": self.pretraining_text(), "labels": s.labels,
+            "run": self.number,
+            "pre-training": self.pretraining_text(),
+            "labels": s.labels,
             "val. accuracy": round(max(e["accuracy"] for e in fine), 4) if fine else None,
-            "MLM loss": round(pre[-1]["mlm"], 3) if pre else None, "status": self.status,
-            "model": self.model_text(), "mask": s.mask_rate, "lr": s.lr, "batch": s.batch_size,
-            "epochs": s.epochs, "frozen": s.frozen, "seed": s.seed, "pre-train steps": len(pre),
-            "fine-tune steps": len(self.finetuning.steps), "seconds": round(self.seconds, 1),
+            "MLM loss": round(pre[-1]["mlm"], 3) if pre else None,
+            "status": self.status,
+            "model": self.model_text(),
+            "mask": s.mask_rate,
+            "lr": s.lr,
+            "batch": s.batch_size,
+            "epochs": s.epochs,
+            "frozen": s.frozen,
+            "seed": s.seed,
+            "pre-train steps": len(pre),
+            "fine-tune steps": len(self.finetuning.steps),
+            "seconds": round(self.seconds, 1),
         }
 
     def model_text(self) -> str:
@@ -336,10 +397,18 @@ class Run:
         return f"{layers}L×{width}, {heads}h"
 
     def to_dict(self) -> dict:
-        return {"number": self.number, "settings": asdict(self.settings), "status": self.status,
-                "message": self.message, "parameters": self.parameters, "seconds": self.seconds,
-                "pretrain_seconds": self.pretrain_seconds, "pretraining_cut": self.pretraining_cut,
-                "pretraining": asdict(self.pretraining), "finetuning": asdict(self.finetuning)}
+        return {
+            "number": self.number,
+            "settings": asdict(self.settings),
+            "status": self.status,
+            "message": self.message,
+            "parameters": self.parameters,
+            "seconds": self.seconds,
+            "pretrain_seconds": self.pretrain_seconds,
+            "pretraining_cut": self.pretraining_cut,
+            "pretraining": asdict(self.pretraining),
+            "finetuning": asdict(self.finetuning),
+        }
 
 
 def export_json(runs: list[Run]) -> str:
@@ -434,8 +503,9 @@ def starting_point(settings: Settings, res: Resources):
         cfg = settings.model_config(vocab_size=res.tokenizer.get_vocab_size())
         return build_model(cfg, task="classification", n_classes=N_CLASSES), res.tokenizer
     if settings.start_from == "course BERT, untrained":
-        cfg = start_config("course BERT").replace(pooling=r.pooling, dropout=r.finetune_dropout,
-                                                  attn_dropout=r.finetune_dropout)
+        cfg = start_config("course BERT").replace(
+            pooling=r.pooling, dropout=r.finetune_dropout, attn_dropout=r.finetune_dropout
+        )
         tokenizer = tokenization.load_tokenizer(course.course_bert() / "tokenizer.json")
         return build_model(cfg, task="classification", n_classes=N_CLASSES), tokenizer
     source = course.course_bert() if settings.start_from == "course BERT" else "minilm"
@@ -445,8 +515,10 @@ def starting_point(settings: Settings, res: Resources):
 def continue_to_finetuning(run: Run, *, on_event: Listener, stop: threading.Event) -> Run:
     """Fine-tune a run that was stopped during pre-training, from the weights pre-training had reached."""
     if not run.can_fine_tune:
-        raise ValueError(f"Run {run.number} is {run.status}, not stopped during pre-training with its model kept: "
-                         "only such a run can go on to fine-tuning. Start a new run instead.")
+        raise ValueError(
+            f"Run {run.number} is {run.status}, not stopped during pre-training with its model kept: "
+            "only such a run can go on to fine-tuning. Start a new run instead."
+        )
 
     def phases() -> str:
         fine_tune(run.settings, run.model, run.tokenizer, resources(), run=run, on_event=on_event, stop=stop)
@@ -471,40 +543,71 @@ def _execute(run: Run, phases: Callable[[], str], *, on_event: Listener, stop: t
     return run
 
 
-def pretrain(settings: Settings, cfg: ModelConfig, res: Resources, *, run: Run, on_event: Listener,
-             stop: threading.Event):
+def pretrain(
+    settings: Settings, cfg: ModelConfig, res: Resources, *, run: Run, on_event: Listener, stop: threading.Event
+):
     """Masked-LM (+ next-sentence prediction) on WikiText-2 within the budget; returns (model, TrainResult)."""
     model = build_model(cfg)
-    task = PretrainingTask(res.documents, res.tokenizer, max_len=MAX_LEN, mask_prob=settings.mask_rate,
-                           nsp=settings.nsp, seed=settings.seed)
+    task = PretrainingTask(
+        res.documents,
+        res.tokenizer,
+        max_len=MAX_LEN,
+        mask_prob=settings.mask_rate,
+        nsp=settings.nsp,
+        seed=settings.seed,
+    )
     seconds = settings.budget_unit == "seconds"
-    config = TrainConfig(max_steps=None if seconds else settings.budget,
-                         max_seconds=float(settings.budget) if seconds else None,
-                         batch_size=settings.batch_size, lr=settings.lr, warmup=COURSE_RECIPE.pretrain_warmup,
-                         seed=settings.seed)
-    result = train(model, task, config, run=ManagedRun(APP_RUN), stop=stop,
-                   callbacks=[_recorder(run.pretraining, "pretraining", on_event)])
+    config = TrainConfig(
+        max_steps=None if seconds else settings.budget,
+        max_seconds=float(settings.budget) if seconds else None,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        warmup=COURSE_RECIPE.pretrain_warmup,
+        seed=settings.seed,
+    )
+    result = train(
+        model,
+        task,
+        config,
+        run=ManagedRun(APP_RUN),
+        stop=stop,
+        callbacks=[_recorder(run.pretraining, "pretraining", on_event)],
+    )
     return model, result
 
 
-def fine_tune(settings: Settings, classifier, tokenizer, res: Resources, *, run: Run, on_event: Listener,
-              stop: threading.Event) -> None:
+def fine_tune(
+    settings: Settings, classifier, tokenizer, res: Resources, *, run: Run, on_event: Listener, stop: threading.Event
+) -> None:
     """Train the classifier on `labels` reviews, scoring the validation subset after every epoch."""
-    picked = finetune.subset(res.train, finetune.sample_budget(res.train.labels, budget=settings.labels,
-                                                               seed=settings.seed))
+    picked = finetune.subset(
+        res.train, finetune.sample_budget(res.train.labels, budget=settings.labels, seed=settings.seed)
+    )
     finetune.freeze(classifier, layers=settings.frozen)
-    task = ClassificationTask(picked, tokenizer, max_len=MAX_LEN, seed=settings.seed,
-                              eval_split=res.validation)
+    task = ClassificationTask(picked, tokenizer, max_len=MAX_LEN, seed=settings.seed, eval_split=res.validation)
     batch = min(settings.batch_size, len(picked))  # a tiny label budget is one batch
     per_epoch = settings.steps_per_epoch()
-    config = TrainConfig(max_steps=settings.epochs * per_epoch, batch_size=batch, lr=settings.lr,
-                         warmup=COURSE_RECIPE.finetune_warmup, eval_every=per_epoch, seed=settings.seed)
-    train(classifier, task, config, run=ManagedRun(APP_RUN), stop=stop,
-          callbacks=[_recorder(run.finetuning, "finetuning", on_event)])
+    config = TrainConfig(
+        max_steps=settings.epochs * per_epoch,
+        batch_size=batch,
+        lr=settings.lr,
+        warmup=COURSE_RECIPE.finetune_warmup,
+        eval_every=per_epoch,
+        seed=settings.seed,
+    )
+    train(
+        classifier,
+        task,
+        config,
+        run=ManagedRun(APP_RUN),
+        stop=stop,
+        callbacks=[_recorder(run.finetuning, "finetuning", on_event)],
+    )
 
 
 def _recorder(history: History, phase: str, on_event: Listener) -> Listener:
     """Keeps each step and evaluation in the run's history (so an error mid-phase loses nothing), then passes it on."""
+
     def callback(event: dict) -> None:
         record = {k: v for k, v in event.items() if k != "kind"}
         if event["kind"] == "step":
@@ -518,8 +621,10 @@ def _recorder(history: History, phase: str, on_event: Listener) -> Listener:
 
 def _ending(run: Run) -> str:
     if run.stopped_in == "pretraining":
-        return (f"Stopped during pre-training, after {run.pretraining_text()}: press Fine-tune it to go on "
-                "to fine-tuning from the weights it reached.")
+        return (
+            f"Stopped during pre-training, after {run.pretraining_text()}: press Fine-tune it to go on "
+            "to fine-tuning from the weights it reached."
+        )
     best = run.summary()["val. accuracy"]
     score = f"best validation accuracy {100 * best:.1f}%" if best is not None else "no fine-tuning evaluation yet"
     verb = "Stopped" if run.status == "stopped" else "Finished"

@@ -23,7 +23,6 @@ import ipywidgets as W
 import plotly.graph_objects as go
 
 from teachkit.app import playground as engine
-from teachkit.app.playground import OWN_MODEL, SIZE_PRESETS, Run, Settings
 from teachkit.app.page import (
     INTRO,
     READING,
@@ -39,6 +38,7 @@ from teachkit.app.page import (
     results_table,
     status_html,
 )
+from teachkit.app.playground import OWN_MODEL, SIZE_PRESETS, Run, Settings
 
 REDRAW_EVERY = 0.3  # seconds between figure updates while training (more would flood the browser)
 RATE_WINDOW = 20  # steps whose speed the status line averages (one step alone jumps by 10x)
@@ -70,15 +70,34 @@ class Playground:
         for name, control in self.controls.items():
             control.observe(lambda change, name=name: self._changed(name), names="value")
         big = W.Layout(width="118px", height="40px")
-        self.run_button = W.Button(description="Run", button_style="success", icon="play", layout=big,
-                                   tooltip="Train a new run with these settings")
-        self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
-                                    layout=big, tooltip="Stop after this step; what was learned is kept")
-        self.continue_button = W.Button(description="Fine-tune it", icon="forward", button_style="info",
-                                        layout=W.Layout(width="150px", height="40px", display="none"),
-                                        tooltip="Go on to fine-tuning from where pre-training stopped")
-        self.clear_button = W.Button(description="Clear runs", icon="trash", layout=W.Layout(width="130px"),
-                                     tooltip="Remove every run from the plots and the table")
+        self.run_button = W.Button(
+            description="Run",
+            button_style="success",
+            icon="play",
+            layout=big,
+            tooltip="Train a new run with these settings",
+        )
+        self.stop_button = W.Button(
+            description="Stop",
+            button_style="danger",
+            icon="stop",
+            disabled=True,
+            layout=big,
+            tooltip="Stop after this step; what was learned is kept",
+        )
+        self.continue_button = W.Button(
+            description="Fine-tune it",
+            icon="forward",
+            button_style="info",
+            layout=W.Layout(width="150px", height="40px", display="none"),
+            tooltip="Go on to fine-tuning from where pre-training stopped",
+        )
+        self.clear_button = W.Button(
+            description="Clear runs",
+            icon="trash",
+            layout=W.Layout(width="130px"),
+            tooltip="Remove every run from the plots and the table",
+        )
         self.run_button.on_click(lambda _: self.run())
         self.stop_button.on_click(lambda _: self.stop())
         self.continue_button.on_click(lambda _: self.fine_tune())
@@ -113,24 +132,47 @@ class Playground:
             return W.HTML(f"<h3>{title} <small>{note}</small></h3>")
 
         budget = W.HBox([c["budget"].row, c["budget_unit"]], layout=W.Layout(align_items="center"))
-        left = W.VBox([
-            W.HBox([self.run_button, self.stop_button, self.continue_button]), self.problems, self.hint,
-            section("1. Start from", "a pre-trained BERT, your own pre-training, or random weights"),
-            W.HBox([label_for("start_from", "Start from"), c["start_from"]]), self.start_note,
-            W.VBox([budget, c["budget"].note]), c["mask_rate"].widget, c["nsp"],
-            section("2. Model"), self.size_note, W.HBox([label_for("size", "Model size"), c["size"]]),
-            c["layers"].widget, c["width"].widget, c["heads"].widget,
-            section("3. Fine-tuning", "labelled movie reviews"), c["labels"].widget, c["epochs"].widget,
-            c["frozen"].widget,
-            section("4. Both phases"), c["lr"].widget, c["batch_size"].widget, c["seed"].widget,
-            W.HTML(glossary()),
-            section("Keep and share"), W.HBox([self.save_button, self.load_upload]),
-            W.HBox([self.json_button, self.csv_button]), self.downloads,
-        ], layout=W.Layout(width="440px", min_width="440px", margin="0 14px 0 0"))
-        results = W.HBox([W.HTML("<h3>Results: every run</h3>"), self.clear_button],
-                         layout=W.Layout(justify_content="space-between", align_items="center"))
-        right = W.VBox([self.status, self.error, self.figure, results, self.table],
-                       layout=W.Layout(flex="1 1 auto", min_width="640px"))
+        left = W.VBox(
+            [
+                W.HBox([self.run_button, self.stop_button, self.continue_button]),
+                self.problems,
+                self.hint,
+                section("1. Start from", "a pre-trained BERT, your own pre-training, or random weights"),
+                W.HBox([label_for("start_from", "Start from"), c["start_from"]]),
+                self.start_note,
+                W.VBox([budget, c["budget"].note]),
+                c["mask_rate"].widget,
+                c["nsp"],
+                section("2. Model"),
+                self.size_note,
+                W.HBox([label_for("size", "Model size"), c["size"]]),
+                c["layers"].widget,
+                c["width"].widget,
+                c["heads"].widget,
+                section("3. Fine-tuning", "labelled movie reviews"),
+                c["labels"].widget,
+                c["epochs"].widget,
+                c["frozen"].widget,
+                section("4. Both phases"),
+                c["lr"].widget,
+                c["batch_size"].widget,
+                c["seed"].widget,
+                W.HTML(glossary()),
+                section("Keep and share"),
+                W.HBox([self.save_button, self.load_upload]),
+                W.HBox([self.json_button, self.csv_button]),
+                self.downloads,
+            ],
+            layout=W.Layout(width="440px", min_width="440px", margin="0 14px 0 0"),
+        )
+        results = W.HBox(
+            [W.HTML("<h3>Results: every run</h3>"), self.clear_button],
+            layout=W.Layout(justify_content="space-between", align_items="center"),
+        )
+        right = W.VBox(
+            [self.status, self.error, self.figure, results, self.table],
+            layout=W.Layout(flex="1 1 auto", min_width="640px"),
+        )
         title = W.HTML(STYLE + INTRO + TIPS + READING)
         root = W.VBox([title, W.HBox([left, right])])
         root.add_class("teachkit-playground")
@@ -194,8 +236,9 @@ class Playground:
                 c["frozen"].max = max(c["frozen"].max, preset.n_layers)
                 c["layers"].value, c["width"].value, c["heads"].value = preset.n_layers, preset.d_model, preset.n_heads
             elif name in ("layers", "width", "heads"):  # back on a preset's numbers, the menu names it again
-                c["size"].value = engine.matching_size(layers=c["layers"].value, width=c["width"].value,
-                                                       heads=c["heads"].value, prefer=self._preset)
+                c["size"].value = engine.matching_size(
+                    layers=c["layers"].value, width=c["width"].value, heads=c["heads"].value, prefer=self._preset
+                )
             c["frozen"].max = self._layers()  # cannot freeze more layers than there are
         finally:
             self._syncing = False
@@ -215,8 +258,10 @@ class Playground:
             cfg = engine.start_config(start)
         except (OSError, ValueError):
             return f"{html.escape(start)} brings its own size; these controls are for my pre-training and scratch."
-        return (f"{html.escape(start)} brings its own size: {cfg.n_layers} layers, {cfg.d_model} wide, "
-                f"{cfg.n_heads} heads. These controls are for my pre-training and scratch.")
+        return (
+            f"{html.escape(start)} brings its own size: {cfg.n_layers} layers, {cfg.d_model} wide, "
+            f"{cfg.n_heads} heads. These controls are for my pre-training and scratch."
+        )
 
     def _refresh(self) -> None:
         start = self.controls["start_from"].value
@@ -243,8 +288,12 @@ class Playground:
         # Read from the run the app started, not from its thread being alive: the hint goes out with the
         # Stop button, before the worker thread can keep the kernel busy (loading texts, training a tokenizer).
         active = self._active
-        return (f"<div class='tk-hint'>Run {active.number} keeps the settings it started with: what you change "
-                "now applies to the next run.</div>" if active is not None else "")
+        return (
+            f"<div class='tk-hint'>Run {active.number} keeps the settings it started with: what you change "
+            "now applies to the next run.</div>"
+            if active is not None
+            else ""
+        )
 
     # ------------------------------------------------------------------ running
 
@@ -261,8 +310,12 @@ class Playground:
         run = Run(number=len(self.runs) + 1, settings=self.settings())
         self.runs.append(run)
         self._add_traces(run)
-        self._start(run, lambda stop: engine.run_experiment(run.settings, run=run, stop=stop,
-                                                            on_event=lambda e: self._on_event(run, e)))
+        self._start(
+            run,
+            lambda stop: engine.run_experiment(
+                run.settings, run=run, stop=stop, on_event=lambda e: self._on_event(run, e)
+            ),
+        )
         return True
 
     def fine_tune(self) -> bool:
@@ -271,14 +324,16 @@ class Playground:
             self.status.value = self._status_html("Only a run stopped during pre-training can go on to fine-tuning.")
             return False
         run = self.runs[-1]
-        self._start(run, lambda stop: engine.continue_to_finetuning(run, stop=stop,
-                                                                    on_event=lambda e: self._on_event(run, e)))
+        self._start(
+            run, lambda stop: engine.continue_to_finetuning(run, stop=stop, on_event=lambda e: self._on_event(run, e))
+        )
         return True
 
     def _refuse(self) -> bool:
         if self.running:
             self.status.value = self._status_html(
-                "A run is already going: wait for it to finish or press Stop, then Run again.")
+                "A run is already going: wait for it to finish or press Stop, then Run again."
+            )
             return True
         if self._check():
             self.status.value = self._status_html("Fix the settings marked ⚠ first, then press Run.")
@@ -296,8 +351,9 @@ class Playground:
         self._active = run
         self.run_button.disabled, self.stop_button.disabled = True, False
         self.hint.value = self._hint_html()
-        self._thread = threading.Thread(target=work, args=(self._stop,), daemon=True,
-                                        name=f"playground-run-{run.number}")
+        self._thread = threading.Thread(
+            target=work, args=(self._stop,), daemon=True, name=f"playground-run-{run.number}"
+        )
         self._thread.start()
         self._check()
 
@@ -329,8 +385,9 @@ class Playground:
     def _on_event(self, run: Run, event: dict) -> None:
         kind, phase = event["kind"], event["phase"]
         if kind == "loading":
-            self.status.value = self._status_html(f"Run {run.number}: loading the texts and training the tokenizer "
-                                                  "(once per session, about 10 s)...")
+            self.status.value = self._status_html(
+                f"Run {run.number}: loading the texts and training the tokenizer (once per session, about 10 s)..."
+            )
         elif kind == "run_end":
             self._finish(run)
         elif kind == "step":
@@ -351,9 +408,11 @@ class Playground:
         note = f"Run {run.number}: " + (run.message if run.status != "error" else "failed (see the red box).")
         self.status.value = self._status_html(html.escape(note))
         if run.status == "error":
-            self.error.value = (f"<div class='tk-error'><b>Run {run.number} failed.</b> {html.escape(run.message)}"
-                                f"<details><summary>Details for the teacher</summary><pre>"
-                                f"{html.escape(run.error)}</pre></details></div>")
+            self.error.value = (
+                f"<div class='tk-error'><b>Run {run.number} failed.</b> {html.escape(run.message)}"
+                f"<details><summary>Details for the teacher</summary><pre>"
+                f"{html.escape(run.error)}</pre></details></div>"
+            )
         self.stop_button.disabled = True
         self._thread, self._active = None, None  # the thread ends right after this callback; Run is allowed again
         self._check()
@@ -375,8 +434,9 @@ class Playground:
             left = (total - step) * elapsed / step
             what = f"fine-tuning epoch {step / s.steps_per_epoch():.1f} of {s.epochs}: loss {event['loss']:.2f}"
         rate = float(f"{self.tokens_per_second():.2g}")  # two significant figures: the rest is noise
-        return (f"Run {run.number}, {what} &nbsp;·&nbsp; {rate:,.0f} tokens/s "
-                f"&nbsp;·&nbsp; about {max(0, left):.0f} s left")
+        return (
+            f"Run {run.number}, {what} &nbsp;·&nbsp; {rate:,.0f} tokens/s &nbsp;·&nbsp; about {max(0, left):.0f} s left"
+        )
 
     # ------------------------------------------------------------------ figures and table
 
@@ -387,16 +447,32 @@ class Playground:
         with self.figure.batch_update():
             # plotly leaves a curve without points out of the legend, so each run's entry is a curve of its own
             # with one blank point: it is listed from the start, pre-trained or not.
-            self.figure.add_scatter(x=[None], y=[None], legendgroup=f"run{n}", name=_legend_name(run),
-                                    meta=f"run{n}-legend", mode="lines", line={"color": line, "width": 3},
-                                    hoverinfo="skip", row=1, col=1)
+            self.figure.add_scatter(
+                x=[None],
+                y=[None],
+                legendgroup=f"run{n}",
+                name=_legend_name(run),
+                meta=f"run{n}-legend",
+                mode="lines",
+                line={"color": line, "width": 3},
+                hoverinfo="skip",
+                row=1,
+                col=1,
+            )
             self.figure.add_scatter(**common, meta=f"run{n}-mlm", mode="lines", line={"color": line}, row=1, col=1)
             if run.settings.nsp and run.settings.pretrain:
-                self.figure.add_scatter(**{**common, "name": f"run {n} NSP"}, meta=f"run{n}-nsp", mode="lines",
-                                        line={"color": line, "dash": "dash"}, row=1, col=1)
+                self.figure.add_scatter(
+                    **{**common, "name": f"run {n} NSP"},
+                    meta=f"run{n}-nsp",
+                    mode="lines",
+                    line={"color": line, "dash": "dash"},
+                    row=1,
+                    col=1,
+                )
             self.figure.add_scatter(**common, meta=f"run{n}-loss", mode="lines", line={"color": line}, row=2, col=1)
-            self.figure.add_scatter(**common, meta=f"run{n}-accuracy", mode="lines+markers", line={"color": line},
-                                    row=2, col=2)
+            self.figure.add_scatter(
+                **common, meta=f"run{n}-accuracy", mode="lines+markers", line={"color": line}, row=2, col=2
+            )
             epochs = max(r.settings.epochs for r in self.runs)
             self.figure.update_xaxes(range=[0, epochs + 0.15], row=2)  # fine-tuning: every run on one epoch axis
             self.figure.update_xaxes(autorange=True, rangemode="tozero", row=1, col=1)
@@ -412,8 +488,10 @@ class Playground:
             f"run{n}-mlm": (pre.column("step"), pre.column("mlm")),
             f"run{n}-nsp": (pre.column("step"), pre.column("nsp")),
             f"run{n}-loss": ([s / per_epoch for s in fine.column("step")], fine.column("loss")),
-            f"run{n}-accuracy": ([s / per_epoch for s in fine.column("step", evals=True)],
-                                 fine.column("accuracy", evals=True)),
+            f"run{n}-accuracy": (
+                [s / per_epoch for s in fine.column("step", evals=True)],
+                fine.column("accuracy", evals=True),
+            ),
         }
         with self.figure.batch_update():
             for trace in self.figure.data:
@@ -429,8 +507,10 @@ class Playground:
         """A download link for `text` (a data URL: works in Voila and JupyterLab alike, nothing on the server)."""
         data = base64.b64encode(text.encode("utf-8")).decode("ascii")
         kind = "text/csv" if filename.endswith(".csv") else "application/json"
-        self.downloads.value = (f"<a download='{filename}' href='data:{kind};base64,{data}' "
-                                f"style='font-size:16px'>⬇ Download {filename}</a>")
+        self.downloads.value = (
+            f"<a download='{filename}' href='data:{kind};base64,{data}' "
+            f"style='font-size:16px'>⬇ Download {filename}</a>"
+        )
 
     @staticmethod
     def _status_html(text: str) -> str:

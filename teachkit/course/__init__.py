@@ -19,10 +19,10 @@ import json
 import os
 from pathlib import Path
 
+from teachkit.course import cell_order
 from teachkit.machinery.checkpoint import is_checkpoint, load_model
 from teachkit.machinery.files import cache_dir  # notebooks write course.cache_dir()
 from teachkit.tokenization import load_tokenizer
-from teachkit.course import cell_order
 
 FAST_ENV = "TEACHKIT_FAST"
 
@@ -62,8 +62,10 @@ def course_bert() -> Path:
     long, on what, and the exact command that reproduces it), so no notebook has to wait for it.
     """
     if not is_checkpoint(COURSE_BERT):
-        raise LearnerError(f"The course BERT is missing from {COURSE_BERT}: reinstall teachkit from a full copy "
-                           "of the repository (the folder holds model.safetensors, config.json and tokenizer.json).")
+        raise LearnerError(
+            f"The course BERT is missing from {COURSE_BERT}: reinstall teachkit from a full copy "
+            "of the repository (the folder holds model.safetensors, config.json and tokenizer.json)."
+        )
     return COURSE_BERT
 
 
@@ -86,8 +88,12 @@ def nsp_bert_settings():
     from teachkit.experiments.pretraining import DemoSettings
 
     settings = DemoSettings(  # the rest is DemoSettings' defaults: the course recipe
-        out_dir=str(cache_dir() / ("nsp-bert-fast" if FAST else "nsp-bert")), corpus=("wikitext-2",), max_len=64,
-        nsp=True, pretrain_seconds=180.0, real_bert=None,
+        out_dir=str(cache_dir() / ("nsp-bert-fast" if FAST else "nsp-bert")),
+        corpus=("wikitext-2",),
+        max_len=64,
+        nsp=True,
+        pretrain_seconds=180.0,
+        real_bert=None,
     )
     return settings.fast() if FAST else settings
 
@@ -97,8 +103,10 @@ def load_nsp_bert(*, retrain: bool = False, log=print):
     settings = nsp_bert_settings()
     folder = Path(settings.out_dir) / "pretrained"
     if retrain or not is_checkpoint(folder):
-        log(f"The MLM + NSP BERT is not in {folder} yet: pre-training it now "
-            f"({settings.pretrain_seconds:.0f} s, once; it is kept for next time).")
+        log(
+            f"The MLM + NSP BERT is not in {folder} yet: pre-training it now "
+            f"({settings.pretrain_seconds:.0f} s, once; it is kept for next time)."
+        )
         from teachkit.experiments.pretraining import pretrain_bert
 
         folder, _, _ = pretrain_bert(settings, log=log)

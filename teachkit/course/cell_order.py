@@ -14,7 +14,6 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-
 RUN_ABOVE = "Run > Run All Above Selected Cell"
 
 
@@ -67,8 +66,11 @@ def where_made(notebook: Mapping, name: str, *, running: str = "") -> tuple[str 
 def notebook_path(namespace: Mapping) -> Path | None:
     """The file of the notebook this kernel runs, when the front end says: JupyterLab and Notebook 7
     (jupyter-server >= 2) set JPY_SESSION_NAME, VS Code sets __vsc_ipynb_file__. None when nobody says."""
-    for named in (os.environ.get("JPY_SESSION_NAME"), namespace.get("__session__"),
-                  namespace.get("__vsc_ipynb_file__")):
+    for named in (
+        os.environ.get("JPY_SESSION_NAME"),
+        namespace.get("__session__"),
+        namespace.get("__vsc_ipynb_file__"),
+    ):
         if isinstance(named, str) and named.endswith(".ipynb"):
             for path in (Path(named), Path(Path(named).name)):  # a server-relative path: the kernel runs beside it
                 if path.is_file():
@@ -81,8 +83,10 @@ def missing_name_message(name: str, *, namespace: Mapping, running: str = "") ->
     (a name no cell of this notebook makes is a typo or a bug, and its usual message says so best)."""
     path = notebook_path(namespace)
     if path is None:
-        return (f"`{name}` is not defined yet. If an earlier cell makes it, you have not run that cell: run the "
-                f"cells above this one in order ({RUN_ABOVE}), then this one again. If not, check its spelling.")
+        return (
+            f"`{name}` is not defined yet. If an earlier cell makes it, you have not run that cell: run the "
+            f"cells above this one in order ({RUN_ABOVE}), then this one again. If not, check its spelling."
+        )
     try:
         found = where_made(json.loads(path.read_text(encoding="utf-8")), name, running=running)
     except (OSError, ValueError):
@@ -91,8 +95,10 @@ def missing_name_message(name: str, *, namespace: Mapping, running: str = "") ->
         return None
     heading, first = found
     where = f'under "{heading}"' if heading else "near the top of the notebook"
-    return (f"`{name}` is made by a cell you have not run yet: the one {where} that starts with `{first}`. "
-            f"Run that cell first (or {RUN_ABOVE}), then this one again.")
+    return (
+        f"`{name}` is made by a cell you have not run yet: the one {where} that starts with `{first}`. "
+        f"Run that cell first (or {RUN_ABOVE}), then this one again."
+    )
 
 
 def explain_missing_names(shell, etype, value, tb, tb_offset=None):

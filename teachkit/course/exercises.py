@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from teachkit.course.probes import nsp_probability
 from teachkit.objectives import (
     ROLE_KEPT,
     ROLE_MASKED,
@@ -23,7 +24,6 @@ from teachkit.objectives import (
     causal_lm_labels,
     masking_roles,
 )
-from teachkit.course.probes import nsp_probability
 from teachkit.tokenization import special_ids
 
 
@@ -34,48 +34,84 @@ class Feedback:
 
     def _repr_html_(self) -> str:
         colour, mark = {True: ("#d4edda", "&#10004;"), False: ("#f8d7da", "&#10008;"), None: ("#e7f1ff", "?")}[self.ok]
-        return (f'<div style="background:{colour};padding:6px 10px;border-radius:4px;font-family:sans-serif">'
-                f"{mark} {html.escape(self.message)}</div>")
+        return (
+            f'<div style="background:{colour};padding:6px 10px;border-radius:4px;font-family:sans-serif">'
+            f"{mark} {html.escape(self.message)}</div>"
+        )
 
     def __str__(self) -> str:
         return {True: "Right: ", False: "Not yet: ", None: "Not answered: "}[self.ok] + self.message
 
 
-ROLE_WORDS = {ROLE_UNTOUCHED: f"{ROLE_UNTOUCHED} (untouched)", ROLE_MASKED: f"{ROLE_MASKED} ([MASK])",
-              ROLE_RANDOM: f"{ROLE_RANDOM} (random)", ROLE_KEPT: f"{ROLE_KEPT} (kept)"}
+ROLE_WORDS = {
+    ROLE_UNTOUCHED: f"{ROLE_UNTOUCHED} (untouched)",
+    ROLE_MASKED: f"{ROLE_MASKED} ([MASK])",
+    ROLE_RANDOM: f"{ROLE_RANDOM} (random)",
+    ROLE_KEPT: f"{ROLE_KEPT} (kept)",
+}
 UNANSWERED = Feedback(None, "not answered yet: replace the None with your answer and run the cell again.")
 
 # Questions whose answer does not depend on what a notebook computed: key -> (answer, explanation).
 ANSWERS: dict[str, tuple[object, str]] = {
-    "00-which-stage": ({"a": "pre-training", "b": "fine-tuning", "c": "pre-training", "d": "fine-tuning"},
-                       "a and c need only raw text (the text labels itself); b and d need labels from people."),
-    "00-objectives": ({"MLM": "b", "NSP": "c", "CLM": "a"},
-                      "MLM fills in hidden words, NSP judges whether B follows A, CLM predicts the next word."),
+    "00-which-stage": (
+        {"a": "pre-training", "b": "fine-tuning", "c": "pre-training", "d": "fine-tuning"},
+        "a and c need only raw text (the text labels itself); b and d need labels from people.",
+    ),
+    "00-objectives": (
+        {"MLM": "b", "NSP": "c", "CLM": "a"},
+        "MLM fills in hidden words, NSP judges whether B follows A, CLM predicts the next word.",
+    ),
     "02-how-many-masks": (120, "1,000 tokens x 15% selected = 150; 80% of those become [MASK] = 120."),
-    "04-targets": ({"clm": 63, "mlm": 9.6},
-                   ("CLM: every position but the last has a next token (64 - 1 = 63). MLM: only the 15% "
-                   "selected positions take a loss (64 x 0.15 = 9.6 on average).")),
-    "04-greedy": (True, ("top-k = 1 leaves only the most likely token, so sampling has no choice: the same as "
-                        "temperature 0 (greedy).")),
+    "04-targets": (
+        {"clm": 63, "mlm": 9.6},
+        (
+            "CLM: every position but the last has a next token (64 - 1 = 63). MLM: only the 15% "
+            "selected positions take a loss (64 x 0.15 = 9.6 on average)."
+        ),
+    ),
+    "04-greedy": (
+        True,
+        ("top-k = 1 leaves only the most likely token, so sampling has no choice: the same as temperature 0 (greedy)."),
+    ),
 }
 
 
 # What to think about when an answer is not yet right: exercise -> (the concept to look at again,
 # {a common wrong answer: why it is wrong}). A hint points at the idea, it does not give the answer away.
 HINTS: dict[str, tuple[str, dict]] = {
-    "00-which-stage": (("for each task ask: does it need labels that people wrote? Text that labels itself is "
-                        "pre-training; labels from people mean fine-tuning."), {}),
-    "00-objectives": (("MLM hides words inside one text, NSP compares two sentences, CLM reads left to right and "
-                       "guesses what comes next."), {}),
-    "02-how-many-masks": (("it takes two steps: first how many tokens are selected (15%), then how many of the "
-                           "selected ones become [MASK] (80%)."),
-                          {150: ("150 is how many tokens are selected (15% of 1,000). Not every selected token "
-                                 "becomes [MASK]: what happens to the selected ones?"),
-                           15: "15 is the percentage selected, not a number of tokens.",
-                           800: "the 80% applies to the selected tokens only, not to all 1,000.",
-                           100: "10% of the selected become random tokens and 10% stay: which share becomes [MASK]?"}),
-    "04-targets": (("CLM predicts the next token wherever there is one; MLM predicts only at the selected "
-                    "positions (15%)."), {}),
+    "00-which-stage": (
+        (
+            "for each task ask: does it need labels that people wrote? Text that labels itself is "
+            "pre-training; labels from people mean fine-tuning."
+        ),
+        {},
+    ),
+    "00-objectives": (
+        (
+            "MLM hides words inside one text, NSP compares two sentences, CLM reads left to right and "
+            "guesses what comes next."
+        ),
+        {},
+    ),
+    "02-how-many-masks": (
+        (
+            "it takes two steps: first how many tokens are selected (15%), then how many of the "
+            "selected ones become [MASK] (80%)."
+        ),
+        {
+            150: (
+                "150 is how many tokens are selected (15% of 1,000). Not every selected token "
+                "becomes [MASK]: what happens to the selected ones?"
+            ),
+            15: "15 is the percentage selected, not a number of tokens.",
+            800: "the 80% applies to the selected tokens only, not to all 1,000.",
+            100: "10% of the selected become random tokens and 10% stay: which share becomes [MASK]?",
+        },
+    ),
+    "04-targets": (
+        ("CLM predicts the next token wherever there is one; MLM predicts only at the selected positions (15%)."),
+        {},
+    ),
     "04-greedy": ("think about what is left to choose from when only the single most likely token survives.", {}),
 }
 
@@ -158,8 +194,9 @@ def check_wordpiece(my_wordpiece: Callable[[str, set], list], tokenizer, words: 
     return Feedback(True, f"all {len(words)} words cut exactly as the tokenizer cuts them.")
 
 
-def check_masking_rule(my_roles: Callable, tokenizer, text: str, *, mask_prob: float = 0.15, seed: int = 0,
-                       n_more: int = 2000) -> Feedback:
+def check_masking_rule(
+    my_roles: Callable, tokenizer, text: str, *, mask_prob: float = 0.15, seed: int = 0, n_more: int = 2000
+) -> Feedback:
     """Does the learner's 80/10/10 rule give the roles of `objectives.masking_roles`, the rule `mask_tokens`
     uses? Checked on the tokens of `text`, then on `n_more` more random tokens, where every role occurs
     many times: a rule that forgets one can pass a short sentence by luck, never this."""
@@ -171,26 +208,39 @@ def check_masking_rule(my_roles: Callable, tokenizer, text: str, *, mask_prob: f
         pick, how = torch.rand(is_special.shape, generator=g), torch.rand(is_special.shape, generator=g)
         got = my_roles(pick, how, is_special)
         if got is None or got is Ellipsis:  # the exercise cell starts with `...` as the function's body
-            return Feedback(None, "not answered yet: write the body of my_roles (in place of its `...`), run that "
-                                  "cell, then run this one again.")
+            return Feedback(
+                None,
+                "not answered yet: write the body of my_roles (in place of its `...`), run that "
+                "cell, then run this one again.",
+            )
         got = torch.as_tensor(got)
         if got.shape != pick.shape:
-            return Feedback(False, f"return one role per token, a tensor shaped like pick {tuple(pick.shape)}; "
-                                   f"yours is shaped {tuple(got.shape)}.")
+            return Feedback(
+                False,
+                f"return one role per token, a tensor shaped like pick {tuple(pick.shape)}; "
+                f"yours is shaped {tuple(got.shape)}.",
+            )
         ours = masking_roles(pick, how, special=is_special, mask_prob=mask_prob)
         wrong = (got.long() != ours).nonzero()[:, 1].tolist()
         if wrong:
             t = wrong[0]
-            return Feedback(False, (
-                f"{place}, your roles differ from teachkit's at {len(wrong)} position(s), e.g. {wrong[:5]}. At "
-                f"position {t}: pick = {float(pick[0, t]):.3f}, how = {float(how[0, t]):.3f}, special = "
-                f"{bool(is_special[0, t])}, so the role is {ROLE_WORDS[int(ours[0, t])]}; yours says "
-                f"{ROLE_WORDS.get(int(got[0, t]), int(got[0, t]))}. Hint: selected means pick < {mask_prob} and "
-                "not special; then how < 0.8 is [MASK], 0.8 to 0.9 random, else kept."))
-    counts = {name: int((ours == r).sum()) for name, r in
-              (("[MASK]", ROLE_MASKED), ("random", ROLE_RANDOM), ("kept", ROLE_KEPT))}
-    return Feedback(True, f"the same roles as teachkit's rule on the sentence and on {n_more:,} more tokens "
-                          f"({counts} among those).")
+            return Feedback(
+                False,
+                (
+                    f"{place}, your roles differ from teachkit's at {len(wrong)} position(s), e.g. {wrong[:5]}. At "
+                    f"position {t}: pick = {float(pick[0, t]):.3f}, how = {float(how[0, t]):.3f}, special = "
+                    f"{bool(is_special[0, t])}, so the role is {ROLE_WORDS[int(ours[0, t])]}; yours says "
+                    f"{ROLE_WORDS.get(int(got[0, t]), int(got[0, t]))}. Hint: selected means pick < {mask_prob} and "
+                    "not special; then how < 0.8 is [MASK], 0.8 to 0.9 random, else kept."
+                ),
+            )
+    counts = {
+        name: int((ours == r).sum())
+        for name, r in (("[MASK]", ROLE_MASKED), ("random", ROLE_RANDOM), ("kept", ROLE_KEPT))
+    }
+    return Feedback(
+        True, f"the same roles as teachkit's rule on the sentence and on {n_more:,} more tokens ({counts} among those)."
+    )
 
 
 def check_shift(my_targets: Callable[[torch.Tensor], torch.Tensor]) -> Feedback:

@@ -26,12 +26,18 @@ from teachkit.course.viz import arm_colour, running_mean
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 _NOT_LOSSES = {"step", "lr", "tokens_per_s", "elapsed", "seconds", "kind"}
 # What the keys of train()'s events mean, in the words a legend should use.
-NAMES = {"loss": "training loss (all objectives)", "cls": "training loss (sentiment)",
-         "mlm": "training loss (masked-LM)", "nsp": "training loss (next sentence)",
-         "clm": "training loss (next token)",
-         "accuracy": "validation accuracy", "mlm_loss": "validation loss (masked-LM)",
-         "mlm_acc": "masked-LM accuracy (validation)", "nsp_acc": "next-sentence accuracy (validation)",
-         "clm_loss": "validation loss (next token)"}
+NAMES = {
+    "loss": "training loss (all objectives)",
+    "cls": "training loss (sentiment)",
+    "mlm": "training loss (masked-LM)",
+    "nsp": "training loss (next sentence)",
+    "clm": "training loss (next token)",
+    "accuracy": "validation accuracy",
+    "mlm_loss": "validation loss (masked-LM)",
+    "mlm_acc": "masked-LM accuracy (validation)",
+    "nsp_acc": "next-sentence accuracy (validation)",
+    "clm_loss": "validation loss (next token)",
+}
 
 
 def widget_frontend() -> bool:
@@ -63,9 +69,18 @@ class LiveCurves:
     every: at most one redraw per this many seconds. widget: force (True) or forbid (False) the widget.
     """
 
-    def __init__(self, *, losses: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
-                 chance: float | None = None, names: Mapping[str, str] | None = None, title: str = "Training",
-                 smooth: int = 20, every: float = 0.5, widget: bool | None = None):
+    def __init__(
+        self,
+        *,
+        losses: Sequence[str] | None = None,
+        metrics: Sequence[str] | None = None,
+        chance: float | None = None,
+        names: Mapping[str, str] | None = None,
+        title: str = "Training",
+        smooth: int = 20,
+        every: float = 0.5,
+        widget: bool | None = None,
+    ):
         if every < 0 or smooth < 1:
             raise ValueError(f"every={every} must be >= 0 seconds and smooth={smooth} at least 1 step.")
         if chance is not None and not 0 < chance < 1:
@@ -129,17 +144,33 @@ class LiveCurves:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        fig = make_subplots(rows=1, cols=2, subplot_titles=(f"loss (smoothed over {self.smooth} steps)",
-                                                            "accuracy"), horizontal_spacing=0.12)
-        fig.update_layout(title=self.title, height=380, margin={"t": 70, "b": 40, "l": 55, "r": 20},
-                          legend={"orientation": "h", "y": -0.22, "font": {"size": 13}}, template="plotly_white")
+        fig = make_subplots(
+            rows=1,
+            cols=2,
+            subplot_titles=(f"loss (smoothed over {self.smooth} steps)", "accuracy"),
+            horizontal_spacing=0.12,
+        )
+        fig.update_layout(
+            title=self.title,
+            height=380,
+            margin={"t": 70, "b": 40, "l": 55, "r": 20},
+            legend={"orientation": "h", "y": -0.22, "font": {"size": 13}},
+            template="plotly_white",
+        )
         fig.update_xaxes(title_text="training step")
         fig.update_yaxes(title_text="loss", row=1, col=1)
         fig.update_yaxes(title_text="accuracy (%)", ticksuffix="%", row=1, col=2)
         if self.chance is not None:
-            fig.add_hline(y=100 * self.chance, row=1, col=2, line_dash="dot", line_color="grey",
-                          annotation_text=f"chance ({100 * self.chance:.0f}%)", annotation_position="bottom right",
-                          exclude_empty_subplots=False)
+            fig.add_hline(
+                y=100 * self.chance,
+                row=1,
+                col=2,
+                line_dash="dot",
+                line_color="grey",
+                annotation_text=f"chance ({100 * self.chance:.0f}%)",
+                annotation_position="bottom right",
+                exclude_empty_subplots=False,
+            )
         return go.FigureWidget(fig)
 
     def draw(self) -> None:
@@ -159,8 +190,9 @@ class LiveCurves:
             if trace.meta == key:
                 return trace
         dash = "dash" if key in self.evals and col == 1 else None  # validation losses: dashed, with points
-        self.widget.add_scatter(name=self.name(key), meta=key, mode=mode, row=1, col=col,
-                                line={"color": colour, "width": 2, "dash": dash})
+        self.widget.add_scatter(
+            name=self.name(key), meta=key, mode=mode, row=1, col=col, line={"color": colour, "width": 2, "dash": dash}
+        )
         return self.widget.data[-1]
 
     def _ipython_display_(self) -> None:
@@ -186,15 +218,21 @@ class LiveCurves:
         left.set(title=f"loss (smoothed over {self.smooth} steps)", xlabel="training step", ylabel="loss")
         right.set(title="accuracy", xlabel="training step", ylabel="accuracy (%)")
         if self.chance is not None:
-            right.axhline(100 * self.chance, color="grey", linestyle=":", linewidth=1.2,
-                          label=f"chance ({100 * self.chance:.0f}%)")
+            right.axhline(
+                100 * self.chance,
+                color="grey",
+                linestyle=":",
+                linewidth=1.2,
+                label=f"chance ({100 * self.chance:.0f}%)",
+            )
         for ax in (left, right):
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(frameon=False)
         if not any(is_accuracy(k) for k in self.evals):
-            right.text(0.5, 0.5, "no accuracy measured yet", ha="center", va="center", transform=right.transAxes,
-                       color="grey")
+            right.text(
+                0.5, 0.5, "no accuracy measured yet", ha="center", va="center", transform=right.transAxes, color="grey"
+            )
         fig.suptitle(f"{self.title}: {self.message}" if self.message else self.title)
         return fig
 

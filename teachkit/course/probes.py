@@ -79,8 +79,14 @@ def mask_sentence(tokenizer, text: str, *, mask_prob: float = 0.15, seed: int = 
     """Apply BERT's masking rule (`objectives.mask_tokens`) to one sentence and say what happened to each token."""
     ids = special_ids(tokenizer)
     before = torch.tensor(tokenizer.encode(text).ids)[None]  # (T,) -> (1, T)
-    masked = mask_tokens(before, mask_id=ids.mask, vocab_size=tokenizer.get_vocab_size(), special_ids=ids.all,
-                         mask_prob=mask_prob, generator=torch.Generator().manual_seed(seed))
+    masked = mask_tokens(
+        before,
+        mask_id=ids.mask,
+        vocab_size=tokenizer.get_vocab_size(),
+        special_ids=ids.all,
+        mask_prob=mask_prob,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return MaskedSentence(
         before=[tokenizer.id_to_token(i) for i in before[0].tolist()],
         after=[tokenizer.id_to_token(i) for i in masked.input_ids[0].tolist()],
@@ -128,16 +134,29 @@ def shifted_targets(tokens: Sequence[str]) -> list[str | None]:
     return [tokens[i] if i >= 0 else None for i in labels]
 
 
-def generate_text(model, tokenizer, prompt: str, *, max_new_tokens: int = 30, temperature: float = 1.0,
-                  top_k: int | None = None, seed: int = 0) -> str:
+def generate_text(
+    model,
+    tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 30,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> str:
     """Continue `prompt` with a GPT, sampling with `temperature` and `top_k` (seeded, so repeatable)."""
     ids = tokenizer.encode(prompt).ids
     if not ids:
         raise ValueError("the prompt is empty: give the model a few words to continue")
     device = next(model.parameters()).device
     with _eval_mode(model):
-        out = model.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(seed))
+        out = model.generate(
+            torch.tensor([ids], device=device),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            generator=torch.Generator().manual_seed(seed),
+        )
     return tokenizer.decode(out[0].tolist())
 
 
@@ -192,8 +211,11 @@ def attention_maps(model, tokenizer, text: str, *, second: str | None = None, ma
         raise ValueError("text is empty: type a sentence to look at, e.g. 'The cat sat on the mat.'")
     bert = _body(model)
     max_len = min(max_len, bert.cfg.max_len)
-    batch = (encode_pairs(tokenizer, [(text, second)], max_len=max_len) if second
-             else encode(tokenizer, [text], max_len=max_len))
+    batch = (
+        encode_pairs(tokenizer, [(text, second)], max_len=max_len)
+        if second
+        else encode(tokenizer, [text], max_len=max_len)
+    )
     ids, segments = batch["input_ids"].to(_device(model)), batch["token_type_ids"].to(_device(model))
     with _eval_mode(model):  # attention dropout off: the weights are the ones the model really uses
         out = bert(ids, token_type_ids=segments, output_attentions=True)
@@ -267,14 +289,18 @@ class MaskGuess:
 def mask_guesses(model, tokenizer, text: str, *, k: int = 5, max_len: int = 64) -> list[MaskGuess]:
     """The model's top-k fillers for every [MASK] in `text` (a model with an MLM head)."""
     if not hasattr(model, "mlm"):
-        raise ValueError(f"A {type(model).__name__} has no masked-LM head, so it cannot fill in [MASK]. "
-                         "Use a pre-training model (build_model(cfg) or course.load_course_bert()).")
+        raise ValueError(
+            f"A {type(model).__name__} has no masked-LM head, so it cannot fill in [MASK]. "
+            "Use a pre-training model (build_model(cfg) or course.load_course_bert())."
+        )
     batch = encode(tokenizer, [text], max_len=min(max_len, model.cfg.max_len))
     mask_id = special_ids(tokenizer).mask
     at = batch["input_ids"][0] == mask_id
     if not at.any():
-        raise ValueError(f"There is no [MASK] in {text!r}: write [MASK] (capitals, square brackets) where a "
-                         "word should be guessed, e.g. 'The capital of France is [MASK].'")
+        raise ValueError(
+            f"There is no [MASK] in {text!r}: write [MASK] (capitals, square brackets) where a "
+            "word should be guessed, e.g. 'The capital of France is [MASK].'"
+        )
     device = _device(model)
     with _eval_mode(model):
         out = model(batch["input_ids"].to(device), token_type_ids=batch["token_type_ids"].to(device))
@@ -282,8 +308,9 @@ def mask_guesses(model, tokenizer, text: str, *, k: int = 5, max_len: int = 64) 
     guesses = []
     for position, row in zip(at.nonzero().flatten().tolist(), probs):
         top = row.topk(k)
-        guesses.append(MaskGuess(position, [tokenizer.id_to_token(int(i)) for i in top.indices],
-                                 [float(p) for p in top.values]))
+        guesses.append(
+            MaskGuess(position, [tokenizer.id_to_token(int(i)) for i in top.indices], [float(p) for p in top.values])
+        )
     return guesses
 
 
@@ -302,8 +329,9 @@ def nearest_neighbours(model, tokenizer, words: Sequence[str], *, k: int = 5) ->
         index = tokenizer.token_to_id(word.lower())
         if index is None:
             pieces = tokenizer.encode(word, add_special_tokens=False).tokens
-            raise ValueError(f"{word!r} is not one token of this vocabulary (it splits into {pieces}); "
-                             "pick a more common word.")
+            raise ValueError(
+                f"{word!r} is not one token of this vocabulary (it splits into {pieces}); pick a more common word."
+            )
         similarity = table @ table[index]  # (V, C) @ (C,) -> (V,)
         similarity[specials + [index]] = -2.0  # below any cosine: never chosen
         top = similarity.topk(k)
@@ -348,5 +376,10 @@ def classify(model, tokenizer, split, *, max_len: int = 64) -> Predictions:
     with _eval_mode(model):
         probs = predict(model, data, to_device=lambda b: {k: v.to(device) for k, v in b.items()})["logits"].softmax(-1)
     confidence, predicted = probs.max(dim=-1)
-    return Predictions(texts=list(split.texts), labels=list(split.labels), predicted=predicted.tolist(),
-                       confidence=confidence.tolist(), label_names=list(split.label_names))
+    return Predictions(
+        texts=list(split.texts),
+        labels=list(split.labels),
+        predicted=predicted.tolist(),
+        confidence=confidence.tolist(),
+        label_names=list(split.label_names),
+    )

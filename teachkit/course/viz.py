@@ -38,8 +38,14 @@ def running_mean(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def loss_curves(histories: Mapping[str, object], *, keys: Sequence[str] = ("loss",), title: str = "Training loss",
-                smooth: int = 20, x: str = "step") -> plt.Figure:
+def loss_curves(
+    histories: Mapping[str, object],
+    *,
+    keys: Sequence[str] = ("loss",),
+    title: str = "Training loss",
+    smooth: int = 20,
+    x: str = "step",
+) -> plt.Figure:
     """One line per (run, loss key): e.g. keys=("mlm", "nsp") for pre-training."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
     for i, (name, history) in enumerate(histories.items()):
@@ -49,8 +55,14 @@ def loss_curves(histories: Mapping[str, object], *, keys: Sequence[str] = ("loss
                 continue
             label = name if len(keys) == 1 else f"{name}: {key}"
             style = ["-", "--", ":"][j % 3]
-            ax.plot(history.column(x)[: len(values)], running_mean(values, smooth), style, label=label,
-                    color=arm_colour(name, i), linewidth=2)
+            ax.plot(
+                history.column(x)[: len(values)],
+                running_mean(values, smooth),
+                style,
+                label=label,
+                color=arm_colour(name, i),
+                linewidth=2,
+            )
     ax.set(title=title, xlabel="training step" if x == "step" else "seconds", ylabel="loss (smoothed)")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
@@ -58,10 +70,20 @@ def loss_curves(histories: Mapping[str, object], *, keys: Sequence[str] = ("loss
 
 
 # Where a value label may go around its point, nearest first: (offset in points, horizontal, vertical alignment).
-_LABEL_SPOTS = [((0, 8), "center", "bottom"), ((0, -8), "center", "top"), ((8, 6), "left", "bottom"),
-                ((8, -6), "left", "top"), ((-8, 6), "right", "bottom"), ((-8, -6), "right", "top"),
-                ((10, 0), "left", "center"), ((-10, 0), "right", "center"), ((0, 20), "center", "bottom"),
-                ((0, -20), "center", "top"), ((14, 16), "left", "bottom"), ((14, -16), "left", "top")]
+_LABEL_SPOTS = [
+    ((0, 8), "center", "bottom"),
+    ((0, -8), "center", "top"),
+    ((8, 6), "left", "bottom"),
+    ((8, -6), "left", "top"),
+    ((-8, 6), "right", "bottom"),
+    ((-8, -6), "right", "top"),
+    ((10, 0), "left", "center"),
+    ((-10, 0), "right", "center"),
+    ((0, 20), "center", "bottom"),
+    ((0, -20), "center", "top"),
+    ((14, 16), "left", "bottom"),
+    ((14, -16), "left", "top"),
+]
 
 
 def _label_values(ax, points: Sequence[tuple[float, float, str]], *, marker_size: float) -> None:
@@ -74,17 +96,30 @@ def _label_values(ax, points: Sequence[tuple[float, float, str]], *, marker_size
     renderer = fig.canvas.get_renderer()
     lines = [line.get_path().transformed(line.get_transform()) for line in ax.lines]
     r = marker_size * fig.dpi / 72 / 2 + 1  # a marker's radius in pixels, and a pixel to spare
-    taken = [Bbox.from_bounds(px - r, py - r, 2 * r, 2 * r)
-             for px, py in ax.transData.transform([(x, y) for x, y, _ in points])]
+    taken = [
+        Bbox.from_bounds(px - r, py - r, 2 * r, 2 * r)
+        for px, py in ax.transData.transform([(x, y) for x, y, _ in points])
+    ]
     for x, y, colour in points:
         best = None
         for offset, ha, va in _LABEL_SPOTS:
-            label = ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=offset, ha=ha, va=va,
-                                fontsize=9, color=colour, zorder=5)
+            label = ax.annotate(
+                f"{y:.1f}",
+                (x, y),
+                textcoords="offset points",
+                xytext=offset,
+                ha=ha,
+                va=va,
+                fontsize=9,
+                color=colour,
+                zorder=5,
+            )
             box = label.get_window_extent(renderer).padded(2)
-            cost = (sum(path.intersects_bbox(box, filled=False) for path in lines)
-                    + sum(box.overlaps(other) for other in taken) + 3 * (not ax.bbox.contains(box.x0, box.y0)
-                                                                         or not ax.bbox.contains(box.x1, box.y1)))
+            cost = (
+                sum(path.intersects_bbox(box, filled=False) for path in lines)
+                + sum(box.overlaps(other) for other in taken)
+                + 3 * (not ax.bbox.contains(box.x0, box.y0) or not ax.bbox.contains(box.x1, box.y1))
+            )
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
@@ -96,8 +131,9 @@ def _label_values(ax, points: Sequence[tuple[float, float, str]], *, marker_size
         taken.append(best[2])
 
 
-def accuracy_vs_budget(results: Sequence[Mapping], *, metric: str = "test_accuracy",
-                       title: str = "Accuracy vs labelled examples") -> plt.Figure:
+def accuracy_vs_budget(
+    results: Sequence[Mapping], *, metric: str = "test_accuracy", title: str = "Accuracy vs labelled examples"
+) -> plt.Figure:
     """results: rows with 'arm', 'budget' (number of labels) and the metric. One line per arm."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
     arms = list(dict.fromkeys(r["arm"] for r in results))
@@ -114,8 +150,9 @@ def accuracy_vs_budget(results: Sequence[Mapping], *, metric: str = "test_accura
     ax.set(title=title, xlabel="labelled training examples (log scale)", ylabel=f"{metric.replace('_', ' ')} (%)")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot: never over a line
-    _label_values(ax, [(r["budget"], 100 * r[metric], arm_colour(r["arm"], arms.index(r["arm"]))) for r in results],
-                  marker_size=7)
+    _label_values(
+        ax, [(r["budget"], 100 * r[metric], arm_colour(r["arm"], arms.index(r["arm"]))) for r in results], marker_size=7
+    )
     return fig
 
 
@@ -135,8 +172,9 @@ def readable_count(n: float) -> str:
     return f"{rounded / size:g} {word}"
 
 
-def eval_curves(histories: Mapping[str, object], *, key: str = "accuracy", title: str = "Validation accuracy",
-                percent: bool = True) -> plt.Figure:
+def eval_curves(
+    histories: Mapping[str, object], *, key: str = "accuracy", title: str = "Validation accuracy", percent: bool = True
+) -> plt.Figure:
     """One line per run of an evaluation metric against the training step (the learning curves)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
     for i, (name, history) in enumerate(histories.items()):
@@ -144,8 +182,15 @@ def eval_curves(histories: Mapping[str, object], *, key: str = "accuracy", title
         if not values:
             continue
         ys = [100 * v for v in values] if percent else values
-        ax.plot(history.column("step", evals=True)[: len(values)], ys, "o-", label=name,
-                color=arm_colour(name, i), linewidth=2, markersize=5)
+        ax.plot(
+            history.column("step", evals=True)[: len(values)],
+            ys,
+            "o-",
+            label=name,
+            color=arm_colour(name, i),
+            linewidth=2,
+            markersize=5,
+        )
     ax.set(title=title, xlabel="training step", ylabel=f"{key.replace('_', ' ')}{' (%)' if percent else ''}")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
@@ -202,8 +247,9 @@ def head_scores_map(scores, *, pattern: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(max(4.5, 0.62 * H + 1.8), max(2.4, 0.55 * L + 1.3)), layout="constrained")
     image = ax.imshow(_array(scores), cmap="Oranges", vmin=0, vmax=1)
     for (layer, head), value in _cells(scores):
-        ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                color="white" if value > 0.6 else "black")
+        ax.text(
+            head, layer, f"{value:.2f}", ha="center", va="center", fontsize=8, color="white" if value > 0.6 else "black"
+        )
     ax.set_xticks(range(H), [str(h + 1) for h in range(H)])
     ax.set_yticks(range(L), [str(layer + 1) for layer in range(L)])
     ax.set(xlabel="head", ylabel="layer", title=f"Share of attention on: {pattern}")
@@ -232,8 +278,15 @@ def confusion_matrix(predictions, *, title: str = "Confusion matrix (test set)")
     fig, ax = plt.subplots(figsize=(4.2 + 0.6 * len(names), 3.6 + 0.5 * len(names)), layout="constrained")
     ax.imshow(_array(share), cmap="Blues", vmin=0, vmax=1)
     for (row, col), value in _cells(share):
-        ax.text(col, row, f"{int(counts[row, col])}\n({100 * value:.0f}%)", ha="center", va="center",
-                fontsize=11, color="white" if value > 0.6 else "black")
+        ax.text(
+            col,
+            row,
+            f"{int(counts[row, col])}\n({100 * value:.0f}%)",
+            ha="center",
+            va="center",
+            fontsize=11,
+            color="white" if value > 0.6 else "black",
+        )
     ax.set_xticks(range(len(names)), names)
     ax.set_yticks(range(len(names)), names)
     ax.set(xlabel="predicted", ylabel="true", title=f"{title}: {100 * predictions.accuracy:.1f}% correct")
@@ -275,11 +328,21 @@ def _cell(value: object) -> str:
 def misclassified_table(predictions, *, n: int = 8) -> Html:
     """The model's most confident mistakes: the text, the true label, its answer and its confidence."""
     names = predictions.label_names
-    rows = [(predictions.texts[i], names[predictions.labels[i]], names[predictions.predicted[i]],
-             f"{100 * predictions.confidence[i]:.0f}%") for i in predictions.mistakes()[:n]]
+    rows = [
+        (
+            predictions.texts[i],
+            names[predictions.labels[i]],
+            names[predictions.predicted[i]],
+            f"{100 * predictions.confidence[i]:.0f}%",
+        )
+        for i in predictions.mistakes()[:n]
+    ]
     total = len(predictions.mistakes())
-    return html_table(["review", "true", "predicted", "confidence"], rows,
-                      caption=f"{min(n, total)} of {total} mistakes, most confident first")
+    return html_table(
+        ["review", "true", "predicted", "confidence"],
+        rows,
+        caption=f"{min(n, total)} of {total} mistakes, most confident first",
+    )
 
 
 def neighbours_table(neighbours: Mapping[str, Sequence[tuple[str, float]]], *, caption: str = "") -> Html:
@@ -301,8 +364,12 @@ def mask_guesses_table(text: str, answers: Sequence[str], guesses: Mapping[str, 
     return html_table(header, rows, caption=text)
 
 
-def ladder_figure(rows: Sequence[Mapping], *, highlight: Sequence[Mapping] = (),
-                  title: str = "What pre-training is worth, by tokens seen") -> plt.Figure:
+def ladder_figure(
+    rows: Sequence[Mapping],
+    *,
+    highlight: Sequence[Mapping] = (),
+    title: str = "What pre-training is worth, by tokens seen",
+) -> plt.Figure:
     """The compute ladder: test accuracy (left) and paired gain over scratch (right) against pre-training tokens.
 
     rows: results of `benchmarks/lesson_ladder.py` / `teachkit.experiments.compare` with arm ("scratch" or "pretrained"),
@@ -331,11 +398,19 @@ def ladder_figure(rows: Sequence[Mapping], *, highlight: Sequence[Mapping] = (),
     for r in highlight:
         if r["arm"] != "scratch" and r.get("tokens_seen"):
             acc_ax.plot([r["tokens_seen"]], [100 * r["test_accuracy"]], "*", color="black", markersize=12)
-    acc_ax.set(xscale="log", xlabel="tokens seen in pre-training (log scale)", ylabel="test accuracy (%)",
-               title="Accuracy (dashed: the same model from scratch)")
+    acc_ax.set(
+        xscale="log",
+        xlabel="tokens seen in pre-training (log scale)",
+        ylabel="test accuracy (%)",
+        title="Accuracy (dashed: the same model from scratch)",
+    )
     gain_ax.axhline(0, color="black", linewidth=1)
-    gain_ax.set(xscale="log", xlabel="tokens seen in pre-training (log scale)",
-                ylabel="gain over scratch (points)", title="Paired gain over scratch (mean ± sd over seeds)")
+    gain_ax.set(
+        xscale="log",
+        xlabel="tokens seen in pre-training (log scale)",
+        ylabel="gain over scratch (points)",
+        title="Paired gain over scratch (mean ± sd over seeds)",
+    )
     for ax in (acc_ax, gain_ax):
         ax.grid(alpha=0.3)
     acc_ax.legend(fontsize=9, loc="lower right")

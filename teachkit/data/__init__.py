@@ -32,9 +32,7 @@ import datasets
 from teachkit.machinery.files import cache_dir
 
 DATA_DIR_ENV = "TEACHKIT_DATA_DIR"
-MOVIE_REVIEWS_URL = (
-    "https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/movie_reviews.zip"
-)
+MOVIE_REVIEWS_URL = "https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/movie_reviews.zip"
 SPLIT_ORDER = ("train", "validation", "test")  # documents come out in this order of splits
 LAYOUTS = ("rows", "wikitext")
 WIKIPEDIA_ARTICLES = 5487  # online, the first this many articles of the dump: the size of the offline sample
@@ -62,42 +60,72 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in [
         DatasetSpec(
-            name="wikitext-2", hub_id="Salesforce/wikitext", config="wikitext-2-raw-v1",
-            mirror_path="wikitext", text_field="text", label_field=None, kind="corpus",
+            name="wikitext-2",
+            hub_id="Salesforce/wikitext",
+            config="wikitext-2-raw-v1",
+            mirror_path="wikitext",
+            text_field="text",
+            label_field=None,
+            kind="corpus",
             description="WikiText-2 (raw): ~600 good Wikipedia articles, one row per line. "
             "The local mirror has the validation and test splits only (no train).",
             layout="wikitext",
         ),
         DatasetSpec(
-            name="sst2", hub_id="stanfordnlp/sst2", config=None,
-            mirror_path="sst2", text_field="sentence", label_field="label", kind="labelled",
+            name="sst2",
+            hub_id="stanfordnlp/sst2",
+            config=None,
+            mirror_path="sst2",
+            text_field="sentence",
+            label_field="label",
+            kind="labelled",
             description="GLUE SST-2: movie-review phrases, negative (0) / positive (1). "
             "The test split has no labels (every label is -1): evaluate on validation.",
         ),
         DatasetSpec(
-            name="rotten_tomatoes", hub_id="cornell-movie-review-data/rotten_tomatoes", config=None,
-            mirror_path="rotten_tomatoes", text_field="text", label_field="label", kind="labelled",
+            name="rotten_tomatoes",
+            hub_id="cornell-movie-review-data/rotten_tomatoes",
+            config=None,
+            mirror_path="rotten_tomatoes",
+            text_field="text",
+            label_field="label",
+            kind="labelled",
             description="Rotten Tomatoes snippets (Pang & Lee 2005), lower-cased, neg (0) / pos "
             "(1). Rows are stored all positive first, then all negative.",
         ),
         DatasetSpec(
-            name="imdb", hub_id="stanfordnlp/imdb", config="plain_text",
-            mirror_path="imdb", text_field="text", label_field="label", kind="labelled",
+            name="imdb",
+            hub_id="stanfordnlp/imdb",
+            config="plain_text",
+            mirror_path="imdb",
+            text_field="text",
+            label_field="label",
+            kind="labelled",
             description="IMDB reviews (Maas et al. 2011): train and test 25,000 labelled full reviews "
             "each, neg (0) / pos (1), and 50,000 unlabelled ('unsupervised'). The text keeps the site's "
             "<br /> tags; teachkit turns them into spaces.",
         ),
         DatasetSpec(
-            name="wikipedia", hub_id="wikimedia/wikipedia", config="20231101.en",
-            mirror_path="wikipedia_sample", text_field="text", label_field=None, kind="corpus",
+            name="wikipedia",
+            hub_id="wikimedia/wikipedia",
+            config="20231101.en",
+            mirror_path="wikipedia_sample",
+            text_field="text",
+            label_field=None,
+            kind="corpus",
             mirror_config=None,
             description="English Wikipedia articles (general text). Online: the first "
             f"{WIKIPEDIA_ARTICLES:,} articles of the hub's dump, streamed (the whole dump is ~20 GB); "
             "offline: a mirror folder of articles with the same columns (id, url, title, text).",
         ),
         DatasetSpec(
-            name="movie_reviews", hub_id=None, config=None,
-            mirror_path="movie_reviews", text_field="text", label_field="label", kind="corpus",
+            name="movie_reviews",
+            hub_id=None,
+            config=None,
+            mirror_path="movie_reviews",
+            text_field="text",
+            label_field="label",
+            kind="corpus",
             description="2,000 full movie reviews (Pang & Lee polarity v2.0), lower-cased, one "
             "sentence per line: in-domain text for further pre-training. Online source: NLTK.",
         ),
@@ -154,7 +182,10 @@ def _resolve_dir(explicit: str | Path | None) -> Path | None:
 
 
 def load(
-    name: str, *, split: str | None = None, data_dir: str | Path | None = None,
+    name: str,
+    *,
+    split: str | None = None,
+    data_dir: str | Path | None = None,
 ) -> datasets.DatasetDict | datasets.Dataset:
     """Load a dataset: the whole DatasetDict, or one split as a Dataset when `split` is given.
 
@@ -190,8 +221,11 @@ def _load_mirror(spec: DatasetSpec, folder: Path) -> datasets.DatasetDict:
             f"data_dir at the right folder, or unset {DATA_DIR_ENV} to use the network."
         )
     try:
-        return datasets.load_dataset(str(path), spec.config if spec.mirror_config == "hub" else spec.mirror_config,
-                                     cache_dir=str(_mirror_cache(path)))
+        return datasets.load_dataset(
+            str(path),
+            spec.config if spec.mirror_config == "hub" else spec.mirror_config,
+            cache_dir=str(_mirror_cache(path)),
+        )
     except Exception as err:  # pyarrow's and datasets' own errors: find the file to blame, if one is
         damaged = _damaged_parquet(path)
         if damaged is None:
@@ -253,15 +287,12 @@ def _unavailable(spec: DatasetSpec, source: str, err: Exception) -> DataUnavaila
 
 
 def _missing_split_message(spec: DatasetSpec, split: str, present: list[str]) -> str:
-    message = (
-        f"Dataset {spec.name!r} has no split {split!r}; available splits: "
-        f"{', '.join(_ordered(present))}."
-    )
+    message = f"Dataset {spec.name!r} has no split {split!r}; available splits: {', '.join(_ordered(present))}."
     if spec.layout == "wikitext" and "train" not in present:  # only the local mirror lacks it
         message += (
             " The local wikitext mirror has validation and test only (the train file was too big "
-            "to mirror): pass splits=(\"validation\", \"test\") to load_documents, or "
-            "split=\"validation\" to load."
+            'to mirror): pass splits=("validation", "test") to load_documents, or '
+            'split="validation" to load.'
         )
     return message
 
@@ -298,9 +329,7 @@ def _load_movie_reviews_online() -> datasets.DatasetDict:
             f"The download of {MOVIE_REVIEWS_URL} is not a valid zip (deleted {archive}); run "
             f"again, or set {DATA_DIR_ENV} to a mirror folder."
         ) from err
-    features = datasets.Features(
-        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
-    )
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
     train = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
     return datasets.DatasetDict({"train": train})
 
@@ -328,8 +357,11 @@ def _read_movie_reviews(archive: Path) -> tuple[list[str], list[int]]:
 
 
 def load_documents(
-    name: str = "wikitext-2", *, splits: Sequence[str] | None = None,
-    data_dir: str | Path | None = None, max_documents: int | None = None,
+    name: str = "wikitext-2",
+    *,
+    splits: Sequence[str] | None = None,
+    data_dir: str | Path | None = None,
+    max_documents: int | None = None,
 ) -> list[list[str]]:
     """Documents as lists of sentences, the unit that next-sentence prediction samples from.
 
@@ -353,16 +385,17 @@ def load_documents(
         left = None if max_documents is None else max_documents - len(documents)
         source = f"dataset {name!r}, split {split!r}"
         texts = dataset[split][spec.text_field]
-        documents += documents_from_texts(
-            texts, layout=spec.layout, max_documents=left, source=source
-        )
+        documents += documents_from_texts(texts, layout=spec.layout, max_documents=left, source=source)
         if max_documents is not None and len(documents) >= max_documents:
             break
     return documents
 
 
 def documents_from_texts(
-    texts: Iterable[str], *, layout: str = "rows", max_documents: int | None = None,
+    texts: Iterable[str],
+    *,
+    layout: str = "rows",
+    max_documents: int | None = None,
     source: str = "the given texts",
 ) -> list[list[str]]:
     """Turn raw rows into documents (lists of sentences); empty documents are skipped.
@@ -392,7 +425,11 @@ def documents_from_texts(
 
 
 def load_labelled(
-    name: str, *, split: str, data_dir: str | Path | None = None, limit: int | None = None,
+    name: str,
+    *,
+    split: str,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
     seed: int = 0,
 ) -> LabelledSplit:
     """Texts (stripped) and integer labels of one split, for fine-tuning and evaluation.
@@ -426,7 +463,11 @@ def load_labelled(
 
 
 def unlabelled_documents(
-    name: str, *, split: str = "train", per_document: int = 8, seed: int = 0,
+    name: str,
+    *,
+    split: str = "train",
+    per_document: int = 8,
+    seed: int = 0,
     data_dir: str | Path | None = None,
 ) -> list[list[str]]:
     """A labelled set's texts with the labels dropped, as pre-training documents.
@@ -530,5 +571,5 @@ def _is_abbreviation(line: str, end: int) -> bool:
     """Is the "." at `end` the end of an abbreviation rather than of a sentence?"""
     if line[end] != "." or line[end : end + 2] == "..":
         return False
-    word = line[:end + 1].rsplit(None, 1)[-1].lstrip("\"'“‘«([")
+    word = line[: end + 1].rsplit(None, 1)[-1].lstrip("\"'“‘«([")
     return word.lower() in _ABBREVIATIONS or bool(_INITIAL_OR_ACRONYM.match(word))

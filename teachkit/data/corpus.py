@@ -101,8 +101,9 @@ def held_out_texts(names, *, data_dir: str | Path | None = None) -> set[str]:
             warnings.warn(f"Could not load {name!r} to keep its test texts out of pre-training: {err}", stacklevel=2)
             continue
         field = data.spec_for(name).text_field
-        texts |= {data.clean_text(t) for split in HELD_OUT_SPLITS[name] if split in dataset
-                  for t in dataset[split][field]}
+        texts |= {
+            data.clean_text(t) for split in HELD_OUT_SPLITS[name] if split in dataset for t in dataset[split][field]
+        }
     return texts
 
 
@@ -138,8 +139,9 @@ def pack(stream: torch.Tensor, *, max_len: int, cls_id: int, sep_id: int) -> tor
     width = max_len - 2
     n = len(stream) // width
     if n == 0:
-        raise ValueError(f"The corpus has {len(stream)} tokens, fewer than one row of {width}: use more text "
-                         "or a smaller max_len.")
+        raise ValueError(
+            f"The corpus has {len(stream)} tokens, fewer than one row of {width}: use more text or a smaller max_len."
+        )
     body = stream[: n * width].view(n, width)  # (N * W,) -> (N, W)
     cls = torch.full((n, 1), cls_id, dtype=stream.dtype)
     sep = torch.full((n, 1), sep_id, dtype=stream.dtype)

@@ -32,9 +32,9 @@ import datasets
 import yaml  # installed with datasets, which reads dataset cards with it
 
 from teachkit import data
+from teachkit.data import DataUnavailableError
 from teachkit.machinery import pretrained
 from teachkit.machinery.files import atomic_folder, recover_folder
-from teachkit.data import DataUnavailableError
 
 MANIFEST = ".teachkit-mirror.json"  # hidden, so `datasets` never takes it for a data file
 PARTIAL_PREFIX = ".partial-"  # temporary folders inside DIR; removed on failure and on the next run
@@ -80,12 +80,27 @@ def course_items(*, models: Sequence[str] = DEFAULT_MODELS) -> list[Item]:
         # Only the parquet files of the one config we use: the hub repos hold other configs too.
         config = spec.config if spec.mirror_config == "hub" else spec.mirror_config  # as the mirror folder holds it
         prefix = f"{config}/" if config else ""
-        items.append(Item(name=spec.name, kind="dataset", path=spec.mirror_path, hub_id=spec.hub_id,
-                          config=config, patterns=(f"{prefix}*.parquet", "README.md")))
+        items.append(
+            Item(
+                name=spec.name,
+                kind="dataset",
+                path=spec.mirror_path,
+                hub_id=spec.hub_id,
+                config=config,
+                patterns=(f"{prefix}*.parquet", "README.md"),
+            )
+        )
     hub_ids = [pretrained.MINILM_HUB_ID if m in pretrained.MINILM_ALIASES else m for m in models]
     for hub_id in dict.fromkeys(hub_ids):  # each once, in the order given
-        items.append(Item(name=hub_id, kind="model", path=f"{pretrained.MIRROR_MODELS}/{hub_id}",
-                          hub_id=hub_id, patterns=tuple(pretrained.HUB_FILES)))
+        items.append(
+            Item(
+                name=hub_id,
+                kind="model",
+                path=f"{pretrained.MIRROR_MODELS}/{hub_id}",
+                hub_id=hub_id,
+                patterns=tuple(pretrained.HUB_FILES),
+            )
+        )
     return items
 
 
@@ -113,8 +128,7 @@ class HubSource:
         from huggingface_hub.errors import RepositoryNotFoundError
 
         try:
-            snapshot_download(item.hub_id, repo_type=item.kind, allow_patterns=list(item.patterns),
-                              local_dir=dest)
+            snapshot_download(item.hub_id, repo_type=item.kind, allow_patterns=list(item.patterns), local_dir=dest)
         except RepositoryNotFoundError as err:
             raise MirrorError(f"the hub has no {item.kind} {item.hub_id!r}: check the name") from err
         except Exception as err:  # offline, blocked, timed out: the same advice for all
@@ -130,8 +144,10 @@ class LocalSource:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise MirrorError(f"The source mirror {self.root} is not a folder. Pass --from the folder that "
-                              "holds sst2/, wikitext/, ... (for example ../shared/data).")
+            raise MirrorError(
+                f"The source mirror {self.root} is not a folder. Pass --from the folder that "
+                "holds sst2/, wikitext/, ... (for example ../shared/data)."
+            )
         self.description = f"the local mirror {self.root}"
 
     def fetch(self, item: Item, dest: Path) -> None:
@@ -141,9 +157,11 @@ class LocalSource:
         # A teachkit mirror lists its checksums: a copy that no longer matches them is not passed on.
         problem = _manifest_problem(origin) if (origin / MANIFEST).is_file() else None
         if problem:
-            raise MirrorError(f"the source's copy of {item.name} does not match its own checksums ({problem}): it was "
-                              f"changed or damaged after it was mirrored. Mirror {item.name} into the source "
-                              "again from the hub, or copy it from another source.")
+            raise MirrorError(
+                f"the source's copy of {item.name} does not match its own checksums ({problem}): it was "
+                f"changed or damaged after it was mirrored. Mirror {item.name} into the source "
+                "again from the hub, or copy it from another source."
+            )
         _copy_files(origin, dest)
         if problem is None and (origin / MANIFEST).is_file():
             problem = _manifest_problem(dest, manifest=origin / MANIFEST)  # the copy itself, e.g. a failing USB stick
@@ -164,9 +182,11 @@ def _copy_files(origin: Path, dest: Path) -> None:
 def _offline_hint() -> str:
     forbidden = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
     why = " (HF_HUB_OFFLINE=1 is set, which forbids downloads: unset it to download)" if forbidden else ""
-    return (f"Cannot reach the hub{why}. To use a local mirror instead, copy a folder made by "
-            "`teachkit data mirror` on a machine that is online and run `teachkit data mirror DIR --from "
-            f"THAT_FOLDER`, or simply export {data.DATA_DIR_ENV}=THAT_FOLDER.")
+    return (
+        f"Cannot reach the hub{why}. To use a local mirror instead, copy a folder made by "
+        "`teachkit data mirror` on a machine that is online and run `teachkit data mirror DIR --from "
+        f"THAT_FOLDER`, or simply export {data.DATA_DIR_ENV}=THAT_FOLDER."
+    )
 
 
 def _rows_from_online_source(item: Item, dest: Path) -> None:
@@ -194,14 +214,17 @@ def _keep_only_config(readme: Path, config: str) -> None:
         if isinstance(card.get(key), list):
             card[key] = [entry for entry in card[key] if entry.get("config_name") == config]
     header = yaml.safe_dump(card, sort_keys=False, allow_unicode=True)
-    readme.write_text(f"---\n{header}---\n{text[found.end():]}", encoding="utf-8")
+    readme.write_text(f"---\n{header}---\n{text[found.end() :]}", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------- the mirror
 
 
 def mirror(
-    dest: str | Path, *, source: Source | None = None, models: Sequence[str] = DEFAULT_MODELS,
+    dest: str | Path,
+    *,
+    source: Source | None = None,
+    models: Sequence[str] = DEFAULT_MODELS,
     log: Callable[[str], None] = print,
 ) -> list[Outcome]:
     """Mirror every dataset and model of the course into `dest`; raise MirrorError if any failed.
@@ -249,8 +272,10 @@ def _mirror_item(item: Item, dest: Path, source: Source) -> Outcome:
             return Outcome(item, "skipped", "already there; checksums match its manifest")
     try:
         # The verification's datasets cache stays outside the folder that becomes the mirror's copy.
-        with tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX, dir=dest) as scratch, \
-                atomic_folder(final, prefix=PARTIAL_PREFIX) as staged:  # no half folder survives, even Ctrl-C
+        with (
+            tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX, dir=dest) as scratch,
+            atomic_folder(final, prefix=PARTIAL_PREFIX) as staged,
+        ):  # no half folder survives, even Ctrl-C
             origin = _fetch(item, staged, source)
             rows = _verify(item, staged, scratch=Path(scratch))
             _write_manifest(staged, item=item, origin=origin, rows=rows)
@@ -284,8 +309,10 @@ def _verify(item: Item, folder: Path, *, scratch: Path) -> dict[str, int]:
     try:
         splits = datasets.load_dataset(str(folder), item.config, cache_dir=str(scratch))
     except Exception as err:  # pyarrow, datasets and OS errors alike mean "not usable"
-        raise MirrorError(f"the downloaded files do not load ({type(err).__name__}: {str(err)[:200]}); the "
-                          "download was probably cut short, or a proxy sent an error page instead") from err
+        raise MirrorError(
+            f"the downloaded files do not load ({type(err).__name__}: {str(err)[:200]}); the "
+            "download was probably cut short, or a proxy sent an error page instead"
+        ) from err
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
@@ -294,8 +321,10 @@ def _verify(item: Item, folder: Path, *, scratch: Path) -> dict[str, int]:
     for name, split in splits.items():
         missing = [c for c in columns if c not in split.column_names]
         if missing or len(split) == 0:
-            raise MirrorError(f"{item.name}: split {name!r} has {len(split)} rows and lacks columns {missing}; "
-                              "the download looks incomplete or the source changed its layout.")
+            raise MirrorError(
+                f"{item.name}: split {name!r} has {len(split)} rows and lacks columns {missing}; "
+                "the download looks incomplete or the source changed its layout."
+            )
         rows[name] = len(split)
     return rows
 
@@ -304,8 +333,8 @@ def _remove_interrupted(dest: Path, *, log: Callable[[str], None]) -> None:
     # A killed run (power cut, kill -9) can leave a temporary folder; it never holds a finished item,
     # except the previous copy of an item that was being replaced: that one is put back first.
     for old in list(dest.rglob(f"{PARTIAL_PREFIX}old-*")):
-        if recover_folder(old.with_name(old.name[len(f"{PARTIAL_PREFIX}old-"):]), prefix=PARTIAL_PREFIX):
-            log(f"Put back {old.name[len(PARTIAL_PREFIX) + 4:]}, which an interrupted run had set aside.")
+        if recover_folder(old.with_name(old.name[len(f"{PARTIAL_PREFIX}old-") :]), prefix=PARTIAL_PREFIX):
+            log(f"Put back {old.name[len(PARTIAL_PREFIX) + 4 :]}, which an interrupted run had set aside.")
     for leftover in list(dest.rglob(f"{PARTIAL_PREFIX}*")):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -324,8 +353,11 @@ def _sha256(path: Path) -> str:
 
 
 def _files(folder: Path) -> dict[str, dict]:
-    return {p.relative_to(folder).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {
+        p.relative_to(folder).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def _write_manifest(folder: Path, *, item: Item, origin: str, rows: dict[str, int]) -> None:

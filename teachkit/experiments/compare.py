@@ -18,12 +18,12 @@ from functools import partial
 import torch
 
 from teachkit import data, finetune
-from teachkit.machinery import loading, speed
 from teachkit.config import COURSE_RECIPE, ModelConfig
+from teachkit.machinery import loading, speed
 from teachkit.machinery.devices import move
 from teachkit.machinery.interrupts import TrainingStopped
-from teachkit.tasks import ClassificationTask
 from teachkit.machinery.runs import ManagedRun, RunSettings
+from teachkit.tasks import ClassificationTask
 from teachkit.train import TrainConfig, train
 
 VALIDATION_CARVE = 2000  # rows held out of `train` as validation when a dataset has no validation split
@@ -45,8 +45,9 @@ class Labelled:
         train_all = data.load_labelled(name, split="train")
         order = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(seed)).tolist()
         held, kept = sorted(order[:VALIDATION_CARVE]), sorted(order[VALIDATION_CARVE:])
-        return cls(finetune.subset(train_all, kept), finetune.subset(train_all, held),
-                   data.load_labelled(name, split="test"))
+        return cls(
+            finetune.subset(train_all, kept), finetune.subset(train_all, held), data.load_labelled(name, split="test")
+        )
 
 
 @dataclass(frozen=True)
@@ -68,40 +69,84 @@ class Protocol:
         return self.epochs_few if n_labels <= 2000 else self.epochs_many
 
 
-
-def finetune_once(source, *, tokenizer, config: ModelConfig | None, labelled: Labelled, indices: list[int],
-                  protocol: Protocol, lr: float, body_lr_scale: float, seed: int, device: str = "auto",
-                  arm: str = "model"):
+def finetune_once(
+    source,
+    *,
+    tokenizer,
+    config: ModelConfig | None,
+    labelled: Labelled,
+    indices: list[int],
+    protocol: Protocol,
+    lr: float,
+    body_lr_scale: float,
+    seed: int,
+    device: str = "auto",
+    arm: str = "model",
+):
     """One fine-tuning run; returns (model, task, result). Validation picks the best epoch."""
     torch.manual_seed(seed)
-    model, own_tokenizer = loading.classifier(source, n_classes=len(labelled.train.label_names), config=config,
-                                              dropout=protocol.dropout, pooling=protocol.pooling)
+    model, own_tokenizer = loading.classifier(
+        source,
+        n_classes=len(labelled.train.label_names),
+        config=config,
+        dropout=protocol.dropout,
+        pooling=protocol.pooling,
+    )
     picked = finetune.subset(labelled.train, indices)
-    task = ClassificationTask(picked, own_tokenizer or tokenizer, max_len=protocol.max_len, seed=seed,
-                              eval_split=labelled.validation)
+    task = ClassificationTask(
+        picked, own_tokenizer or tokenizer, max_len=protocol.max_len, seed=seed, eval_split=labelled.validation
+    )
     batch = min(protocol.batch, len(picked))
     per_epoch = max(1, len(picked) // batch)
-    cfg = TrainConfig(max_steps=max(1, round(protocol.epochs(len(picked)) * per_epoch)), batch_size=batch, lr=lr,
-                      warmup=protocol.warmup, eval_every=per_epoch, keep_best=True, seed=seed,
-                      body_lr_scale=body_lr_scale, grad_accum=protocol.grad_accum)
+    cfg = TrainConfig(
+        max_steps=max(1, round(protocol.epochs(len(picked)) * per_epoch)),
+        batch_size=batch,
+        lr=lr,
+        warmup=protocol.warmup,
+        eval_every=per_epoch,
+        keep_best=True,
+        seed=seed,
+        body_lr_scale=body_lr_scale,
+        grad_accum=protocol.grad_accum,
+    )
     result = train(model, task, cfg, run=ManagedRun(RunSettings(device=device, progress=False)))
     if result.stopped in ("diverged", "interrupted") or result.signal is not None or result.best is None:
         raise TrainingStopped(result, what=f"Fine-tuning ({arm}, {len(picked)} labels)")
     return model, task, result
 
 
-def finetune_fair(arm: str, source, *, tokenizer=None, config: ModelConfig | None = None, labelled: Labelled,
-                  budget: int | None, seed: int, protocol: Protocol = Protocol(), device: str = "auto",
-                  log=print) -> dict:
+def finetune_fair(
+    arm: str,
+    source,
+    *,
+    tokenizer=None,
+    config: ModelConfig | None = None,
+    labelled: Labelled,
+    budget: int | None,
+    seed: int,
+    protocol: Protocol = Protocol(),
+    device: str = "auto",
+    log=print,
+) -> dict:
     """Run the protocol's grid for one arm, label budget and seed; test only the setting validation picked."""
     t0 = time.perf_counter()
     indices = finetune.sample_budget(labelled.train.labels, budget=budget, seed=seed)
     best = None
     tried = []
     for lr, scale in protocol.grid:
-        model, task, result = finetune_once(source, tokenizer=tokenizer, config=config, labelled=labelled,
-                                            indices=indices, protocol=protocol, lr=lr, body_lr_scale=scale,
-                                            seed=seed, device=device, arm=arm)
+        model, task, result = finetune_once(
+            source,
+            tokenizer=tokenizer,
+            config=config,
+            labelled=labelled,
+            indices=indices,
+            protocol=protocol,
+            lr=lr,
+            body_lr_scale=scale,
+            seed=seed,
+            device=device,
+            arm=arm,
+        )
         tried.append({"lr": lr, "body_lr_scale": scale, "validation_accuracy": result.best["accuracy"]})
         if best is None or result.best["accuracy"] > best[2].best["accuracy"]:
             best = (model, task, result, lr, scale)
@@ -111,11 +156,21 @@ def finetune_fair(arm: str, source, *, tokenizer=None, config: ModelConfig | Non
     model, task, result, lr, scale = best
     device_ = next(model.parameters()).device
     test = task.evaluate(model, to_device=partial(move, device=device_), split=task.encode(labelled.test))
-    row = {"arm": arm, "budget": len(indices), "seed": seed, "lr": lr, "body_lr_scale": scale,
-           "validation_accuracy": result.best["accuracy"], "test_accuracy": test["accuracy"], "grid": tried,
-           "seconds": time.perf_counter() - t0}
-    log(f"  {arm:<22} {len(indices):>5} labels, seed {seed}: validation {100 * row['validation_accuracy']:.1f}%, "
-        f"test {100 * row['test_accuracy']:.1f}% (lr {lr:g}, body x{scale:g}; {row['seconds']:.0f} s)")
+    row = {
+        "arm": arm,
+        "budget": len(indices),
+        "seed": seed,
+        "lr": lr,
+        "body_lr_scale": scale,
+        "validation_accuracy": result.best["accuracy"],
+        "test_accuracy": test["accuracy"],
+        "grid": tried,
+        "seconds": time.perf_counter() - t0,
+    }
+    log(
+        f"  {arm:<22} {len(indices):>5} labels, seed {seed}: validation {100 * row['validation_accuracy']:.1f}%, "
+        f"test {100 * row['test_accuracy']:.1f}% (lr {lr:g}, body x{scale:g}; {row['seconds']:.0f} s)"
+    )
     history = result.history
     # A trained model sits in reference cycles, so dropping its last name does not free it; Python's cycle
     # collector would, but only some time later, when the next arm (a second MiniLM, say) is already

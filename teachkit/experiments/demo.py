@@ -22,11 +22,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from teachkit.machinery import checkpoint
-from teachkit.experiments import compare
 from teachkit import course
 from teachkit.course import viz
+from teachkit.experiments import compare
 from teachkit.experiments.pretraining import DemoSettings, describe_corpus, pretrain_bert, tokens_per_s
+from teachkit.machinery import checkpoint
 from teachkit.machinery.loading import RANDOM_PREFIX
 
 LADDER = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "lesson_ladder.jsonl"
@@ -37,13 +37,17 @@ def demo_arms(s: DemoSettings, own: Path) -> list[dict]:
     """The arms: name, where the weights come from, tokens of pre-training, the seeds to run and the protocol."""
     course_info = course.course_bert_info()
     small = {"seeds": s.seeds, "protocol": s.protocol(real_bert=False)}
-    arms = [{"arm": "scratch", "source": "scratch", "tokens": 0, **small},
-            {"arm": "my pre-training", "source": str(own), "tokens": own_tokens(own), **small},
-            {"arm": "course BERT", "source": str(course.course_bert()), "tokens": course_info["tokens_seen"], **small}]
+    arms = [
+        {"arm": "scratch", "source": "scratch", "tokens": 0, **small},
+        {"arm": "my pre-training", "source": str(own), "tokens": own_tokens(own), **small},
+        {"arm": "course BERT", "source": str(course.course_bert()), "tokens": course_info["tokens_seen"], **small},
+    ]
     if s.real_bert:
         big = {"seeds": s.real_bert_seeds, "protocol": s.protocol(real_bert=True)}
-        arms += [{"arm": f"{s.real_bert}", "source": s.real_bert, "tokens": None, **big},
-                 {"arm": f"{s.real_bert}{RANDOM_SUFFIX}", "source": RANDOM_PREFIX + s.real_bert, "tokens": 0, **big}]
+        arms += [
+            {"arm": f"{s.real_bert}", "source": s.real_bert, "tokens": None, **big},
+            {"arm": f"{s.real_bert}{RANDOM_SUFFIX}", "source": RANDOM_PREFIX + s.real_bert, "tokens": 0, **big},
+        ]
     return arms
 
 
@@ -62,13 +66,25 @@ def run_demo(s: DemoSettings, *, log=print) -> dict:
     own, tok, pre = pretrain_bert(s, log=log)
     labelled = compare.Labelled.load(s.sentiment)
     config = checkpoint.model_config(own)
-    log(f"Fine-tuning on {s.sentiment} with {s.budget} labels; each small arm tries {len(s.grid)} settings "
-        "and validation picks one")
+    log(
+        f"Fine-tuning on {s.sentiment} with {s.budget} labels; each small arm tries {len(s.grid)} settings "
+        "and validation picks one"
+    )
     rows = []
     for arm in demo_arms(s, own):
         for seed in arm["seeds"]:
-            row = compare.finetune_fair(arm["arm"], arm["source"], tokenizer=tok, config=config, labelled=labelled,
-                                        budget=s.budget, seed=seed, protocol=arm["protocol"], device=s.device, log=log)
+            row = compare.finetune_fair(
+                arm["arm"],
+                arm["source"],
+                tokenizer=tok,
+                config=config,
+                labelled=labelled,
+                budget=s.budget,
+                seed=seed,
+                protocol=arm["protocol"],
+                device=s.device,
+                log=log,
+            )
             rows.append({**row, "tokens_seen": arm["tokens"]})
     report = write_report(out, s, pre, rows, seconds=time.perf_counter() - t0)
     log(f"Report: {out / 'report.md'} ({time.perf_counter() - t0:.0f} s in all)")
@@ -82,7 +98,6 @@ def control_of(arm: str, arms) -> str | None:
     return arm + RANDOM_SUFFIX if arm + RANDOM_SUFFIX in arms else "scratch"
 
 
-
 def summary(rows: list[dict]) -> dict[str, dict]:
     """Per arm: mean and spread of test accuracy over seeds, and the paired gain over its random-weight control
     (scratch for our small BERTs, the random twin for a real BERT)."""
@@ -92,57 +107,84 @@ def summary(rows: list[dict]) -> dict[str, dict]:
         at = [r for r in rows if r["arm"] == arm]
         control = {r["seed"]: r["test_accuracy"] for r in rows if r["arm"] == control_of(arm, arms)}
         paired = [r["test_accuracy"] - control[r["seed"]] for r in at if r["seed"] in control]
-        out[arm] = {"test": float(np.mean([r["test_accuracy"] for r in at])),
-                    "test_sd": float(np.std([r["test_accuracy"] for r in at])),
-                    "validation": float(np.mean([r["validation_accuracy"] for r in at])),
-                    "gain": float(np.mean(paired)) if paired else None, "seeds": len(at),
-                    "tokens_seen": at[0]["tokens_seen"], "seconds": float(np.mean([r["seconds"] for r in at]))}
+        out[arm] = {
+            "test": float(np.mean([r["test_accuracy"] for r in at])),
+            "test_sd": float(np.std([r["test_accuracy"] for r in at])),
+            "validation": float(np.mean([r["validation_accuracy"] for r in at])),
+            "gain": float(np.mean(paired)) if paired else None,
+            "seeds": len(at),
+            "tokens_seen": at[0]["tokens_seen"],
+            "seconds": float(np.mean([r["seconds"] for r in at])),
+        }
     return out
 
 
 def verdicts(table: dict[str, dict], s: DemoSettings) -> list[str]:
     """Plain sentences, each computed from this run's numbers."""
+
     def said(gain: float) -> str:
-        return f"beat scratch by {100 * gain:.1f} points" if gain > 0 else (
-            "tied with scratch" if gain == 0 else f"lost to scratch by {100 * -gain:.1f} points")
+        return (
+            f"beat scratch by {100 * gain:.1f} points"
+            if gain > 0
+            else ("tied with scratch" if gain == 0 else f"lost to scratch by {100 * -gain:.1f} points")
+        )
 
     lines = []
     for arm in ("my pre-training", "course BERT"):
         if arm in table and table[arm]["gain"] is not None:
             t = table[arm]
-            lines.append(f"- **{arm}** ({t['tokens_seen'] / 1e6:.1f}M tokens of pre-training) {said(t['gain'])} "
-                         f"(mean of {t['seeds']} paired seeds: {100 * t['test']:.1f}% vs "
-                         f"{100 * table['scratch']['test']:.1f}% test accuracy).")
+            lines.append(
+                f"- **{arm}** ({t['tokens_seen'] / 1e6:.1f}M tokens of pre-training) {said(t['gain'])} "
+                f"(mean of {t['seeds']} paired seeds: {100 * t['test']:.1f}% vs "
+                f"{100 * table['scratch']['test']:.1f}% test accuracy)."
+            )
     real, control = s.real_bert, f"{s.real_bert}{RANDOM_SUFFIX}"
     if real in table and control in table:
         gap = table[real]["test"] - table[control]["test"]
-        lines.append(f"- **{real}**, pre-trained by others on billions of words, reached {100 * table[real]['test']:.1f}%; "
-                     f"the same network with random weights reached {100 * table[control]['test']:.1f}%: "
-                     f"pre-training is worth {100 * gap:.1f} points to it.")
+        lines.append(
+            f"- **{real}**, pre-trained by others on billions of words, reached {100 * table[real]['test']:.1f}%; "
+            f"the same network with random weights reached {100 * table[control]['test']:.1f}%: "
+            f"pre-training is worth {100 * gap:.1f} points to it."
+        )
     return lines
 
 
 def headline_figure(table: dict[str, dict], ladder_rows: list[dict], s: DemoSettings) -> plt.Figure:
     """Test accuracy against pre-training tokens (log x): this run's arms on top of the committed ladder."""
     fig, ax = plt.subplots(figsize=(9, 5))
-    behind = [r for r in ladder_rows if r["dataset"] == s.sentiment and r["budget"] == s.budget
-              and r["arm"] == "pretrained"]
+    behind = [
+        r for r in ladder_rows if r["dataset"] == s.sentiment and r["budget"] == s.budget and r["arm"] == "pretrained"
+    ]
     if behind:
         tokens = sorted({r["tokens_seen"] for r in behind})
         means = [100 * np.mean([r["test_accuracy"] for r in behind if r["tokens_seen"] == t]) for t in tokens]
         ax.plot(tokens, means, "o-", color="#9ecae1", label="the committed ladder (course BERT's run, 3 seeds)")
-    lines = {"scratch": ("#7f7f7f", "--"), s.real_bert: ("#d62728", "-."),
-             f"{s.real_bert}{RANDOM_SUFFIX}": ("#ff9896", ":")}
+    lines = {
+        "scratch": ("#7f7f7f", "--"),
+        s.real_bert: ("#d62728", "-."),
+        f"{s.real_bert}{RANDOM_SUFFIX}": ("#ff9896", ":"),
+    }
     for arm, t in table.items():
         if t["tokens_seen"]:
-            ax.errorbar([t["tokens_seen"]], [100 * t["test"]], yerr=[100 * t["test_sd"]], fmt="*", markersize=14,
-                        capsize=4, color=viz.arm_colour("pretrained") if arm == "course BERT" else "#ff7f0e",
-                        label=f"{arm}: {100 * t['test']:.1f}%")
+            ax.errorbar(
+                [t["tokens_seen"]],
+                [100 * t["test"]],
+                yerr=[100 * t["test_sd"]],
+                fmt="*",
+                markersize=14,
+                capsize=4,
+                color=viz.arm_colour("pretrained") if arm == "course BERT" else "#ff7f0e",
+                label=f"{arm}: {100 * t['test']:.1f}%",
+            )
         elif arm in lines:
             colour, style = lines[arm]
             ax.axhline(100 * t["test"], color=colour, linestyle=style, label=f"{arm}: {100 * t['test']:.1f}%")
-    ax.set(xscale="log", xlabel="tokens seen in pre-training (log scale)", ylabel="test accuracy (%)",
-           title=f"What pre-training is worth: {s.sentiment}, {s.budget:,} labels")
+    ax.set(
+        xscale="log",
+        xlabel="tokens seen in pre-training (log scale)",
+        ylabel="test accuracy (%)",
+        title=f"What pre-training is worth: {s.sentiment}, {s.budget:,} labels",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="lower right")
     fig.tight_layout()
@@ -156,35 +198,61 @@ def read_ladder(path: Path = LADDER) -> list[dict]:
 def write_report(out: Path, s: DemoSettings, pre, rows: list[dict], *, seconds: float) -> dict:
     """report.md (a table and verdicts), results.json and PNG plots; every number comes from this run."""
     table = summary(rows)
-    lines = ["| arm | pre-training tokens | test accuracy (mean ± sd) | validation | gain over random weights | seeds |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| arm | pre-training tokens | test accuracy (mean ± sd) | validation | gain over random weights | seeds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for arm, t in table.items():
-        tokens = "billions (by others)" if t["tokens_seen"] is None else (
-            f"{t['tokens_seen'] / 1e6:.1f}M" if t["tokens_seen"] else "none")
+        tokens = (
+            "billions (by others)"
+            if t["tokens_seen"] is None
+            else (f"{t['tokens_seen'] / 1e6:.1f}M" if t["tokens_seen"] else "none")
+        )
         gain = "" if t["gain"] is None else f"{100 * t['gain']:+.1f} (vs {control_of(arm, table)})"
-        lines.append(f"| {arm} | {tokens} | {100 * t['test']:.1f}% ± {100 * t['test_sd']:.1f} | "
-                     f"{100 * t['validation']:.1f}% | {gain} | {t['seeds']} |")
+        lines.append(
+            f"| {arm} | {tokens} | {100 * t['test']:.1f}% ± {100 * t['test_sd']:.1f} | "
+            f"{100 * t['validation']:.1f}% | {gain} | {t['seeds']} |"
+        )
     last = pre.history.steps[-1]
     text = [
-        "# teachkit demo report", "",
+        "# teachkit demo report",
+        "",
         f"Pre-training (my pre-training): {describe_corpus(s.corpus)}; {s.layers} layers x {s.width} wide, "
         f"{pre.step} steps in {pre.seconds:.0f} s ({tokens_per_s(pre.history):.0f} tokens/s); "
         f"final MLM loss {last['mlm']:.2f}.",
         f"Fine-tuning: {s.sentiment}, {s.budget} labels; the small arms each tried the same settings "
         f"({_settings(s.grid)}), validation accuracy picked one, and only that one was scored on the test set."
-        + (f" {s.real_bert} and its random twin, slow on a CPU, each ran one setting ({_settings(s.real_bert_grid)})."
-           if s.real_bert else ""), "",
-        "![what pre-training is worth](pretraining_worth.png)", "", *lines, "", "## What this run shows", "",
-        *verdicts(table, s), "", "![pre-training loss](pretraining_loss.png)", "",
+        + (
+            f" {s.real_bert} and its random twin, slow on a CPU, each ran one setting ({_settings(s.real_bert_grid)})."
+            if s.real_bert
+            else ""
+        ),
+        "",
+        "![what pre-training is worth](pretraining_worth.png)",
+        "",
+        *lines,
+        "",
+        "## What this run shows",
+        "",
+        *verdicts(table, s),
+        "",
+        "![pre-training loss](pretraining_loss.png)",
+        "",
         f"Total time: {seconds:.0f} s.",
     ]
     (out / "report.md").write_text("\n".join(text) + "\n")
     _save(headline_figure(table, read_ladder(), s), out / "pretraining_worth.png")
-    _save(viz.loss_curves({"my pre-training": pre.history}, keys=("mlm",), title="Pre-training loss (MLM)"),
-          out / "pretraining_loss.png")
-    results = {"settings": asdict(s), "summary": table,
-               "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows],
-               "pretraining": {"steps": pre.step, "seconds": pre.seconds, "final": last}, "seconds": seconds}
+    _save(
+        viz.loss_curves({"my pre-training": pre.history}, keys=("mlm",), title="Pre-training loss (MLM)"),
+        out / "pretraining_loss.png",
+    )
+    results = {
+        "settings": asdict(s),
+        "summary": table,
+        "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows],
+        "pretraining": {"steps": pre.step, "seconds": pre.seconds, "final": last},
+        "seconds": seconds,
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import torch
 
-from teachkit.machinery import checkpoint
-from teachkit.data import corpus
 from teachkit import data, tokenization
-from teachkit.experiments.compare import Protocol
 from teachkit.config import COURSE_RECIPE, course_bert_config, preset
+from teachkit.data import corpus
+from teachkit.experiments.compare import Protocol
+from teachkit.machinery import checkpoint
 from teachkit.machinery.files import cache_dir
+from teachkit.machinery.interrupts import TrainingStopped
+from teachkit.machinery.runs import ManagedRun, RunSettings, check_resumable
 from teachkit.model import build_model, count_parameters
 from teachkit.objectives import ROLE_NAMES, make_nsp_pairs, pretraining_batch
-from teachkit.machinery.interrupts import TrainingStopped
 from teachkit.tasks import PackedMLMTask, PretrainingTask
-from teachkit.machinery.runs import ManagedRun, RunSettings, check_resumable
 from teachkit.train import TrainConfig, train
 
 
@@ -39,17 +39,25 @@ def smoke(*, steps: int = 20, seed: int = 0, log=print) -> dict:
     pair = make_nsp_pairs(docs, n_pairs=1, seed=seed)[0]
     batch = pretraining_batch([pair], tok, max_len=cfg.max_len)
     roles = [ROLE_NAMES[r] for r in batch["roles"][0].tolist()]
-    log(f"3. Built an MLM+NSP example ({'IsNext' if pair.is_next else 'NotNext'}): "
-        f"{sum(r != 'untouched' for r in roles)} of {len(roles)} tokens selected for prediction")
+    log(
+        f"3. Built an MLM+NSP example ({'IsNext' if pair.is_next else 'NotNext'}): "
+        f"{sum(r != 'untouched' for r in roles)} of {len(roles)} tokens selected for prediction"
+    )
 
     model = build_model(cfg)
     task = PretrainingTask(docs, tok, max_len=cfg.max_len, seed=seed)
-    result = train(model, task, TrainConfig(max_steps=steps, batch_size=16, lr=1e-3, seed=seed),
-                   run=ManagedRun(RunSettings(progress=False)))
+    result = train(
+        model,
+        task,
+        TrainConfig(max_steps=steps, batch_size=16, lr=1e-3, seed=seed),
+        run=ManagedRun(RunSettings(progress=False)),
+    )
     first, last = result.history.steps[0], result.history.steps[-1]
-    log(f"4. Trained a {count_parameters(model) / 1e6:.2f}M-parameter BERT for {result.step} steps: "
+    log(
+        f"4. Trained a {count_parameters(model) / 1e6:.2f}M-parameter BERT for {result.step} steps: "
         f"MLM loss {first['mlm']:.2f} -> {last['mlm']:.2f}, NSP loss {first['nsp']:.2f} -> {last['nsp']:.2f} "
-        f"({last['tokens_per_s']:.0f} tokens/s)")
+        f"({last['tokens_per_s']:.0f} tokens/s)"
+    )
     log(f"Done in {time.perf_counter() - t0:.1f} s.")
     return {"first": first, "last": last, "steps": result.step}
 
@@ -104,8 +112,15 @@ class DemoSettings:
 
     def fast(self) -> "DemoSettings":
         """The same code path with tiny budgets, for CI and a first try."""
-        return replace(self, corpus=("rotten_tomatoes",), pretrain_seconds=min(self.pretrain_seconds or 20.0, 20.0),
-                       width=64, vocab_size=2048, budget=200, seeds=(0,))
+        return replace(
+            self,
+            corpus=("rotten_tomatoes",),
+            pretrain_seconds=min(self.pretrain_seconds or 20.0, 20.0),
+            width=64,
+            vocab_size=2048,
+            budget=200,
+            seeds=(0,),
+        )
 
 
 def tokens_per_s(history) -> float:
@@ -114,8 +129,21 @@ def tokens_per_s(history) -> float:
 
 
 # Settings that only fine-tuning reads, or that do not change the result: a resumed pre-training may differ in them.
-_NOT_PRETRAINING = ("out_dir", "device", "sentiment", "finetune_len", "budget", "grid", "seeds", "real_bert",
-                    "real_bert_seeds", "real_bert_grid", "real_bert_grad_accum", "pretrain_eval_every", "snapshot_seconds")
+_NOT_PRETRAINING = (
+    "out_dir",
+    "device",
+    "sentiment",
+    "finetune_len",
+    "budget",
+    "grid",
+    "seeds",
+    "real_bert",
+    "real_bert_seeds",
+    "real_bert_grid",
+    "real_bert_grad_accum",
+    "pretrain_eval_every",
+    "snapshot_seconds",
+)
 
 
 def _pretraining_task(s: DemoSettings, *, log=print, tokenizer=None):
@@ -133,13 +161,22 @@ def _pretraining_task(s: DemoSettings, *, log=print, tokenizer=None):
     log(f"Pre-training corpus: {describe_corpus(s.corpus)}: {len(texts):,} texts, {words / 1e6:.1f}M words")
     tok = tokenizer or corpus.train_tokenizer(texts, vocab_size=s.vocab_size, seed=s.seed)
     packed = corpus.packed_rows(texts, tok, max_len=s.max_len, cache_dir=cache_dir() / "corpora")
-    log(f"  {len(packed.rows):,} rows of {s.max_len} tokens "
-        f"({'read from the cache' if packed.from_cache else 'encoded once and cached'}: {packed.cache_file})")
+    log(
+        f"  {len(packed.rows):,} rows of {s.max_len} tokens "
+        f"({'read from the cache' if packed.from_cache else 'encoded once and cached'}: {packed.cache_file})"
+    )
     return tok, PackedMLMTask(packed.rows, tok, mask_prob=s.mask_prob, seed=s.seed)
 
 
-def pretrain_bert(s: DemoSettings, *, log=print, callbacks=(), resume: bool = False,
-                  save_minutes: float | None = None, tokenizer: str | Path | None = None) -> tuple[Path, object, object]:
+def pretrain_bert(
+    s: DemoSettings,
+    *,
+    log=print,
+    callbacks=(),
+    resume: bool = False,
+    save_minutes: float | None = None,
+    tokenizer: str | Path | None = None,
+) -> tuple[Path, object, object]:
     """Train a tokenizer and pre-train a BERT (masked-LM, plus NSP if asked) within the budget.
 
     resume: continue the run saved in out_dir/pretrained, with its tokenizer; it must have these settings.
@@ -149,27 +186,54 @@ def pretrain_bert(s: DemoSettings, *, log=print, callbacks=(), resume: bool = Fa
     Raises TrainingStopped when the run diverged or a signal (Ctrl-C, SIGTERM) stopped it; it is saved.
     """
     folder = Path(s.out_dir) / "pretrained"
-    config = TrainConfig(max_steps=s.pretrain_steps, max_seconds=s.pretrain_seconds, batch_size=s.pretrain_batch,
-                         lr=s.pretrain_lr, warmup=COURSE_RECIPE.pretrain_warmup, seed=s.seed,
-                         eval_every=s.pretrain_eval_every)
-    settings = RunSettings(device=s.device, checkpoint_dir=str(folder), save_minutes=save_minutes,
-                           run_info={k: v for k, v in asdict(s).items() if k not in _NOT_PRETRAINING})
+    config = TrainConfig(
+        max_steps=s.pretrain_steps,
+        max_seconds=s.pretrain_seconds,
+        batch_size=s.pretrain_batch,
+        lr=s.pretrain_lr,
+        warmup=COURSE_RECIPE.pretrain_warmup,
+        seed=s.seed,
+        eval_every=s.pretrain_eval_every,
+    )
+    settings = RunSettings(
+        device=s.device,
+        checkpoint_dir=str(folder),
+        save_minutes=save_minutes,
+        run_info={k: v for k, v in asdict(s).items() if k not in _NOT_PRETRAINING},
+    )
     if resume:
         check_resumable(folder, config, settings)  # before minutes of data loading
     given = tokenization.load_tokenizer(folder if resume else tokenizer) if (resume or tokenizer) else None
     tok, task = _pretraining_task(s, log=log, tokenizer=given)
-    cfg = course_bert_config(vocab_size=tok.get_vocab_size(), max_len=s.max_len, layers=s.layers, width=s.width,
-                             heads=s.heads)
+    cfg = course_bert_config(
+        vocab_size=tok.get_vocab_size(), max_len=s.max_len, layers=s.layers, width=s.width, heads=s.heads
+    )
     torch.manual_seed(s.seed)  # the initial weights, too, come from the seed
     model = build_model(cfg)
-    budget = " and ".join(([f"{s.pretrain_steps} steps"] if s.pretrain_steps else []) +
-                          ([f"{s.pretrain_seconds:.0f} s"] if s.pretrain_seconds else []))
-    log(f"Pre-training a {count_parameters(model) / 1e6:.1f}M-parameter BERT for {budget}" +
-        (f", resuming {folder}" if resume else ""))
-    snapshots = [SnapshotSaver(model, tok, Path(s.out_dir) / "snapshots", s.snapshot_seconds,
-                               tokens_per_step=s.pretrain_batch * s.max_len)] if s.snapshot_seconds else []
-    result = train(model, task, config, run=ManagedRun(settings, tokenizer=tok, resume=resume),
-                   callbacks=[*snapshots, *callbacks])
+    budget = " and ".join(
+        ([f"{s.pretrain_steps} steps"] if s.pretrain_steps else [])
+        + ([f"{s.pretrain_seconds:.0f} s"] if s.pretrain_seconds else [])
+    )
+    log(
+        f"Pre-training a {count_parameters(model) / 1e6:.1f}M-parameter BERT for {budget}"
+        + (f", resuming {folder}" if resume else "")
+    )
+    snapshots = (
+        [
+            SnapshotSaver(
+                model,
+                tok,
+                Path(s.out_dir) / "snapshots",
+                s.snapshot_seconds,
+                tokens_per_step=s.pretrain_batch * s.max_len,
+            )
+        ]
+        if s.snapshot_seconds
+        else []
+    )
+    result = train(
+        model, task, config, run=ManagedRun(settings, tokenizer=tok, resume=resume), callbacks=[*snapshots, *callbacks]
+    )
     log(f"  {result.message}" + (f"; MLM loss {result.history.steps[-1]['mlm']:.2f}" if result.history.steps else ""))
     if result.stopped in ("diverged", "interrupted") or result.signal is not None:
         raise TrainingStopped(result, what="Pre-training")
@@ -192,13 +256,15 @@ class SnapshotSaver:
             return
         while self.pending and event["elapsed"] >= self.pending[0]:
             self.pending.pop(0)
-        folder = checkpoint.save_checkpoint(self.folder / f"step-{event['step']:06d}", model=self.model,
-                                            tokenizer=self.tokenizer)
+        folder = checkpoint.save_checkpoint(
+            self.folder / f"step-{event['step']:06d}", model=self.model, tokenizer=self.tokenizer
+        )
         info = {"step": event["step"], "elapsed": event["elapsed"], "tokens_seen": event["step"] * self.tokens_per_step}
         (folder / "snapshot.json").write_text(json.dumps(info))
 
 
 def describe_corpus(names) -> str:
     """'wikitext-2 + rotten_tomatoes (training texts, labels dropped)': says plainly what was read."""
-    return " + ".join(f"{n} (training texts, labels dropped)" if data.spec_for(n).kind == "labelled" else n
-                      for n in names)
+    return " + ".join(
+        f"{n} (training texts, labels dropped)" if data.spec_for(n).kind == "labelled" else n for n in names
+    )

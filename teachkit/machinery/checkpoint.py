@@ -67,14 +67,17 @@ def check_writable(folder: str | Path, *, need_bytes: int = 0) -> None:
         probe.mkdir()
         (probe / "probe").write_bytes(b"teachkit")
     except OSError as err:
-        raise SaveError(f"Cannot save a checkpoint to {target}: {err.strerror or err} "
-                        f"({err.filename or target.parent}). {advice}") from err
+        raise SaveError(
+            f"Cannot save a checkpoint to {target}: {err.strerror or err} ({err.filename or target.parent}). {advice}"
+        ) from err
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     free = shutil.disk_usage(target.parent).free
     if free < need_bytes:
-        raise SaveError(f"Cannot save a checkpoint to {target}: it needs about {need_bytes / 1e6:,.0f} MB and "
-                        f"that disk has {free / 1e6:,.0f} MB free. Free some space, or {advice[0].lower()}{advice[1:]}")
+        raise SaveError(
+            f"Cannot save a checkpoint to {target}: it needs about {need_bytes / 1e6:,.0f} MB and "
+            f"that disk has {free / 1e6:,.0f} MB free. Free some space, or {advice[0].lower()}{advice[1:]}"
+        )
 
 
 def checkpoint_bytes(model: nn.Module, *, best: bool = False) -> int:
@@ -89,16 +92,27 @@ def task_of(model: nn.Module) -> str:
     return "pretraining" if isinstance(model, BertForPreTraining) or model.cfg.arch == "gpt" else "base"
 
 
-def save_checkpoint(folder: str | Path, *, model: nn.Module, tokenizer=None, optimizer=None,
-                    state: dict | None = None, extra: dict[str, dict | Path] | None = None) -> Path:
+def save_checkpoint(
+    folder: str | Path,
+    *,
+    model: nn.Module,
+    tokenizer=None,
+    optimizer=None,
+    state: dict | None = None,
+    extra: dict[str, dict | Path] | None = None,
+) -> Path:
     """Save a model (and, for resuming, the optimizer and training state).
 
     extra: more tensor files to write, each a dict of tensors or a safetensors file to copy, e.g.
     {"best.safetensors": kept_weights.path}.
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    config = {"format": FORMAT, "model": model.cfg.to_dict(), "task": task_of(model),
-              "n_classes": getattr(model, "n_classes", None)}
+    config = {
+        "format": FORMAT,
+        "model": model.cfg.to_dict(),
+        "task": task_of(model),
+        "n_classes": getattr(model, "n_classes", None),
+    }
     with atomic_folder(folder) as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))
@@ -169,18 +183,21 @@ def save_or_rescue(folder: str | Path, **parts) -> tuple[Path, str]:
         try:
             saved = save_checkpoint(rescue, **parts)
         except OSError as again:
-            raise SaveError(f"Could not save the checkpoint to {folder} ({err}), nor to {rescue} ({again}). Free "
-                            "some disk space and train again.") from err
-        return saved, (f"The checkpoint could not be written to {folder} ({err}), so it was saved to {rescue} "
-                       "instead: move it where you want it.")
+            raise SaveError(
+                f"Could not save the checkpoint to {folder} ({err}), nor to {rescue} ({again}). Free "
+                "some disk space and train again."
+            ) from err
+        return saved, (
+            f"The checkpoint could not be written to {folder} ({err}), so it was saved to {rescue} "
+            "instead: move it where you want it."
+        )
 
 
 def is_checkpoint(folder: str | Path) -> bool:
     folder = Path(folder)
     recover_folder(folder)  # a save killed between its renames left the checkpoint aside
     config = folder / "config.json"
-    return config.is_file() and (folder / "model.safetensors").is_file() and \
-        read_json(config).get("format") == FORMAT
+    return config.is_file() and (folder / "model.safetensors").is_file() and read_json(config).get("format") == FORMAT
 
 
 def read_json(path: Path) -> dict:
@@ -192,9 +209,11 @@ def read_json(path: Path) -> dict:
     else:
         why = f"it holds a {type(values).__name__}, not a JSON object"
     if not isinstance(values, dict):
-        raise CheckpointError(f"{path} is damaged: {why}. The save that wrote it was probably cut short, or "
-                              "the file was edited: save the checkpoint again, or copy it again from where it "
-                              "came from.")
+        raise CheckpointError(
+            f"{path} is damaged: {why}. The save that wrote it was probably cut short, or "
+            "the file was edited: save the checkpoint again, or copy it again from where it "
+            "came from."
+        )
     return values
 
 
@@ -203,8 +222,10 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is damaged or is not a safetensors file ({err}). Save the checkpoint "
-                              "again, or copy it again from where it came from.") from err
+        raise CheckpointError(
+            f"{path} is damaged or is not a safetensors file ({err}). Save the checkpoint "
+            "again, or copy it again from where it came from."
+        ) from err
 
 
 def read_config(folder: str | Path) -> dict:
@@ -223,8 +244,14 @@ def model_config(folder: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(read_config(folder)["model"])
 
 
-def load_model(folder: str | Path, *, task: str | None = None, n_classes: int | None = None,
-               log: Callable[[str], None] | None = print, **changes) -> nn.Module:
+def load_model(
+    folder: str | Path,
+    *,
+    task: str | None = None,
+    n_classes: int | None = None,
+    log: Callable[[str], None] | None = print,
+    **changes,
+) -> nn.Module:
     """Rebuild the saved model. With another `task`, the shared body is loaded and the new head is fresh.
 
     E.g. `load_model("runs/pretrain", task="classification")` starts fine-tuning from pre-trained weights.
@@ -262,8 +289,11 @@ def _load(model: nn.Module, folder: str | Path, config: dict, *, strict_heads: b
     resized = {k: tuple(v.shape) for k, v in saved.items() if _is_head(k) and k in own and v.shape != own[k].shape}
     saved = {k: v for k, v in saved.items() if k not in resized}  # a head that does not fit is never loaded
     # load_state_dict would cast integers into float weights without a word: any float fits (a bf16 copy), no more.
-    typed = [f"{k} {v.dtype} in the file, {own[k].dtype} in the model" for k, v in saved.items()
-             if k in own and v.dtype != own[k].dtype and not (v.is_floating_point() and own[k].is_floating_point())]
+    typed = [
+        f"{k} {v.dtype} in the file, {own[k].dtype} in the model"
+        for k, v in saved.items()
+        if k in own and v.dtype != own[k].dtype and not (v.is_floating_point() and own[k].is_floating_point())
+    ]
     if typed:
         raise _does_not_fit(path, model, [_some(typed, "tensors have another dtype")])
     # A dry run first, so that a checkpoint that does not fit leaves the model as it was.
@@ -271,12 +301,20 @@ def _load(model: nn.Module, folder: str | Path, config: dict, *, strict_heads: b
     missing = [k for k in report.missing_keys if not _is_head(k)]
     unexpected = [k for k in report.unexpected_keys if not _is_head(k)]
     if missing or unexpected:
-        raise _does_not_fit(path, model, [_some(missing, "tensors of the model are missing from the file"),
-                                          _some(unexpected, "tensors in the file have no place in the model")])
+        raise _does_not_fit(
+            path,
+            model,
+            [
+                _some(missing, "tensors of the model are missing from the file"),
+                _some(unexpected, "tensors in the file have no place in the model"),
+            ],
+        )
     if resized and strict_heads:
         shapes = "; ".join(f"{k}: {shape} there, {tuple(own[k].shape)} here" for k, shape in list(resized.items())[:3])
-        raise CheckpointError(f"The head saved in {folder} does not fit this model ({shapes}), e.g. another "
-                              "number of classes. Start a new run, or load only the body with task=... .")
+        raise CheckpointError(
+            f"The head saved in {folder} does not fit this model ({shapes}), e.g. another "
+            "number of classes. Start a new run, or load only the body with task=... ."
+        )
     fresh = sorted(k for k in report.missing_keys if _is_head(k))
     if fresh and strict_heads:
         raise CheckpointError(f"{folder} lacks tensors this model needs: {fresh[:5]}")
@@ -306,9 +344,11 @@ def _load_state(model: nn.Module, saved: dict[str, torch.Tensor], path: Path, *,
 
 def _does_not_fit(path: Path, model: nn.Module, problems: list[str]) -> CheckpointError:
     what = "; ".join(p for p in problems if p)
-    return CheckpointError(f"Cannot load {path} into this {type(model).__name__}: {what}. The file does not match its "
-                           "config.json, or was damaged: save the checkpoint again, or load it with the config it was "
-                           "saved with (teachkit.machinery.checkpoint.load_model).")
+    return CheckpointError(
+        f"Cannot load {path} into this {type(model).__name__}: {what}. The file does not match its "
+        "config.json, or was damaged: save the checkpoint again, or load it with the config it was "
+        "saved with (teachkit.machinery.checkpoint.load_model)."
+    )
 
 
 def _some(names: list[str], what: str, *, sep: str = ", ") -> str:
@@ -334,15 +374,17 @@ def _check_same_size(saved: ModelConfig, ours: ModelConfig, folder) -> None:
     theirs, mine = _shape_fields(saved), _shape_fields(ours)
     if theirs != mine:
         raise CheckpointError(
-            f"The checkpoint in {folder} is from a different model size: " +
-            ", ".join(f"{k} is {v} there but {mine[k]} here" for k, v in theirs.items() if mine[k] != v) +
-            ". Build the model from the checkpoint's own config (teachkit.machinery.checkpoint.load_model) or start a new run."
+            f"The checkpoint in {folder} is from a different model size: "
+            + ", ".join(f"{k} is {v} there but {mine[k]} here" for k, v in theirs.items() if mine[k] != v)
+            + ". Build the model from the checkpoint's own config (teachkit.machinery.checkpoint.load_model) or start a new run."
         )
 
 
 def _shape_fields(cfg: ModelConfig) -> dict:
-    return {k: getattr(cfg, k) for k in ("arch", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff",
-                                         "max_len", "n_segments", "norm_first")}
+    return {
+        k: getattr(cfg, k)
+        for k in ("arch", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "n_segments", "norm_first")
+    }
 
 
 @dataclass
@@ -358,13 +400,17 @@ def load_training_state(folder: str | Path) -> TrainingState:
     folder = Path(folder)
     path, optimizer_file = folder / "training_state.json", folder / OPTIMIZER_FILE
     if not path.is_file():
-        raise CheckpointError(f"{folder} holds a model but no training state, so a run cannot resume from it; "
-                              "use it as a starting point instead (init_from=...).")
+        raise CheckpointError(
+            f"{folder} holds a model but no training state, so a run cannot resume from it; "
+            "use it as a starting point instead (init_from=...)."
+        )
     if (folder / OLD_OPTIMIZER_FILE).is_file() and not optimizer_file.is_file():
-        raise CheckpointError(f"{folder} was saved by an older teachkit (its optimizer state is in "
-                              f"{OLD_OPTIMIZER_FILE}, which this version no longer reads), so the run cannot resume: "
-                              "start it again (on the command line: --overwrite). Its weights still load, e.g. as a "
-                              "starting point (init_from=...).")
+        raise CheckpointError(
+            f"{folder} was saved by an older teachkit (its optimizer state is in "
+            f"{OLD_OPTIMIZER_FILE}, which this version no longer reads), so the run cannot resume: "
+            "start it again (on the command line: --overwrite). Its weights still load, e.g. as a "
+            "starting point (init_from=...)."
+        )
     state = read_json(path)
     saved = _read_optimizer(optimizer_file)
     return TrainingState(state=state, optimizer=saved["optimizer"], rng=saved["rng"])
@@ -380,8 +426,10 @@ def _read_optimizer(path: Path) -> dict:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         # Not torch's own text: it suggests weights_only=False, which would run whatever the file holds.
-        raise CheckpointError(f"{path} is damaged, or holds more than tensors and plain values, so it is not "
-                              f"loaded ({type(err).__name__}). {again}") from err
+        raise CheckpointError(
+            f"{path} is damaged, or holds more than tensors and plain values, so it is not "
+            f"loaded ({type(err).__name__}). {again}"
+        ) from err
     if not isinstance(saved, dict) or not {"optimizer", "rng"} <= saved.keys():
         raise CheckpointError(f"{path} is not a teachkit optimizer file (it needs 'optimizer' and 'rng'). {again}")
     return saved

@@ -36,7 +36,9 @@ def pick_device(name: str = "auto") -> torch.device:
             f"(torch {torch.__version__}). Use device='auto' or 'cpu'; on Binder and most laptops training runs on the CPU."
         )
     if kind == "cuda" and ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
-        raise DeviceError(f"Device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0.")
+        raise DeviceError(
+            f"Device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0."
+        )
     if kind == "mps" and not _mps_available():
         raise DeviceError("Device 'mps' needs an Apple-silicon Mac with PyTorch's MPS backend; use 'auto' or 'cpu'.")
     return torch.device(name)

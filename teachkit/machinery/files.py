@@ -83,7 +83,7 @@ def recover_folder(target: str | Path, *, prefix: str | None = None) -> bool:
 def _remove_stale(parent: Path, prefix: str) -> None:
     """Remove temporary folders of saves whose process no longer runs (killed mid-save)."""
     for path in parent.glob(f"{glob.escape(prefix)}*"):
-        found = re.fullmatch(r"(\d+)-[0-9a-f]+", path.name[len(prefix):])
+        found = re.fullmatch(r"(\d+)-[0-9a-f]+", path.name[len(prefix) :])
         if found and path.is_dir() and not _running(int(found.group(1))):
             shutil.rmtree(path, ignore_errors=True)
 

@@ -50,8 +50,12 @@ class Signals:
     def handle(self, signum, frame) -> None:
         if self.received is None and not self.stop.is_set():
             self.received = signum
-            print(f"\n{signal.Signals(signum).name}: stopping after this step, then saving (Ctrl-C again to stop "
-                  "at once)...", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name}: stopping after this step, then saving (Ctrl-C again to stop "
+                "at once)...",
+                file=sys.stderr,
+                flush=True,
+            )
             self.stop.set()
         elif self.busy:
             self.pending = True
@@ -100,12 +104,18 @@ def check_same_settings(folder: str | Path, before: dict, now: dict) -> None:
     before, now: the run's TrainConfig and RunSettings as one dict (JSON types); their run_info's entries count too.
     """
     before, now = _flat(before), _flat(now)
-    diffs = [f"{k} was {before[k]!r} there, {v!r} now" for k, v in now.items()
-             if k in before and k not in FREE_ON_RESUME and before[k] != v]
+    diffs = [
+        f"{k} was {before[k]!r} there, {v!r} now"
+        for k, v in now.items()
+        if k in before and k not in FREE_ON_RESUME and before[k] != v
+    ]
     if diffs:
-        raise CheckpointError(f"{folder} holds a run with other settings, so it cannot be resumed with these: "
-                              + "; ".join(diffs) + ". Resume with the settings it was started with, or start a "
-                              "new run (on the command line: --overwrite, or another --out).")
+        raise CheckpointError(
+            f"{folder} holds a run with other settings, so it cannot be resumed with these: "
+            + "; ".join(diffs)
+            + ". Resume with the settings it was started with, or start a "
+            "new run (on the command line: --overwrite, or another --out)."
+        )
 
 
 def _flat(settings: dict) -> dict:

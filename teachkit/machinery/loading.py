@@ -23,7 +23,7 @@ def classifier(source: str | Path, *, n_classes: int = 2, config: ModelConfig | 
     if "dropout" in changes:
         changes.setdefault("attn_dropout", changes["dropout"])
     if str(source).startswith(RANDOM_PREFIX):  # a real BERT's architecture and tokenizer, weights never trained
-        cfg, tokenizer = pretrained.architecture(str(source)[len(RANDOM_PREFIX):])
+        cfg, tokenizer = pretrained.architecture(str(source)[len(RANDOM_PREFIX) :])
         return build_model(cfg.replace(**changes), task="classification", n_classes=n_classes), tokenizer
     if str(source) == "scratch":
         if config is None:

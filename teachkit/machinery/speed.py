@@ -106,8 +106,9 @@ def training_speedups(model: nn.Module, *, device: torch.device, precision: str)
         return
     return_large_buffers()
     swapped = _swap_dropout(model)
-    attentions = [m for m in model.modules() if isinstance(m, Attention)
-                  and (m.weights_drop.p > 0 or precision == "bf16")]
+    attentions = [
+        m for m in model.modules() if isinstance(m, Attention) and (m.weights_drop.p > 0 or precision == "bf16")
+    ]
     before = [m.spell_out for m in attentions]
     hooks = [m.register_forward_pre_hook(_spell_out_while_training) for m in attentions]
     heads = [m for m in model.modules() if isinstance(m, MLMHead)]
@@ -192,8 +193,9 @@ def release_freed_memory() -> None:
 CHUNK_BYTES = 4 << 20  # fp32 scores per chunk of linear_cross_entropy_sum: small enough to stay in the heap
 
 
-def linear_cross_entropy_sum(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                             labels: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy_sum(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor
+) -> torch.Tensor:
     """`F.cross_entropy(F.linear(x, weight, bias).float(), labels, reduction="sum")` a few rows at a time.
 
     The masked-LM head's scores, (N, V) for N masked tokens and a V-word vocabulary, are the largest
