@@ -90,10 +90,6 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # queries, keys and values in one matmul
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.weights_drop = nn.Dropout(cfg.attn_dropout)  # drops attention weights while training
-        # The switch between the two ways of computing attention (see `attend`): False uses PyTorch's
-        # fused kernel unless the weights are asked for. teachkit.machinery.speed turns it on while `train()` runs
-        # on a CPU, where the spelled-out path trains faster with dropout or in bf16.
-        self.spell_out = False
 
     def forward(
         self, x: torch.Tensor, *, mask: torch.Tensor | None = None, causal: bool = False, need_weights: bool = False
@@ -104,35 +100,35 @@ class Attention(nn.Module):
         q, k, v = (
             t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v)
         )  # (B, T, C) -> (B, H, T, D)
-        out, weights = self.attend(q, k, v, mask=mask, causal=causal, spelled_out=need_weights or self.spell_out)
+        out, weights = self.attend(q, k, v, mask=mask, causal=causal, spelled_out=need_weights)
         out = out.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return self.proj(out), weights if need_weights else None
 
     def attend(self, q, k, v, *, mask: torch.Tensor | None, causal: bool, spelled_out: bool):
         """softmax(q k^T / sqrt(D)) v for every head: (B, H, T, D) -> (B, H, T, D), and the weights.
 
-        spelled_out=True computes it step by step (below) and also returns the weights (B, H, T, T):
-        this is the version to read. spelled_out=False hands the same computation to PyTorch's fused
-        kernel, `F.scaled_dot_product_attention`, which returns no weights (None).
+        spelled_out=True computes it step by step, as written first below, and also returns the weights
+        (B, H, T, T): this is the version to read. spelled_out=False hands the same computation to
+        PyTorch's fused kernel, `F.scaled_dot_product_attention`, which returns no weights (None).
         """
         T = q.shape[-2]
-        if not spelled_out:
-            dropout_p = self.weights_drop.p if self.training else 0.0
-            if causal and mask is not None:
-                mask = mask & _causal_mask(T, q.device)
-            # is_causal spares the kernel a (T, T) mask when causality is the only mask.
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None
-            )
-            return out, None
-        # Scaling q rather than the scores is the same product, on a (T, D) instead of a (T, T) matrix.
-        scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
-        if causal:
-            mask = _causal_mask(T, q.device) if mask is None else mask & _causal_mask(T, q.device)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = scores.softmax(dim=-1)  # each row sums to 1 over the keys
-        return self.weights_drop(weights) @ v, weights  # (B, H, T, T) @ (B, H, T, D) -> (B, H, T, D)
+        if spelled_out:
+            # Scaling q rather than the scores is the same product, on a (T, D) instead of a (T, T) matrix.
+            scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
+            if causal:
+                mask = _causal_mask(T, q.device) if mask is None else mask & _causal_mask(T, q.device)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)  # each row sums to 1 over the keys
+            return self.weights_drop(weights) @ v, weights  # (B, H, T, T) @ (B, H, T, D) -> (B, H, T, D)
+        dropout_p = self.weights_drop.p if self.training else 0.0
+        if causal and mask is not None:
+            mask = mask & _causal_mask(T, q.device)
+        # is_causal spares the kernel a (T, T) mask when causality is the only mask.
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None
+        )
+        return out, None
 
 
 def _causal_mask(T: int, device: torch.device) -> torch.Tensor:

@@ -58,21 +58,27 @@ def test_with_the_speedups_the_model_computes_the_same_numbers(precision):
         torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
 
 
-def test_the_speedups_are_on_in_the_block_and_the_model_is_as_before_after_it():
+def test_the_speedups_are_on_in_the_block_and_the_model_is_as_before_after_it(monkeypatch):
     model = classifier(0.1).train()
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
-    seen = []
-    attentions[0].register_forward_hook(lambda m, args, out: seen.append(m.spell_out))
+    params = [id(p) for p in model.parameters()]
+    fused = []  # calls of PyTorch's fused attention kernel
+    kernel = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: fused.append(1) or kernel(*a, **k)
+    )
     with training_speedups(model, device=CPU, precision="fp32") as speedups:
         assert speedups.on
         assert {type(m) for m in model.modules() if isinstance(m, nn.Dropout)} == {Dropout16}
+        assert {type(m) for m in attentions} == {speed.TrainingAttention}
         model(batch()["input_ids"])
+        assert fused == []  # spelled out while training ...
         model.eval()
         model(batch()["input_ids"])
-    assert seen == [True, False]  # spelled out while training; the fused kernel while evaluating
+        assert len(fused) == len(attentions)  # ... and the fused kernel while evaluating
     assert {type(m) for m in model.modules() if isinstance(m, nn.Dropout)} == {nn.Dropout}
+    assert {type(m) for m in attentions} == {Attention} and [id(p) for p in model.parameters()] == params
     assert not any(m.training for m in model.modules())  # the mode set inside the block stays
-    assert all(not a.spell_out and not a._forward_pre_hooks for a in attentions)
     with training_speedups(model, device=torch.device("cuda"), precision="bf16") as speedups:
         assert not speedups.on and attentions[0].weights_drop.__class__ is nn.Dropout
 

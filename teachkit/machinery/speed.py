@@ -5,7 +5,7 @@ kernel unless the weights are asked for. Training on a CPU runs faster with a fe
 measured in benchmarks/README.md ("CPU speed-ups"):
 
 - dropout drawn as 16-bit random numbers, four from each 64-bit draw (`Dropout16`);
-- attention spelled out (the path that can return its weights) while training with attention
+- attention spelled out (`TrainingAttention`: the path that can return its weights) while training with attention
   dropout or in bf16, where PyTorch's fused kernel falls back to slower code;
 - the masked-LM loss computed a few rows at a time (`linear_cross_entropy_sum`), so that its
   (tokens x vocabulary) scores are never all in memory;
@@ -106,11 +106,9 @@ def training_speedups(model: nn.Module, *, device: torch.device, precision: str)
         return
     return_large_buffers()
     swapped = _swap_dropout(model)
-    attentions = [
-        m for m in model.modules() if isinstance(m, Attention) and (m.weights_drop.p > 0 or precision == "bf16")
-    ]
-    before = [m.spell_out for m in attentions]
-    hooks = [m.register_forward_pre_hook(_spell_out_while_training) for m in attentions]
+    attentions = [m for m in model.modules() if type(m) is Attention and (m.weights_drop.p > 0 or precision == "bf16")]
+    for module in attentions:
+        module.__class__ = TrainingAttention  # the same module, its parameters untouched; only `attend` changes
     heads = [m for m in model.modules() if isinstance(m, MLMHead)]
     for head in heads:
         head.linear_cross_entropy_sum = linear_cross_entropy_sum
@@ -119,10 +117,8 @@ def training_speedups(model: nn.Module, *, device: torch.device, precision: str)
     finally:
         for head in heads:
             del head.linear_cross_entropy_sum  # back to MLMHead's own
-        for hook in hooks:
-            hook.remove()
-        for module, value in zip(attentions, before):
-            module.spell_out = value
+        for module in attentions:
+            module.__class__ = Attention
         for parent, name, original in swapped:
             original.train(getattr(parent, name).training)
             setattr(parent, name, original)
@@ -141,9 +137,12 @@ def _swap_dropout(model: nn.Module) -> list[tuple[nn.Module, str, nn.Dropout]]:
     return swapped
 
 
-def _spell_out_while_training(module: Attention, args) -> None:
-    # Spelled out while training; in evaluation (no dropout, no backward) the fused kernel is faster.
-    module.spell_out = module.training
+class TrainingAttention(Attention):
+    """`Attention` spelled out while training: with attention dropout or in bf16, PyTorch's fused kernel
+    falls back to slower code on a CPU. In evaluation (no dropout, no backward) the fused kernel is faster."""
+
+    def attend(self, q, k, v, *, mask, causal: bool, spelled_out: bool):
+        return super().attend(q, k, v, mask=mask, causal=causal, spelled_out=spelled_out or self.training)
 
 
 def _glibc():
