@@ -191,8 +191,14 @@ def test_model_answer_checks(wordpiece):
     feedback = exercises.check_nsp(model, wordpiece, "The cat sat.", "The dog slept.")
     assert feedback.ok in (True, False) and "%" in feedback.message
     assert exercises.check_nsp(model, wordpiece, None, None).ok is None
-    from teachkit.course.probes import MaskGuess
+    from teachkit.course import probes
 
-    guesses = [MaskGuess(3, ["sat", "slept"], [0.6, 0.2])]
-    assert exercises.check_fill(guesses, word="Slept").ok is True
-    assert exercises.check_fill(guesses, word="ran").ok is False
+    text = "the cat [MASK] on the mat"
+    top = probes.mask_guesses(model, wordpiece, text, k=5)[0].tokens
+    assert exercises.check_fill(model, wordpiece, text, word=top[1].upper()).ok is True
+    missing = next(t for t in wordpiece.get_vocab() if t not in top and t.isalpha())
+    assert exercises.check_fill(model, wordpiece, text, word=missing).ok is False
+    assert exercises.check_fill(model, wordpiece, None, word=None).ok is None
+    for wrong in ("the cat sat on the mat", "the [MASK] [MASK] on the mat"):  # none, or two: the exercise asks for one
+        feedback = exercises.check_fill(model, wordpiece, wrong, word="sat")
+        assert feedback.ok is False and "exactly one [MASK]" in feedback.message

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from teachkit.course.probes import nsp_probability
+from teachkit.course.probes import mask_guesses, nsp_probability
 from teachkit.objectives import (
     ROLE_KEPT,
     ROLE_MASKED,
@@ -271,13 +271,21 @@ def check_split_difference(word: str | None, *, ours, theirs) -> Feedback:
     return Feedback(False, f"ours: {a}; real BERT: {b}. Try a rarer word, or one from a different field.")
 
 
-def check_fill(guesses, *, word: str | None) -> Feedback:
-    """Is the hidden `word` among the model's guesses for the first [MASK]?"""
-    if word is None or not guesses:
+def check_fill(model, tokenizer, text: str | None, *, word: str | None, k: int = 5) -> Feedback:
+    """Does the model put the hidden `word` among its top-k guesses for the one [MASK] in `text`?"""
+    if not text or word is None:
         return UNANSWERED
-    tokens = guesses[0].tokens
-    if word.lower() in tokens:
-        return Feedback(True, f"{word!r} is guess number {tokens.index(word.lower()) + 1} of {tokens}.")
+    n_masks = tokenizer.encode(text).ids.count(special_ids(tokenizer).mask)
+    if n_masks != 1:
+        found = "no [MASK]" if n_masks == 0 else f"{n_masks} [MASK]s"
+        return Feedback(
+            False,
+            f"your sentence has {found}: write exactly one [MASK] (capitals, square brackets) "
+            "where the hidden word goes, e.g. 'It was one of the [MASK] films of the year.'",
+        )
+    tokens = mask_guesses(model, tokenizer, text, k=k)[0].tokens
+    if word.strip().lower() in tokens:
+        return Feedback(True, f"{word!r} is guess number {tokens.index(word.strip().lower()) + 1} of {tokens}.")
     return Feedback(False, f"the model guessed {tokens}; try a more predictable blank.")
 
 
