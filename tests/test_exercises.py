@@ -86,3 +86,23 @@ def test_a_rule_that_fits_the_sentence_by_luck_is_still_caught(wordpiece):
         feedback = exercises.check_masking_rule(rule, wordpiece, text)
         assert feedback.ok is False and "on more random numbers" in feedback.message, feedback.message
     assert exercises.check_masking_rule(_teachkit_rule, wordpiece, text).ok is True
+
+
+def test_a_number_written_as_text_counts_as_that_number():
+    assert exercises.check("02-how-many-masks", "120").ok is True and exercises.check("02-how-many-masks", " 120 ").ok
+    assert exercises.check("02-how-many-masks", "150").ok is False
+    assert "selected" in exercises.check("02-how-many-masks", "150").message  # the common-mistake hint still fires
+    assert exercises.check("04-targets", {"clm": "63", "mlm": "9.6"}).ok is True
+    assert exercises.check("02-how-many-masks", "many").ok is False
+
+
+def test_check_number_says_when_a_percentage_was_given_for_a_fraction():
+    what = "The share of positive reviews"
+    assert exercises.check_number(0.5, actual=0.5, what=what, tolerance=0.005).ok is True
+    assert exercises.check_number("0.5", actual=0.5, what=what, tolerance=0.005).ok is True
+    percent = exercises.check_number(50, actual=0.5, what=what, tolerance=0.005)
+    assert percent.ok is False and "fraction" in percent.message and "0.5" in percent.message
+    wrong = exercises.check_number(0.7, actual=0.5, what=what, tolerance=0.005)
+    assert wrong.ok is False and "percentage" not in wrong.message
+    text = exercises.check_number("half", actual=0.5, what=what, tolerance=0.005)
+    assert text.ok is False and "number" in text.message

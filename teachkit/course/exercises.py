@@ -116,6 +116,29 @@ HINTS: dict[str, tuple[str, dict]] = {
 }
 
 
+def _as_number(value):
+    """A number written as text ("120", "1,000", "0.5") as that number; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            return float(value.replace(",", "").replace("_", "").strip())
+        except ValueError:
+            return value
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers_as_asked(answer, expected):
+    """The answer with numbers written as text read as numbers, where the expected answer is a number."""
+    if _is_number(expected):
+        return _as_number(answer)
+    if isinstance(expected, Mapping) and isinstance(answer, Mapping):
+        return {k: _numbers_as_asked(v, expected.get(k)) for k, v in answer.items()}
+    return answer
+
+
 def _normalise(value):
     if isinstance(value, str):
         return value.strip().lower().replace("_", "-")
@@ -141,6 +164,7 @@ def check(exercise: str, answer) -> Feedback:
     if answer is None:
         return UNANSWERED
     expected, why = ANSWERS[exercise]
+    answer = _numbers_as_asked(answer, expected)
     if isinstance(expected, Mapping) and isinstance(answer, Mapping) and answer.keys() != expected.keys():
         return Feedback(False, f"answer every item: {', '.join(expected)} (you gave {', '.join(map(str, answer))}).")
     if _close(_normalise(answer), _normalise(expected)):
@@ -173,8 +197,17 @@ def check_number(guess, *, actual: float, what: str, tolerance: float = 0.0) -> 
     """Compare a guessed number with one a notebook computed (within `tolerance`)."""
     if guess is None:
         return UNANSWERED
+    guess = _as_number(guess)
+    if not _is_number(guess):
+        return Feedback(False, f"answer with a number (e.g. 0.25), not {guess!r}.")
     if abs(guess - actual) <= tolerance:
         return Feedback(True, f"{what}: {actual:g}.")
+    if 0 <= actual <= 1 < guess <= 100 and abs(guess / 100 - actual) <= tolerance:
+        return Feedback(
+            False,
+            f"{guess:g} looks like a percentage, and this asks for a fraction between 0 and 1: "
+            f"write {guess / 100:g} for {guess:g}%.",
+        )
     return Feedback(False, f"{what} is {'more' if actual > guess else 'less'} than {guess:g}. Look again.")
 
 
