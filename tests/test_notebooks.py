@@ -290,7 +290,7 @@ def gain_claims(text: str) -> dict[str, str | None]:
     "reached A%; the same network with random weights reached B%: pre-training is worth G points"."""
     found = {}
     for m in re.finditer(
-        r"(beat|lost to|tied with) scratch(?: by ([\d.]+) points)? \(mean of \d+ paired seeds: "
+        r"(beat|lost to|tied with) scratch(?: by ([\d.]+) points)? \((?:mean of \d+ paired seeds|one seed): "
         r"([\d.]+)% vs ([\d.]+)% test accuracy\)",
         text,
     ):
@@ -365,17 +365,17 @@ def test_a_coin_claim_that_its_numbers_contradict_is_caught(text, problem):
     "text, problem",
     [
         (
-            "- **course BERT** (119.6M tokens of pre-training) beat scratch by 4.5 points (mean of 1 paired seeds: "
+            "- **course BERT** (119.6M tokens of pre-training) beat scratch by 4.5 points (one seed: "
             "60.0% vs 55.5% test accuracy).",
             None,
         ),
         (
-            "- **course BERT** (119.6M tokens of pre-training) beat scratch by 4.5 points (mean of 1 paired seeds: "
+            "- **course BERT** (119.6M tokens of pre-training) beat scratch by 4.5 points (one seed: "
             "50.0% vs 54.5% test accuracy).",
             "differ by -4.5 points",
         ),  # says it helped; the numbers say it did not
         (
-            "- **course BERT** (119.6M tokens of pre-training) lost to scratch by 0.5 points (mean of 1 paired seeds: "
+            "- **course BERT** (119.6M tokens of pre-training) lost to scratch by 0.5 points (one seed: "
             "49.5% vs 50.0% test accuracy).",
             None,
         ),

@@ -98,6 +98,15 @@ def control_of(arm: str, arms) -> str | None:
     return arm + RANDOM_SUFFIX if arm + RANDOM_SUFFIX in arms else "scratch"
 
 
+def accuracy_text(t: dict) -> str:
+    """An arm's test accuracy, with its spread over seeds when there was more than one: "75.3% ± 1.3"."""
+    return f"{100 * t['test']:.1f}%" + (f" ± {100 * t['test_sd']:.1f}" if t["seeds"] > 1 else "")
+
+
+def seeds_text(n: int) -> str:
+    return "one seed" if n == 1 else f"mean of {n} paired seeds"
+
+
 def summary(rows: list[dict]) -> dict[str, dict]:
     """Per arm: mean and spread of test accuracy over seeds, and the paired gain over its random-weight control
     (scratch for our small BERTs, the random twin for a real BERT)."""
@@ -135,7 +144,7 @@ def verdicts(table: dict[str, dict], s: DemoSettings) -> list[str]:
             t = table[arm]
             lines.append(
                 f"- **{arm}** ({t['tokens_seen'] / 1e6:.1f}M tokens of pre-training) {said(t['gain'])} "
-                f"(mean of {t['seeds']} paired seeds: {100 * t['test']:.1f}% vs "
+                f"({seeds_text(t['seeds'])}: {100 * t['test']:.1f}% vs "
                 f"{100 * table['scratch']['test']:.1f}% test accuracy)."
             )
     real, control = s.real_bert, f"{s.real_bert}{RANDOM_SUFFIX}"
@@ -210,8 +219,7 @@ def write_report(out: Path, s: DemoSettings, pre, rows: list[dict], *, seconds: 
         )
         gain = "" if t["gain"] is None else f"{100 * t['gain']:+.1f} (vs {control_of(arm, table)})"
         lines.append(
-            f"| {arm} | {tokens} | {100 * t['test']:.1f}% ± {100 * t['test_sd']:.1f} | "
-            f"{100 * t['validation']:.1f}% | {gain} | {t['seeds']} |"
+            f"| {arm} | {tokens} | {accuracy_text(t)} | {100 * t['validation']:.1f}% | {gain} | {t['seeds']} |"
         )
     last = pre.history.steps[-1]
     text = [
