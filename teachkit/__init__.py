@@ -3,7 +3,7 @@
 Read the lesson in this order; each file is short, shape-commented and free of speed tricks, and the
 notebooks check their own versions of the same steps against it:
 
-1. `config.py`        one `ModelConfig` for BERT and GPT, presets, and the course BERT's recipe
+1. `config.py`        `ModelConfig` for BERT and GPT with presets, `TrainConfig`, the course BERT's recipe
 2. `tokenization.py`  WordPiece (BERT) and byte-level BPE (GPT) tokenizers, pairs with segment ids
 3. `objectives.py`    the 80/10/10 masking rule, next-sentence pairs, causal-LM targets, every loss
 4. `model.py`         embeddings, attention, one transformer layer, BERT and GPT, their heads

@@ -1,8 +1,9 @@
-"""Model configuration: one dataclass, a comment per field, and named presets.
+"""Configuration: the model's (`ModelConfig`, with named presets) and the training's (`TrainConfig`).
 
 The same `ModelConfig` describes a BERT encoder (`arch="bert"`) and a GPT decoder
 (`arch="gpt"`). Field names follow the papers; `teachkit.machinery.pretrained` translates them to and from
-the `config.json` of Hugging Face checkpoints (`config_to_hf`, `config_from_hf`).
+the `config.json` of Hugging Face checkpoints (`config_to_hf`, `config_from_hf`). `TrainConfig` is the
+optimisation of `teachkit.train.train`: batch, learning rate and its schedule, clipping, and the budget.
 
 `COURSE_RECIPE` is the course BERT's recipe: its size, what it is pre-trained on and how, and how every
 starting point is fine-tuned. It is written here once; the demo, the command line, the notebooks, the
@@ -11,6 +12,7 @@ playground and the benchmarks read it (tests/test_recipe.py fails if a second co
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -94,6 +96,56 @@ def heads_problem(*, d_model: int, n_heads: int) -> str | None:
         f"Width {d_model} (d_model) is not divisible by {n_heads} heads (n_heads): each head gets width / heads "
         f"dimensions. Pick heads from {fits} or a width that is a multiple of {n_heads}."
     )
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int | None = 200  # stop after this many optimizer steps (None: no step limit)
+    max_seconds: float | None = None  # ... or after this much wall-clock time (None: no time limit)
+    batch_size: int = 32  # examples per optimizer step, over all micro-batches and processes
+    grad_accum: int = 1  # split each batch into this many micro-batches (same result, less memory)
+    lr: float = 5e-4  # peak learning rate
+    warmup: float = 0.1  # fraction of the budget spent raising the learning rate from 0 to lr
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay (not applied to biases and LayerNorms)
+    clip_norm: float | None = 1.0  # clip the gradient's global norm to this (None: no clipping)
+    body_lr_scale: float = 1.0  # the pre-trained body learns at lr x this; a new head always at lr (ULMFiT's idea)
+    eval_every: int | None = None  # evaluate every N steps (None: only at the end)
+    keep_best: bool = False  # at the end, restore the weights that scored best on evaluation
+    seed: int = 0  # fixes dropout (the task's own seed fixes data order and masking)
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.max_seconds is None:
+            raise ValueError("Give a budget: max_steps, max_seconds or both (e.g. max_seconds=180 for 3 minutes).")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps} must be at least 1 (or None to use only max_seconds).")
+        if self.max_seconds is not None and not 0 < self.max_seconds < math.inf:  # nan fails this too
+            raise ValueError(
+                f"max_seconds={self.max_seconds} must be positive and finite (or None to use only max_steps)."
+            )
+        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a positive multiple of grad_accum={self.grad_accum}."
+            )
+        if not 0 < self.lr < math.inf or not 0 <= self.warmup < 1:
+            raise ValueError(
+                f"lr={self.lr} must be positive and finite, and warmup={self.warmup} a fraction in [0, 1)."
+            )
+        if not 0 < self.body_lr_scale <= 1:
+            raise ValueError(
+                f"body_lr_scale={self.body_lr_scale} must be in (0, 1]: to stop the body learning, "
+                "freeze it (teachkit.finetune.freeze) instead."
+            )
+
+    def spent(self, step: int, seconds: float) -> str | None:
+        """Which budget is used up ("max_steps" or "max_seconds"), if one is."""
+        if self.max_steps is not None and step >= self.max_steps:
+            return "max_steps"
+        return "max_seconds" if self.max_seconds is not None and seconds >= self.max_seconds else None
+
+    def progress(self, step: int, seconds: float) -> float:
+        """How far through its budget the run is, from 0 to 1: the steps' or the time's share, whichever is more."""
+        steps = [step / self.max_steps] if self.max_steps is not None else []
+        return min(1.0, max(steps + ([seconds / self.max_seconds] if self.max_seconds is not None else [])))
 
 
 def _bert(**kw: Any) -> ModelConfig:

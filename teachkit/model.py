@@ -28,7 +28,6 @@ class Output:
     nsp_logits: torch.Tensor | None = None  # (B, 2) IsNext / NotNext
     hidden: torch.Tensor | None = None  # (B, T, C) last layer's output
     pooled: torch.Tensor | None = None  # (B, C) BERT's pooled [CLS] vector
-    mlm_loss: torch.Tensor | None = None  # summed masked-LM cross-entropy, when the labels were passed in
     attentions: list[torch.Tensor] | None = None  # per layer (B, H, T, T), when asked for
 
 
@@ -279,15 +278,6 @@ class MLMHead(nn.Module):
         """Dense, activation, LayerNorm: (..., C) -> (..., C), the vector compared with every word's embedding."""
         return self.norm(self.act(self.transform(hidden)))
 
-    def loss_sum(self, hidden: torch.Tensor, labels: torch.Tensor, *, embedding_weight: torch.Tensor) -> torch.Tensor:
-        """The summed cross-entropy of forward(hidden) (N, V) against labels (N,)."""
-        return self.linear_cross_entropy_sum(self.features(hidden), embedding_weight, self.bias, labels)
-
-    @staticmethod
-    def linear_cross_entropy_sum(h, weight, bias, labels):
-        # teachkit.machinery.speed swaps in the same sum computed a few rows at a time while training on a CPU.
-        return F.cross_entropy(F.linear(h, weight, bias).float(), labels, reduction="sum")
-
 
 class BertForPreTraining(nn.Module):
     """BERT with both pre-training heads: masked-LM and next-sentence prediction."""
@@ -307,24 +297,18 @@ class BertForPreTraining(nn.Module):
         token_type_ids=None,
         attention_mask=None,
         predict_at=None,
-        mlm_labels=None,
         output_attentions=False,
     ) -> Output:
         """predict_at: optional bool (B, T); when given, MLM logits are computed only there, as (N, V).
 
         Only ~15% of positions take an MLM loss, so skipping the others saves most of the
-        vocabulary projection, the most expensive matmul of a small BERT.
-        mlm_labels: optional (N,), the labels at predict_at. When given, the model returns their summed
-        cross-entropy as `mlm_loss` instead of the logits: all that training needs, in less memory.
+        vocabulary projection, the most expensive matmul of a small BERT. The losses are objectives.py's.
         """
         out = self.bert(
             input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, output_attentions=output_attentions
         )
         hidden = out.hidden if predict_at is None else out.hidden[predict_at]  # (B, T, C) -> (N, C)
-        if mlm_labels is None:
-            out.logits = self.mlm(hidden, embedding_weight=self.bert.body.embed.tokens.weight)
-        else:
-            out.mlm_loss = self.mlm.loss_sum(hidden, mlm_labels, embedding_weight=self.bert.body.embed.tokens.weight)
+        out.logits = self.mlm(hidden, embedding_weight=self.bert.body.embed.tokens.weight)
         out.nsp_logits = self.nsp(out.pooled)
         return out
 

@@ -138,9 +138,8 @@ class PretrainingTask:
             token_type_ids=batch["token_type_ids"],
             attention_mask=batch["attention_mask"],
             predict_at=predict_at,
-            mlm_labels=batch["mlm_labels"][predict_at],
-        )
-        sums = {"mlm": out.mlm_loss}
+        )  # out.logits: (N, V), the scores at the N masked positions only
+        sums = {"mlm": mlm_loss(out.logits.float(), batch["mlm_labels"][predict_at], reduction="sum")}
         if self.nsp:
             sums["nsp"] = nsp_loss(out.nsp_logits.float(), batch["nsp_labels"], reduction="sum")
         return sums
@@ -205,8 +204,8 @@ class PackedMLMTask:
 
     def loss_sums(self, model, batch) -> dict[str, torch.Tensor]:
         predict_at = batch["mlm_labels"] != IGNORE_INDEX
-        out = model(batch["input_ids"], predict_at=predict_at, mlm_labels=batch["mlm_labels"][predict_at])
-        return {"mlm": out.mlm_loss}
+        out = model(batch["input_ids"], predict_at=predict_at)
+        return {"mlm": mlm_loss(out.logits.float(), batch["mlm_labels"][predict_at], reduction="sum")}
 
     @torch.no_grad()
     def evaluate(self, model, *, to_device) -> dict[str, float]:

@@ -27,55 +27,7 @@ from pathlib import Path
 
 import torch
 
-
-@dataclass
-class TrainConfig:
-    max_steps: int | None = 200  # stop after this many optimizer steps (None: no step limit)
-    max_seconds: float | None = None  # ... or after this much wall-clock time (None: no time limit)
-    batch_size: int = 32  # examples per optimizer step, over all micro-batches and processes
-    grad_accum: int = 1  # split each batch into this many micro-batches (same result, less memory)
-    lr: float = 5e-4  # peak learning rate
-    warmup: float = 0.1  # fraction of the budget spent raising the learning rate from 0 to lr
-    weight_decay: float = 0.01  # AdamW's decoupled weight decay (not applied to biases and LayerNorms)
-    clip_norm: float | None = 1.0  # clip the gradient's global norm to this (None: no clipping)
-    body_lr_scale: float = 1.0  # the pre-trained body learns at lr x this; a new head always at lr (ULMFiT's idea)
-    eval_every: int | None = None  # evaluate every N steps (None: only at the end)
-    keep_best: bool = False  # at the end, restore the weights that scored best on evaluation
-    seed: int = 0  # fixes dropout (the task's own seed fixes data order and masking)
-
-    def __post_init__(self) -> None:
-        if self.max_steps is None and self.max_seconds is None:
-            raise ValueError("Give a budget: max_steps, max_seconds or both (e.g. max_seconds=180 for 3 minutes).")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps={self.max_steps} must be at least 1 (or None to use only max_seconds).")
-        if self.max_seconds is not None and not 0 < self.max_seconds < math.inf:  # nan fails this too
-            raise ValueError(
-                f"max_seconds={self.max_seconds} must be positive and finite (or None to use only max_steps)."
-            )
-        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
-            raise ValueError(
-                f"batch_size={self.batch_size} must be a positive multiple of grad_accum={self.grad_accum}."
-            )
-        if not 0 < self.lr < math.inf or not 0 <= self.warmup < 1:
-            raise ValueError(
-                f"lr={self.lr} must be positive and finite, and warmup={self.warmup} a fraction in [0, 1)."
-            )
-        if not 0 < self.body_lr_scale <= 1:
-            raise ValueError(
-                f"body_lr_scale={self.body_lr_scale} must be in (0, 1]: to stop the body learning, "
-                "freeze it (teachkit.finetune.freeze) instead."
-            )
-
-    def spent(self, step: int, seconds: float) -> str | None:
-        """Which budget is used up ("max_steps" or "max_seconds"), if one is."""
-        if self.max_steps is not None and step >= self.max_steps:
-            return "max_steps"
-        return "max_seconds" if self.max_seconds is not None and seconds >= self.max_seconds else None
-
-    def progress(self, step: int, seconds: float) -> float:
-        """How far through its budget the run is, from 0 to 1: the steps' or the time's share, whichever is more."""
-        steps = [step / self.max_steps] if self.max_steps is not None else []
-        return min(1.0, max(steps + ([seconds / self.max_seconds] if self.max_seconds is not None else [])))
+from teachkit.config import TrainConfig  # the optimisation settings: learning rate, warm-up, budget
 
 
 @dataclass
@@ -186,20 +138,12 @@ class Run:
     teachkit.machinery.runs.ManagedRun answers them with devices and precision, DistributedDataParallel,
     checkpoints, resume, Ctrl-C and SIGTERM, the CPU speed-ups and a progress bar."""
 
-    rank, world = 0, 1  # this process, of how many
+    rank, world, best_weights = 0, 1, None  # this process, of how many; keep_best's weights
+    autocast = contextlib.nullcontext  # the forward passes' precision: fp32
 
     def start(self, model, task, config: TrainConfig):  # -> what the training forward pass calls
-        self.device, self.best_weights = next(model.parameters()).device, None
+        self.device = next(model.parameters()).device
         return model
-
-    def resume(self, model, optimizer, config: TrainConfig) -> tuple[History, float]:  # the run so far, its seconds
-        return History(), 0.0
-
-    def running(self, stop: threading.Event):  # the context the loop runs in
-        return contextlib.nullcontext()
-
-    def autocast(self):  # the forward passes' precision: fp32
-        return contextlib.nullcontext()
 
     def to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -207,33 +151,38 @@ class Run:
     def share(self, batch: dict, counts: dict) -> tuple[dict, dict]:  # this process's part, what to divide it by
         return self.to_device(batch), counts
 
-    def stop_together(self, reason: str | None) -> str | None:  # why the loop stops now, if it does
-        return reason
-
-    def counted(self, record: dict) -> None:  # the step's record is in the history
-        pass
-
-    def after_step(self, step: int, history: History) -> None:  # the step and its evaluation are done
-        pass
-
     def keep_best(self, model) -> None:
         self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def evaluate_at_end(self, stopped: str) -> bool:
-        return stopped not in ("diverged", "interrupted")
-
-    def finish(self, model, result: TrainResult) -> TrainResult:
-        """Restore the best weights (keep_best) and say why the run stopped."""
+    def finish(self, model, result: TrainResult) -> TrainResult:  # put keep_best's weights back; say why it stopped
         if self.best_weights is not None:
             model.load_state_dict(self.best_weights)
+        why = result.stopped.replace("_", " ")
         result.message = {
             "interrupted": "Interrupted: the history so far is kept",
             "diverged": f"The loss or its gradient was not finite at step {result.step + 1}",
-        }.get(
-            result.stopped,
-            f"Stopped after {result.step} steps ({result.stopped.replace('_', ' ')} reached) in {result.seconds:.0f} s",
-        )
+        }.get(result.stopped, f"Stopped after {result.step} steps ({why} reached) in {result.seconds:.0f} s")
         return result
+
+    # A plain run starts afresh (resume: None), runs in no context, decides alone when to stop, does
+    # nothing more once a step is counted or done, and evaluates at the end unless it diverged or was interrupted.
+    def resume(self, model, optimizer, config: TrainConfig) -> tuple[History, float] | None:
+        return None
+
+    def running(self, stop: threading.Event):
+        return contextlib.nullcontext()
+
+    def stop_together(self, reason: str | None) -> str | None:
+        return reason
+
+    def counted(self, record: dict) -> None:
+        pass
+
+    def after_step(self, step: int, history: History) -> None:
+        pass
+
+    def evaluate_at_end(self, stopped: str) -> bool:
+        return stopped not in ("diverged", "interrupted")
 
 
 def train(
@@ -250,7 +199,7 @@ def train(
     task.sampler.indices(0, config.batch_size)  # fails now if the batch is larger than the data
     net = run.start(model, task, config)
     optimizer = make_optimizer(model, config)
-    history, seconds_before = run.resume(model, optimizer, config)  # nothing yet, or a stopped run's
+    history, seconds_before = run.resume(model, optimizer, config) or (History(), 0.0)  # or a stopped run's
     step, stopped, start = len(history.steps), None, time.perf_counter()
 
     def emit(event: dict) -> None:
@@ -265,14 +214,13 @@ def train(
                 run.keep_best(model)
             emit({"kind": "eval", **history.evals[-1]})
 
+    step_args = {"clip_norm": config.clip_norm, "grad_accum": config.grad_accum, "autocast": run.autocast}
     with run.running(stop):
         try:
             while True:
                 seconds = seconds_before + time.perf_counter() - start
-                stopped = run.stop_together(
-                    config.spent(step, seconds) or ("stop requested" if stop.is_set() else None)
-                )
-                if stopped:
+                spent = config.spent(step, seconds) or ("stop requested" if stop.is_set() else None)
+                if stopped := run.stop_together(spent):
                     break
                 began = time.perf_counter()
                 # Dropout depends only on seed, step and process: an interrupted run resumes exactly.
@@ -282,17 +230,7 @@ def train(
                 batch = task.batch(indices, step=step, epoch=epoch)
                 mine, counts = run.share(batch, task.counts(batch))
                 lr = config.lr * lr_factor(config.progress(step, seconds), config.warmup)
-                record = train_step(
-                    net,
-                    task,
-                    mine,
-                    optimizer,
-                    lr=lr,
-                    clip_norm=config.clip_norm,
-                    grad_accum=config.grad_accum,
-                    counts=counts,
-                    autocast=run.autocast,
-                )
+                record = train_step(net, task, mine, optimizer, lr=lr, counts=counts, **step_args)
                 if record is None:
                     stopped = "diverged"
                     break

@@ -173,3 +173,17 @@ def test_the_layer_check_sees_a_lesson_file_importing_machinery():
     assert _layer_problems({"train": tree, "machinery.speed": ast.parse("")}) == [
         "train.py:5 imports teachkit.machinery.speed"
     ]
+
+
+def _loss_names(tree: ast.Module) -> list[str]:
+    """Names and attributes that compute a loss: cross_entropy, nll_loss, ..._loss, loss_sum."""
+    names = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name)]
+    names += [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
+    return sorted({n for n in names if "cross_entropy" in n or "loss" in n})
+
+
+def test_the_model_computes_no_loss_training_takes_its_losses_from_objectives():
+    assert _loss_names(MODULES["model"]) == []
+    assert _loss_names(ast.parse("import torch.nn.functional as F\nF.cross_entropy(x, y)\n")) == ["cross_entropy"]
+    tasks = {m for m, name, _ in _imports(MODULES["tasks"]) if m == "objectives" and name.endswith("_loss")}
+    assert tasks == {"objectives"}  # tasks.py's loss_sums call objectives.py's losses

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from conftest import C, H, T, V
 from ddp_worker import fit, pretraining
 
@@ -119,7 +120,7 @@ def test_the_chunked_loss_is_the_plain_cross_entropy_sum_with_its_gradients(monk
         loss.backward()
         return [loss.detach(), x.grad, w.grad] + ([b.grad] if with_bias else [])
 
-    plain = loss_and_grads(MLMHead.linear_cross_entropy_sum)
+    plain = loss_and_grads(lambda x, w, b, y: F.cross_entropy(F.linear(x, w, b).float(), y, reduction="sum"))
     chunked = loss_and_grads(speed.linear_cross_entropy_sum)
     tol = {"fp32": 1e-5, "bf16": 2e-2}[precision]  # bf16: the plain form rounds the gradient to bf16 first
     for a, b in zip(chunked, plain):
@@ -127,23 +128,34 @@ def test_the_chunked_loss_is_the_plain_cross_entropy_sum_with_its_gradients(monk
         torch.testing.assert_close(a, b, atol=tol * float(b.abs().max()), rtol=tol)
 
 
-def test_pretraining_with_labels_returns_the_summed_loss_of_its_logits_with_or_without_the_speedups(tok):
+def test_with_the_speedups_the_pretraining_loss_is_objectives_mlm_loss_with_the_same_value_and_gradients(tok):
     model, task = pretraining(tok, dropout=0.0)  # no dropout: the two forwards compute the same numbers
     model.train()
     batch = task.batch(range(4), step=0, epoch=0)
-    at = batch["mlm_labels"] != -100
-    args = dict(token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"], predict_at=at)
-    logits = model(batch["input_ids"], **args).logits
-    expected = torch.nn.functional.cross_entropy(logits.float(), batch["mlm_labels"][at], reduction="sum")
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = task.loss_sums(model, batch)["mlm"]  # what train_step calls: objectives.mlm_loss of the logits
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = loss_and_grads()
     heads = [m for m in model.modules() if isinstance(m, MLMHead)]
     with training_speedups(model, device=CPU, precision="fp32"):
-        assert all(h.linear_cross_entropy_sum is speed.linear_cross_entropy_sum for h in heads)
-        fast = model(batch["input_ids"], mlm_labels=batch["mlm_labels"][at], **args)
-    plain = model(batch["input_ids"], mlm_labels=batch["mlm_labels"][at], **args)
-    assert fast.logits is None and plain.logits is None
-    torch.testing.assert_close(fast.mlm_loss, expected, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(plain.mlm_loss, expected, rtol=1e-5, atol=1e-4)
-    assert all(h.linear_cross_entropy_sum is MLMHead.linear_cross_entropy_sum for h in heads)  # put back
+        assert heads and all(type(h) is speed.TrainingMLMHead for h in heads)
+        fast = loss_and_grads()
+        at = batch["mlm_labels"] != -100
+        out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], predict_at=at)
+        assert isinstance(out.logits, speed.ScoresToCome)  # the scores wait for the loss
+        assert out.logits.shape == (int(at.sum()), tok.get_vocab_size())
+        top = out.logits.argmax(-1)  # any other use computes them
+        with torch.no_grad():
+            logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], predict_at=at).logits
+        assert isinstance(logits, torch.Tensor) and torch.equal(top, logits.argmax(-1))  # evaluation: the scores
+    assert all(type(h) is MLMHead for h in heads)  # put back
+    assert len(fast) == len(plain)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_the_memory_thresholds_are_set_when_training_starts_not_on_import(monkeypatch):

@@ -7,8 +7,9 @@ measured in benchmarks/README.md ("CPU speed-ups"):
 - dropout drawn as 16-bit random numbers, four from each 64-bit draw (`Dropout16`);
 - attention spelled out (`TrainingAttention`: the path that can return its weights) while training with attention
   dropout or in bf16, where PyTorch's fused kernel falls back to slower code;
-- the masked-LM loss computed a few rows at a time (`linear_cross_entropy_sum`), so that its
-  (tokens x vocabulary) scores are never all in memory;
+- the masked-LM head swapped for one whose scores wait for the loss (`TrainingMLMHead`): the
+  `F.cross_entropy` that objectives.mlm_loss takes of them runs a few rows at a time
+  (`linear_cross_entropy_sum`), so that the (tokens x vocabulary) scores are never all in memory;
 - freed memory handed back to the operating system every few steps (`release_freed_memory`), and
   large buffers given mappings of their own that free() returns (`return_large_buffers`, when the
   first training run starts);
@@ -109,14 +110,14 @@ def training_speedups(model: nn.Module, *, device: torch.device, precision: str)
     attentions = [m for m in model.modules() if type(m) is Attention and (m.weights_drop.p > 0 or precision == "bf16")]
     for module in attentions:
         module.__class__ = TrainingAttention  # the same module, its parameters untouched; only `attend` changes
-    heads = [m for m in model.modules() if isinstance(m, MLMHead)]
+    heads = [m for m in model.modules() if type(m) is MLMHead]
     for head in heads:
-        head.linear_cross_entropy_sum = linear_cross_entropy_sum
+        head.__class__ = TrainingMLMHead
     try:
         yield Speedups(on=True)
     finally:
         for head in heads:
-            del head.linear_cross_entropy_sum  # back to MLMHead's own
+            head.__class__ = MLMHead
         for module in attentions:
             module.__class__ = Attention
         for parent, name, original in swapped:
@@ -187,6 +188,56 @@ def release_freed_memory() -> None:
     """
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+class TrainingMLMHead(MLMHead):
+    """MLMHead whose scores, while gradients are on, are `ScoresToCome`: computed when the loss asks."""
+
+    def forward(self, hidden: torch.Tensor, *, embedding_weight: torch.Tensor):
+        if not torch.is_grad_enabled():  # evaluation reads the scores themselves
+            return super().forward(hidden, embedding_weight=embedding_weight)
+        return ScoresToCome(self.features(hidden), embedding_weight, self.bias)
+
+
+class ScoresToCome:
+    """The masked-LM scores `F.linear(x, weight, bias)`, (N, V), not computed yet.
+
+    A tensor-like object (PyTorch's `__torch_function__` protocol): what objectives.mlm_loss asks of
+    its logits (their shape, `.float()`, a reshape to (N, V), then `F.cross_entropy(..., reduction="sum")`)
+    is answered without the scores, the cross-entropy by `linear_cross_entropy_sum`. Any other use
+    computes the scores and carries on with them: right, only without the memory saved.
+    """
+
+    def __init__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.x, self.weight, self.bias = x, weight, bias
+        self.shape, self.ndim = torch.Size((len(x), len(weight))), 2
+
+    def scores(self) -> torch.Tensor:
+        return F.linear(self.x, self.weight, self.bias)
+
+    def float(self) -> ScoresToCome:
+        return self  # linear_cross_entropy_sum takes its softmax in fp32
+
+    def reshape(self, *shape) -> ScoresToCome | torch.Tensor:
+        same = tuple(shape) in ((-1, self.shape[1]), tuple(self.shape))
+        return self if same else self.scores().reshape(*shape)
+
+    def __getattr__(self, name: str):  # any other tensor method or attribute
+        return getattr(self.scores(), name)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        scores, labels = (args + (None, None))[:2]
+        plain_sum = (
+            kwargs.get("weight") is None and not kwargs.get("label_smoothing") and kwargs.get("reduction") == "sum"
+        )
+        if func is F.cross_entropy and isinstance(scores, ScoresToCome) and plain_sum and len(args) == 2:
+            keep = labels != kwargs.get("ignore_index", -100)
+            x = scores.x if bool(keep.all()) else scores.x[keep]
+            return linear_cross_entropy_sum(x, scores.weight, scores.bias, labels[keep])
+        args = [a.scores() if isinstance(a, ScoresToCome) else a for a in args]
+        return func(*args, **kwargs)
 
 
 CHUNK_BYTES = 4 << 20  # fp32 scores per chunk of linear_cross_entropy_sum: small enough to stay in the heap
