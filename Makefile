@@ -16,6 +16,11 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export TEACHKIT_DATA_DIR ?= $(SHARED_DATA)
 endif
 export TOKENIZERS_PARALLELISM ?= false
+# PyTorch's threads wait without spinning, so a busy machine does not slow training several times over
+# (teachkit/__init__.py sets the same at its first import; this also reaches kernels that import torch first).
+ifeq ($(origin GOMP_SPINCOUNT),undefined)
+export OMP_WAIT_POLICY ?= PASSIVE
+endif
 
 .PHONY: install demo smoke test lint app html export-html strip clean
 

@@ -21,4 +21,10 @@ other way round):
 - `machinery/`    checkpoints, files, signals, devices and precision, CPU speed-ups, Hugging Face weights
 """
 
+from teachkit.machinery.threads import set_up_threads as _set_up_threads
+
+# Before anything loads PyTorch's OpenMP, which reads its settings once: threads that wait without
+# spinning, and no more of them than the CPU quota allows (teachkit/machinery/threads.py).
+_set_up_threads()
+
 __version__ = "0.1.0"

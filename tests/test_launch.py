@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shlex
@@ -201,6 +202,47 @@ def test_start_exports_the_mirror_and_cache_and_runs_the_server_command(tmp_path
     values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     assert Path(values["TEACHKIT_DATA_DIR"]).is_relative_to(tmp_path)
     assert Path(values["TEACHKIT_CACHE"]).is_relative_to(tmp_path)
+    assert values["OMP_WAIT_POLICY"] == "PASSIVE"  # the server shares the pod's CPU with the kernel
+    kept = {**env, "GOMP_SPINCOUNT": "300000"}  # a wait setting of the user's own
+    out = subprocess.run([str(start), "env"], capture_output=True, text=True, env=kept, check=True).stdout
+    assert "OMP_WAIT_POLICY=" not in out
+
+
+def _omp_after_import(**env) -> dict:
+    """OMP_WAIT_POLICY and GOMP_SPINCOUNT in a fresh interpreter after `import teachkit`, then torch."""
+    code = "import os, teachkit, torch\nprint(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))\n"
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**base, **env}, check=True)
+    policy, spins = out.stdout.split()
+    return {"OMP_WAIT_POLICY": policy, "GOMP_SPINCOUNT": spins}
+
+
+def test_importing_teachkit_makes_openmp_wait_passively_unless_the_user_chose_a_wait():
+    assert _omp_after_import()["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert _omp_after_import(OMP_WAIT_POLICY="ACTIVE")["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert _omp_after_import(GOMP_SPINCOUNT="300000") == {"OMP_WAIT_POLICY": "None", "GOMP_SPINCOUNT": "300000"}
+
+
+def test_the_makefile_exports_a_passive_wait_for_kernels_that_import_torch_first():
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MAKEFLAGS")}
+
+    def seen(**env) -> str:
+        probe = ["make", "-s", "--eval", 'probe: ; @echo "[$$OMP_WAIT_POLICY]"', "probe"]
+        return subprocess.run(probe, capture_output=True, text=True, cwd=ROOT, env={**base, **env}, check=True).stdout
+
+    assert seen().strip() == "[PASSIVE]"
+    assert seen(GOMP_SPINCOUNT="300000").strip() == "[]"  # the user's own wait setting is kept
+
+
+def test_every_notebook_imports_teachkit_before_torch():
+    """OpenMP reads its wait policy when torch loads it: teachkit's first import must come first."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        code = "\n".join(
+            "".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"
+        )
+        imports = re.findall(r"^(?:import|from) (\w+)", code, re.M)
+        names = [n for n in imports if n in ("teachkit", "torch")]
+        assert not names or names[0] == "teachkit", f"{path.name} imports torch before teachkit"
 
 
 def test_readme_badges_launch_the_course_and_the_app_on_binder():
