@@ -58,6 +58,13 @@ def test_each_dataset_loads_from_the_mirror_with_the_documented_rows(mirror, nam
     assert isinstance(one, datasets.Dataset) and spec.text_field in one.column_names
 
 
+def test_a_first_load_from_the_mirror_shows_no_generating_split_bars(mirror, monkeypatch, tmp_path, capfd):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "fresh-cache")  # nothing generated yet
+    assert len(data.load("rotten_tomatoes", split="validation")) == ROWS["rotten_tomatoes"]["validation"]
+    assert "Generating" not in capfd.readouterr().err
+    assert not datasets.are_progress_bars_disabled()  # the learner's own loads keep their bars
+
+
 def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     assert data.data_dir() is None

@@ -134,6 +134,7 @@ def test_notebook_runs_top_to_bottom_within_binder_memory(path, course_env):
     assert not errors
     # What fast mode prints about its own numbers agrees with them (the same run, not a second one).
     assert claim_problems(path.name, printed_text(nb)) == []
+    assert giveaways(path.name, nb) == []
     cell, grew = memory.biggest_growth()
     print(
         f"{path.name}: {time.perf_counter() - t0:.0f} s, peak RSS {memory.peak:,} bytes; "
@@ -312,10 +313,10 @@ def gain_claims(text: str) -> dict[str, str | None]:
 CLAIMS = {"03_next_sentence_prediction.ipynb": coin_claims, "07_finetuning_for_sentiment.ipynb": gain_claims}
 
 
-def printed_text(nb) -> str:
-    """Everything a run printed or displayed as text (streams, plain text, Markdown, HTML)."""
+def printed_text(nb, *, cells=None) -> str:
+    """Everything a run printed or displayed as text (streams, plain text, Markdown, HTML), in `cells` or all."""
     parts = []
-    for cell in nb.cells:
+    for cell in nb.cells if cells is None else cells:
         for out in cell.get("outputs", []):
             data = out.get("data", {})
             parts += [
@@ -323,6 +324,35 @@ def printed_text(nb) -> str:
                 *(data.get(kind, "") for kind in ("text/plain", "text/markdown", "text/html")),
             ]
     return "\n".join(p if isinstance(p, str) else "".join(p) for p in parts)
+
+
+# An exercise's answer must not be printed before the learner writes it: (the answer cell's start, what
+# would give it away in the outputs above it).
+ANSWERS = {
+    "05_attention.ipynb": ("answer_1 =", re.compile(r">previous<|\bprevious\b[^\n]*\(layer \d+, head \d+\)")),
+}
+
+
+def giveaways(name: str, nb) -> list[str]:
+    """What the outputs above an exercise's answer cell show of its answer."""
+    if name not in ANSWERS:
+        return []
+    start, answer = ANSWERS[name]
+    cells = list(nb.cells)
+    above = cells[: next(i for i, c in enumerate(cells) if "".join(c["source"]).startswith(start))]
+    return answer.findall(printed_text(nb, cells=above))
+
+
+def test_an_output_that_gives_an_exercise_away_is_caught():
+    def cell(source, html=""):
+        outputs = [{"output_type": "display_data", "data": {"text/html": html}}] if html else []
+        return nbformat.v4.new_code_cell(source, outputs=outputs)
+
+    table = "<tr><td>previous</td><td>1.00 (layer 1, head 3)</td></tr>"
+    shown = nbformat.v4.new_notebook(cells=[cell("viz.html_table(...)", table), cell("answer_1 = None")])
+    hidden = nbformat.v4.new_notebook(cells=[cell("answer_1 = None"), cell("viz.html_table(...)", table)])
+    assert giveaways("05_attention.ipynb", shown) == [">previous<"]
+    assert giveaways("05_attention.ipynb", hidden) == []
 
 
 def claim_problems(name: str, text: str) -> list[str]:

@@ -16,6 +16,7 @@ With no network and no mirror, the hub is retried for about 20 s before `DataUna
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
@@ -221,11 +222,12 @@ def _load_mirror(spec: DatasetSpec, folder: Path) -> datasets.DatasetDict:
             f"data_dir at the right folder, or unset {DATA_DIR_ENV} to use the network."
         )
     try:
-        return datasets.load_dataset(
-            str(path),
-            spec.config if spec.mirror_config == "hub" else spec.mirror_config,
-            cache_dir=str(_mirror_cache(path)),
-        )
+        with _no_progress_bars():
+            return datasets.load_dataset(
+                str(path),
+                spec.config if spec.mirror_config == "hub" else spec.mirror_config,
+                cache_dir=str(_mirror_cache(path)),
+            )
     except Exception as err:  # pyarrow's and datasets' own errors: find the file to blame, if one is
         damaged = _damaged_parquet(path)
         if damaged is None:
@@ -235,6 +237,18 @@ def _load_mirror(spec: DatasetSpec, folder: Path) -> datasets.DatasetDict:
             f"again from where it came from, or re-create it with `teachkit data mirror {folder}` (it checks every "
             f"file against its checksums and fetches what does not match)."
         ) from err
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """Without datasets' "Generating split" bars: a local mirror reads in seconds, the bars only clutter a notebook."""
+    were_off = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not were_off:
+            datasets.enable_progress_bars()
 
 
 def _mirror_cache(path: Path) -> Path:
