@@ -345,7 +345,7 @@ def giveaways(name: str, nb) -> list[str]:
 
 def test_an_output_that_gives_an_exercise_away_is_caught():
     def cell(source, html=""):
-        outputs = [{"output_type": "display_data", "data": {"text/html": html}}] if html else []
+        outputs = [nbformat.v4.new_output("display_data", data={"text/html": html})] if html else []
         return nbformat.v4.new_code_cell(source, outputs=outputs)
 
     table = "<tr><td>previous</td><td>1.00 (layer 1, head 3)</td></tr>"

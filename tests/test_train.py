@@ -7,6 +7,7 @@ the tests should mean the same on every machine.
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import math
@@ -601,12 +602,20 @@ def test_time_budget_stops_the_run(tok):
 
 
 def test_the_lesson_loop_loads_no_machinery():
-    """teachkit.train is a lesson file: importing it loads lesson files and libraries, nothing of machinery."""
-    code = "import sys, teachkit.train\nprint(sorted(m for m in sys.modules if m.startswith('teachkit')))"
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "'teachkit.train'" in loaded
+    """teachkit.train is a lesson file: importing it loads lesson files and libraries, nothing of machinery
+    beyond what `import teachkit` itself runs first (the thread settings, which must precede torch)."""
+
+    def loaded_by(module: str) -> set[str]:
+        code = f"import sys, {module}\nprint(sorted(m for m in sys.modules if m.startswith(('teachkit', 'torch'))))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        return set(ast.literal_eval(out))
+
+    start = loaded_by("teachkit")
+    assert start == {"teachkit", "teachkit.machinery", "teachkit.machinery.threads"}  # and no torch yet
+    added = loaded_by("teachkit.train") - start
+    assert "teachkit.train" in added
     for other in ("machinery", "course", "experiments", "app", "data"):
-        assert f"'teachkit.{other}" not in loaded, loaded
+        assert not any(m.startswith(f"teachkit.{other}") for m in added), added
 
 
 def written_out_step(model, batch, optimizer, *, lr):
