@@ -222,7 +222,7 @@ def _load_mirror(spec: DatasetSpec, folder: Path) -> datasets.DatasetDict:
             f"data_dir at the right folder, or unset {DATA_DIR_ENV} to use the network."
         )
     try:
-        with _no_progress_bars():
+        with no_progress_bars():  # a local mirror reads in seconds: the bars would only clutter a notebook
             return datasets.load_dataset(
                 str(path),
                 spec.config if spec.mirror_config == "hub" else spec.mirror_config,
@@ -240,8 +240,8 @@ def _load_mirror(spec: DatasetSpec, folder: Path) -> datasets.DatasetDict:
 
 
 @contextlib.contextmanager
-def _no_progress_bars():
-    """Without datasets' "Generating split" bars: a local mirror reads in seconds, the bars only clutter a notebook."""
+def no_progress_bars():
+    """Without datasets' progress bars ("Generating split"...) for the block, and as they were afterwards."""
     were_off = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:

@@ -304,18 +304,14 @@ def _verify(item: Item, folder: Path, *, scratch: Path) -> dict[str, int]:
         pretrained.read_checkpoint(folder)  # raises CheckpointError with what is missing
         return {}
     spec = data.spec_for(item.name)
-    bars_were_on = not datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # the report's lines are all the progress needed here
     try:
-        splits = datasets.load_dataset(str(folder), item.config, cache_dir=str(scratch))
+        with data.no_progress_bars():  # the report's lines are all the progress needed here
+            splits = datasets.load_dataset(str(folder), item.config, cache_dir=str(scratch))
     except Exception as err:  # pyarrow, datasets and OS errors alike mean "not usable"
         raise MirrorError(
             f"the downloaded files do not load ({type(err).__name__}: {str(err)[:200]}); the "
             "download was probably cut short, or a proxy sent an error page instead"
         ) from err
-    finally:
-        if bars_were_on:
-            datasets.enable_progress_bars()
     columns = [spec.text_field] + ([spec.label_field] if spec.label_field else [])
     rows = {}
     for name, split in splits.items():
