@@ -138,12 +138,14 @@ class Run:
     teachkit.machinery.runs.ManagedRun answers them with devices and precision, DistributedDataParallel,
     checkpoints, resume, Ctrl-C and SIGTERM, the CPU speed-ups and a progress bar."""
 
-    rank, world, best_weights = 0, 1, None  # this process, of how many; keep_best's weights
-    autocast = contextlib.nullcontext  # the forward passes' precision: fp32
+    rank, world = 0, 1  # this process, of how many
 
     def start(self, model, task, config: TrainConfig):  # -> what the training forward pass calls
-        self.device = next(model.parameters()).device
+        self.device, self.best_weights = next(model.parameters()).device, None
         return model
+
+    def autocast(self):  # the forward passes' precision: fp32
+        return contextlib.nullcontext()
 
     def to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -164,10 +166,10 @@ class Run:
         }.get(result.stopped, f"Stopped after {result.step} steps ({why} reached) in {result.seconds:.0f} s")
         return result
 
-    # A plain run starts afresh (resume: None), runs in no context, decides alone when to stop, does
-    # nothing more once a step is counted or done, and evaluates at the end unless it diverged or was interrupted.
-    def resume(self, model, optimizer, config: TrainConfig) -> tuple[History, float] | None:
-        return None
+    # A plain run starts afresh, runs in no context, decides alone when to stop, does nothing more once a
+    # step is counted or done, and evaluates at the end unless it diverged or was interrupted.
+    def resume(self, model, optimizer, config: TrainConfig) -> tuple[History, float]:  # the run so far, its seconds
+        return History(), 0.0
 
     def running(self, stop: threading.Event):
         return contextlib.nullcontext()
@@ -199,7 +201,7 @@ def train(
     task.sampler.indices(0, config.batch_size)  # fails now if the batch is larger than the data
     net = run.start(model, task, config)
     optimizer = make_optimizer(model, config)
-    history, seconds_before = run.resume(model, optimizer, config) or (History(), 0.0)  # or a stopped run's
+    history, seconds_before = run.resume(model, optimizer, config)  # nothing yet, or a stopped run's
     step, stopped, start = len(history.steps), None, time.perf_counter()
 
     def emit(event: dict) -> None:
