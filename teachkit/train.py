@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from teachkit.config import TrainConfig  # the optimisation settings: learning rate, warm-up, budget
+# The optimisation: its settings (learning rate, warm-up, budget), the schedule and AdamW with BERT's weight decay
+from teachkit.config import TrainConfig, lr_factor, make_optimizer
 
 
 @dataclass
@@ -49,32 +50,6 @@ class TrainResult:
     best: dict | None = None  # the best evaluation, when there was one
     checkpoint: Path | None = None  # where the run was saved, if it was
     signal: int | None = None  # the signal that stopped the run (SIGINT for Ctrl-C, SIGTERM), if one did
-
-
-def lr_factor(progress: float, warmup: float) -> float:
-    """Linear warm-up to 1 over the first `warmup` of training, then linear decay to 0."""
-    if progress < warmup:
-        return progress / warmup
-    return max(0.0, (1 - progress) / (1 - warmup))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights (as in BERT)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("Every parameter is frozen, so there is nothing to train: freeze fewer layers.")
-    groups = []
-    for is_body in (True, False):  # a classifier's body is `bert.*`; its head is the rest
-        scale = cfg.body_lr_scale if is_body else 1.0
-        part = [p for n, p in named if n.startswith("bert.") == is_body]
-        groups += [
-            {"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
-            {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale},
-        ]
-    groups = [g for g in groups if g["params"]]
-    # The fused kernel updates all tensors in one pass: several times faster (benchmarks/README.md).
-    fused = named[0][1].device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
 
 
 def train_step(
@@ -124,19 +99,18 @@ def evaluate(model, task, *, to_device=lambda batch: batch, autocast=contextlib.
 
 
 def best_evaluation(evals: list[dict], metric: tuple[str, str]) -> dict | None:
-    """The best evaluation by the task's primary metric, (name, "min" or "max"); for "max", a tie goes to the later."""
-    best = None
-    for e in evals:
-        if best is None or (e[metric[0]] < best[metric[0]]) == (metric[1] == "min"):
-            best = e
-    return best
+    """The best evaluation by the task's primary metric, (name, "min" or "max"); a tie goes to the earlier for
+    "min", to the later for "max"."""
+    sign = 1 if metric[1] == "max" else -1
+    return max(evals, key=lambda e: (sign * e[metric[0]], sign * e["step"]), default=None)
 
 
 class Run:
-    """How a run is run: the hooks `train` calls, answered as plainly as can be: one process, on the
-    model's device, in fp32, nothing saved, no signals handled (Ctrl-C still stops the loop).
-    teachkit.machinery.runs.ManagedRun answers them with devices and precision, DistributedDataParallel,
-    checkpoints, resume, Ctrl-C and SIGTERM, the CPU speed-ups and a progress bar."""
+    """How a run is run: the hooks `train` calls, answered as plainly as can be: one process, on the model's
+    device, in fp32, starting afresh, nothing saved, no signals handled (Ctrl-C still stops the loop), and an
+    evaluation at the end unless the run diverged or was interrupted. teachkit.machinery.runs.ManagedRun answers
+    them with devices and precision, DistributedDataParallel, checkpoints, resume, Ctrl-C and SIGTERM, the CPU
+    speed-ups and a progress bar."""
 
     rank, world = 0, 1  # this process, of how many
 
@@ -153,6 +127,22 @@ class Run:
     def share(self, batch: dict, counts: dict) -> tuple[dict, dict]:  # this process's part, what to divide it by
         return self.to_device(batch), counts
 
+    def resume(self, model, optimizer, config: TrainConfig) -> tuple[History, float]:  # the run so far, its seconds
+        return History(), 0.0
+
+    def running(self, stop: threading.Event):  # the context the loop runs in
+        return contextlib.nullcontext()
+
+    def stop_together(self, reason: str | None) -> str | None:  # with other processes, if there are any
+        return reason
+
+    def counted(self, record: dict) -> None: ...  # a step is counted
+
+    def after_step(self, step: int, history: History) -> None: ...  # a step and its evaluation are done
+
+    def evaluate_at_end(self, stopped: str) -> bool:
+        return stopped not in ("diverged", "interrupted")
+
     def keep_best(self, model) -> None:
         self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -165,26 +155,6 @@ class Run:
             "diverged": f"The loss or its gradient was not finite at step {result.step + 1}",
         }.get(result.stopped, f"Stopped after {result.step} steps ({why} reached) in {result.seconds:.0f} s")
         return result
-
-    # A plain run starts afresh, runs in no context, decides alone when to stop, does nothing more once a
-    # step is counted or done, and evaluates at the end unless it diverged or was interrupted.
-    def resume(self, model, optimizer, config: TrainConfig) -> tuple[History, float]:  # the run so far, its seconds
-        return History(), 0.0
-
-    def running(self, stop: threading.Event):
-        return contextlib.nullcontext()
-
-    def stop_together(self, reason: str | None) -> str | None:
-        return reason
-
-    def counted(self, record: dict) -> None:
-        pass
-
-    def after_step(self, step: int, history: History) -> None:
-        pass
-
-    def evaluate_at_end(self, stopped: str) -> bool:
-        return stopped not in ("diverged", "interrupted")
 
 
 def train(
