@@ -28,7 +28,9 @@ def test_fast_demo_writes_a_measured_report(tmp_path, mirror_dir, monkeypatch):
         budget=60,
         grid=((1e-3, 1.0), (3e-4, 0.3)),
     )
-    results = run_demo(settings, log=lambda *_: None)
+    said = []
+    results = run_demo(settings, log=said.append)
+    assert any(line.startswith("Word vectors for the token embeddings") for line in said)  # my pre-training's start
     rows = results["rows"]
     assert [(r["arm"], r["budget"], r["seed"]) for r in rows] == [
         ("scratch", 60, 0),
@@ -38,6 +40,7 @@ def test_fast_demo_writes_a_measured_report(tmp_path, mirror_dir, monkeypatch):
     assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["seconds"] > 0 and len(r["grid"]) == 2 for r in rows)
     assert rows[0]["tokens_seen"] == 0 < rows[1]["tokens_seen"] < rows[2]["tokens_seen"]
     report = (tmp_path / "report.md").read_text()
+    assert "started from word vectors counted from the same text, then masked-LM" in report
     summary = results["summary"]
     for arm, t in summary.items():  # every number in the table comes from the run
         spread = f" ± {100 * t['test_sd']:.1f}" if t["seeds"] > 1 else " | "  # one seed has no spread to show

@@ -75,6 +75,8 @@ def _demo(args) -> None:
         settings = dataclasses.replace(settings, pretrain_seconds=args.pretrain_seconds)
     if args.no_real_bert:
         settings = dataclasses.replace(settings, real_bert=None)
+    if args.no_word_vectors:
+        settings = dataclasses.replace(settings, word_vectors=False)
     if args.fast or fast_mode():  # TEACHKIT_FAST=1 (CI): the same code path with tiny budgets
         settings = settings.fast()
     run_demo(settings)
@@ -101,6 +103,7 @@ def _pretrain(args) -> None:
         pretrain_lr=args.lr,
         mask_prob=args.mask_prob,
         nsp=args.nsp,
+        word_vectors=not args.no_word_vectors,
         seed=args.seed,
         device=args.device,
         pretrain_batch=args.batch,
@@ -220,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     demo.add_argument("--pretrain-seconds", type=_seconds, help="pre-training time budget in seconds")
     demo.add_argument("--no-real-bert", action="store_true", help="skip the real pretrained BERT arm")
+    demo.add_argument(
+        "--no-word-vectors",
+        action="store_true",
+        help="masked-LM alone, from random token embeddings (default: start them from word vectors counted from the corpus)",
+    )
     demo.add_argument("--fast", action="store_true", help="tiny budgets for a quick check (also: TEACHKIT_FAST=1)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
@@ -274,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"share of tokens to predict (default {r.mask_prob:g}; BERT used 0.15)",
     )
     pre.add_argument("--nsp", action="store_true", help="add next-sentence prediction to masked-LM")
+    pre.add_argument(
+        "--no-word-vectors",
+        action="store_true",
+        help="masked-LM alone, from random token embeddings (default: start them from word vectors counted from the corpus)",
+    )
     pre.add_argument(
         "--batch", type=int, default=r.pretrain_batch, help=f"sequences per step (default {r.pretrain_batch})"
     )

@@ -226,7 +226,8 @@ def write_report(out: Path, s: DemoSettings, pre, rows: list[dict], *, seconds: 
         "# teachkit demo report",
         "",
         f"Pre-training (my pre-training): {describe_corpus(s.corpus)}; {s.layers} layers x {s.width} wide, "
-        f"{pre.step} steps in {pre.seconds:.0f} s ({tokens_per_s(pre.history):.0f} tokens/s); "
+        + ("token embeddings started from word vectors counted from the same text, then " if s.word_vectors else "")
+        + f"masked-LM for {pre.step} steps in {pre.seconds:.0f} s ({tokens_per_s(pre.history):.0f} tokens/s); "
         f"final MLM loss {last['mlm']:.2f}.",
         f"Fine-tuning: {s.sentiment}, {s.budget} labels; the small arms each tried the same settings "
         f"({_settings(s.grid)}), validation accuracy picked one, and only that one was scored on the test set."

@@ -12,6 +12,7 @@ import torch
 from teachkit import data, tokenization
 from teachkit.config import COURSE_RECIPE, course_bert_config, preset
 from teachkit.data import corpus
+from teachkit.experiments import word_vectors
 from teachkit.experiments.compare import Protocol
 from teachkit.machinery import checkpoint
 from teachkit.machinery.files import cache_dir
@@ -93,6 +94,9 @@ class DemoSettings:
     pretrain_batch: int = COURSE_RECIPE.pretrain_batch  # rows per step
     mask_prob: float = COURSE_RECIPE.mask_prob  # share of tokens selected for prediction
     nsp: bool = False  # True: sentence pairs with next-sentence prediction instead of packed rows
+    # Start the token embeddings from word vectors counted from the same rows (seconds; packed rows only):
+    # masked-LM alone, for minutes on a CPU, fine-tunes worse than scratch (teachkit.experiments.word_vectors)
+    word_vectors: bool = True
     budget: int = COURSE_RECIPE.budget  # labelled examples for fine-tuning
     # fine-tuning settings every arm tries, (lr, body scale); validation picks one (see teachkit.experiments.compare)
     grid: tuple[tuple[float, float], ...] = COURSE_RECIPE.grid
@@ -210,6 +214,8 @@ def pretrain_bert(
     )
     torch.manual_seed(s.seed)  # the initial weights, too, come from the seed
     model = build_model(cfg)
+    if s.word_vectors and not s.nsp and not resume:  # a resumed run loads its own weights
+        start_from_word_vectors(model, tok, task.rows, dim=cfg.d_model, log=log)
     budget = " and ".join(
         ([f"{s.pretrain_steps} steps"] if s.pretrain_steps else [])
         + ([f"{s.pretrain_seconds:.0f} s"] if s.pretrain_seconds else [])
@@ -238,6 +244,19 @@ def pretrain_bert(
     if result.stopped in ("diverged", "interrupted") or result.signal is not None:
         raise TrainingStopped(result, what="Pre-training")
     return folder, tok, result
+
+
+def start_from_word_vectors(model, tok, rows, *, dim: int, log=print) -> None:
+    """Count word vectors from `rows` and start the model's token embeddings from them, saying what they learned."""
+    t0 = time.perf_counter()
+    vectors = word_vectors.word_vectors(rows, tok.get_vocab_size(), dim)
+    word_vectors.start_from(model, vectors)
+    log(
+        f"Word vectors for the token embeddings, counted from {rows.numel() / 1e6:.1f}M tokens in {time.perf_counter() - t0:.0f} s"
+    )
+    for word in ("funny", "boring"):
+        if near := word_vectors.nearest(vectors, tok, word):
+            log(f"  nearest to '{word}': {', '.join(near)}")
 
 
 class SnapshotSaver:
