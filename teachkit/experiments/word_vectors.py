@@ -27,13 +27,12 @@ EMBEDDING_STD = 0.12
 
 def cooccurrence_counts(rows: torch.Tensor, vocab_size: int, *, window=WINDOW, contexts=CONTEXTS):
     """(vocab_size, contexts) counts of each token next to each of the `contexts` commonest, weighted 1/distance."""
-    rows = rows.long()
-    top = torch.bincount(rows.flatten(), minlength=vocab_size).argsort(descending=True)[:contexts]
+    top = torch.bincount(rows.flatten().long(), minlength=vocab_size).argsort(descending=True)[:contexts]
     column = torch.full((vocab_size,), -1, dtype=torch.long)
     column[top] = torch.arange(len(top))
     counts = torch.zeros(vocab_size * len(top))
     for start in range(0, len(rows), 8192):  # a slice of rows at a time keeps the index tensors small
-        part = rows[start : start + 8192]
+        part = rows[start : start + 8192].long()
         for d in range(1, window + 1):
             for word, near in ((part[:, :-d], part[:, d:]), (part[:, d:], part[:, :-d])):  # right, then left
                 c = column[near]
@@ -49,8 +48,8 @@ def ppmi(counts: torch.Tensor, *, smoothing=SMOOTHING) -> torch.Tensor:
     p_word = counts.sum(1, keepdim=True) / total
     p_context = counts.sum(0, keepdim=True) ** smoothing
     p_context = p_context / p_context.sum()
-    pmi = torch.log(counts / total / (p_word * p_context).clamp_min(1e-30))  # log 0 = -inf, clamped to 0 next
-    return pmi.clamp_min(0).nan_to_num(0.0)
+    pmi = (counts / total).div_((p_word * p_context).clamp_min(1e-30)).log_()  # log 0 = -inf, clamped to 0 next
+    return pmi.clamp_min_(0).nan_to_num_(0.0)  # in place: the table is the size of the vocabulary x contexts
 
 
 def word_vectors(rows: torch.Tensor, vocab_size: int, dim: int) -> torch.Tensor:
