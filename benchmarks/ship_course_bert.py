@@ -47,6 +47,8 @@ def training_record(run: Path, *, command: str, hardware: str) -> dict:
         "corpus": args.corpus,
         "corpus_words": words,
         "mask_prob": args.mask_prob,
+        # runs from before word vectors existed started their token embeddings at random
+        "word_vectors": state["train_config"].get("run_info", {}).get("word_vectors", False),
         "steps": state["step"],
         "seconds": state["elapsed"],
         "tokens_seen": own_tokens(final),
@@ -142,7 +144,13 @@ def model_card(info: dict, cfg, rows: list[dict]) -> str:
                 "Reproduce it with the same command. Its budget is wall-clock time, so another machine runs another number",
                 f"of steps: replace `--seconds ...` with `--steps {info['steps']}` for the same schedule and step count. (The",
                 "WordPiece trainer breaks ties differently in every process, so the vocabulary, and with it every number,",
-                "differs a little from run to run.)",
+                "differs a little from run to run.)"
+                + (
+                    ""
+                    if info.get("word_vectors")
+                    else " Its token embeddings started at random; `teachkit pretrain` now starts them from word "
+                    "vectors, so add `--no-word-vectors` to run it the same way."
+                ),
                 "",
                 "```bash",
                 info["command"],
