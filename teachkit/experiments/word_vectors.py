@@ -69,9 +69,10 @@ def start_from(model, vectors: torch.Tensor, *, std: float = EMBEDDING_STD) -> N
 
 
 def nearest(vectors: torch.Tensor, tokenizer, word: str, k: int = 5) -> list[str]:
-    """The k tokens whose vectors point most nearly the way `word`'s does."""
+    """The k words (punctuation and word pieces left out) whose vectors point most nearly the way `word`'s does."""
     unit = torch.nn.functional.normalize(vectors, dim=1)
     i = tokenizer.token_to_id(word)
     if i is None:
         return []
-    return [tokenizer.id_to_token(int(j)) for j in (unit @ unit[i]).argsort(descending=True)[1 : k + 1]]
+    ranked = (tokenizer.id_to_token(int(j)) for j in (unit @ unit[i]).argsort(descending=True)[1:])
+    return [t for t in ranked if t.isalpha()][:k]
