@@ -31,6 +31,8 @@ def test_fast_demo_writes_a_measured_report(tmp_path, mirror_dir, monkeypatch):
     said = []
     results = run_demo(settings, log=said.append)
     assert any(line.startswith("Word vectors for the token embeddings") for line in said)  # my pre-training's start
+    neighbours = [line.split(": ", 1)[1].split(", ") for line in said if line.startswith("  nearest to ")]
+    assert neighbours and all(len(n) == 5 and all(w.isalpha() for w in n) for n in neighbours), neighbours
     rows = results["rows"]
     assert [(r["arm"], r["budget"], r["seed"]) for r in rows] == [
         ("scratch", 60, 0),

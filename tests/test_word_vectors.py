@@ -54,18 +54,3 @@ def test_start_from_sets_the_token_embeddings_and_refuses_a_wrong_shape():
         assert "(100, 64)" in str(err) and "(2048, 64)" in str(err)
     else:
         raise AssertionError("a wrong shape was accepted")
-
-
-def test_nearest_names_words_not_punctuation():
-    class Tok:  # the two calls `nearest` makes of a tokenizer
-        names = ["good", ",", "great", "##ly", "fine"]
-
-        def token_to_id(self, t):
-            return self.names.index(t) if t in self.names else None
-
-        def id_to_token(self, i):
-            return self.names[i]
-
-    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.9, 0.1], [0.8, 0.2], [0.0, 1.0]])
-    assert word_vectors.nearest(vectors, Tok(), "good", k=2) == ["great", "fine"]
-    assert word_vectors.nearest(vectors, Tok(), "missing") == []

@@ -22,6 +22,9 @@ from teachkit.machinery.checkpoint import CheckpointError, SaveError
 from teachkit.machinery.devices import DeviceError
 from teachkit.machinery.interrupts import TrainingStopped
 
+NO_WORD_VECTORS_HELP = (  # demo and pretrain both take the flag
+    "masked-LM alone, from random token embeddings (default: start them from word vectors counted from the corpus)"
+)
 DEFAULT_SECONDS = COURSE_RECIPE.pretrain_seconds  # teachkit pretrain's budget without --seconds or --steps
 MAX_SECONDS = 7 * 24 * 3600  # a longer budget is a typo: the warm-up alone (5%) would last over 8 hours
 DEVICE = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
@@ -226,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-word-vectors",
         action="store_true",
-        help="masked-LM alone, from random token embeddings (default: start them from word vectors counted from the corpus)",
+        help=NO_WORD_VECTORS_HELP,
     )
     demo.add_argument("--fast", action="store_true", help="tiny budgets for a quick check (also: TEACHKIT_FAST=1)")
     demo.add_argument("--seed", type=int, default=0)
@@ -285,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument(
         "--no-word-vectors",
         action="store_true",
-        help="masked-LM alone, from random token embeddings (default: start them from word vectors counted from the corpus)",
+        help=NO_WORD_VECTORS_HELP,
     )
     pre.add_argument(
         "--batch", type=int, default=r.pretrain_batch, help=f"sequences per step (default {r.pretrain_batch})"

@@ -11,6 +11,7 @@ import torch
 
 from teachkit import data, tokenization
 from teachkit.config import COURSE_RECIPE, course_bert_config, preset
+from teachkit.course import probes
 from teachkit.data import corpus
 from teachkit.experiments import word_vectors
 from teachkit.experiments.compare import Protocol
@@ -254,9 +255,9 @@ def start_from_word_vectors(model, tok, rows, *, dim: int, log=print) -> None:
     log(
         f"Word vectors for the token embeddings, counted from {rows.numel() / 1e6:.1f}M tokens in {time.perf_counter() - t0:.0f} s"
     )
-    for word in ("funny", "boring"):
-        if near := word_vectors.nearest(vectors, tok, word):
-            log(f"  nearest to '{word}': {', '.join(near)}")
+    for word in [w for w in ("funny", "boring") if tok.token_to_id(w) is not None]:
+        near = probes.nearest_neighbours(model, tok, [word], k=100)[word]  # the embeddings the model starts from
+        log(f"  nearest to '{word}': {', '.join([t for t, _ in near if t.isalpha()][:5])}")  # words, not commas
 
 
 class SnapshotSaver:

@@ -10,7 +10,7 @@ Why the demo uses them: masked-LM learns from only the masked 40% of the tokens,
 on a CPU it mostly learns which tokens are frequent, so a BERT pre-trained that briefly fine-tunes worse
 than a random one. These vectors learn from every token in one pass over the corpus; a BERT whose token
 embeddings start from them, then pre-trains with masked-LM, beats scratch after the same few minutes
-(benchmarks/results/word_vectors.json).
+(measure it with benchmarks/short_budget_search.py: its "word-vectors" recipe against "base").
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ WINDOW = 4  # tokens on each side that count as "near"
 CONTEXTS = 4096  # the commonest tokens, as contexts: enough for the meaning, small enough to be quick
 SMOOTHING = 0.75  # context counts ** 0.75, as in word2vec: rare contexts get less extreme PMI
 # A trained BERT's token embeddings spread wider than a fresh one's 0.02: the course BERT's std is 0.127.
-# At 0.02 the vectors are drowned by the position embeddings and gave nothing (benchmarks/results/word_vectors.json).
+# At 0.02 the vectors are drowned by the position embeddings and gave nothing in a paired test at 1,000 labels.
 EMBEDDING_STD = 0.12
 
 
@@ -66,13 +66,3 @@ def start_from(model, vectors: torch.Tensor, *, std: float = EMBEDDING_STD) -> N
     centred = vectors - vectors.mean(0)
     with torch.no_grad():
         table.copy_(centred / centred.std() * std)
-
-
-def nearest(vectors: torch.Tensor, tokenizer, word: str, k: int = 5) -> list[str]:
-    """The k words (punctuation and word pieces left out) whose vectors point most nearly the way `word`'s does."""
-    unit = torch.nn.functional.normalize(vectors, dim=1)
-    i = tokenizer.token_to_id(word)
-    if i is None:
-        return []
-    ranked = (tokenizer.id_to_token(int(j)) for j in (unit @ unit[i]).argsort(descending=True)[1:])
-    return [t for t in ranked if t.isalpha()][:k]
