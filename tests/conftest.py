@@ -45,3 +45,35 @@ def tok():
     from ddp_worker import make_tokenizer
 
     return make_tokenizer()
+
+
+# What safetensors 0.8 raises when the disk fills under save_file (seen on a full tmpfs): a SafetensorError,
+# which is not an OSError.
+SAFETENSORS_FULL_DISK = "Error while serializing: I/O error: No space left on device (os error 28)"
+SAVE_FILE_USERS = (  # every module that has looked up safetensors' save_file, before and after files.save_tensors
+    "teachkit.machinery.files",
+    "teachkit.machinery.checkpoint",
+    "teachkit.machinery.pretrained",
+    "teachkit.data.corpus",
+)
+
+
+@pytest.fixture
+def full_disk(monkeypatch, tmp_path) -> Path:
+    """A folder whose disk is full: safetensors' save_file of any file under it fails as on a real full disk."""
+    import importlib
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file as real
+
+    full = tmp_path / "full"
+    full.mkdir()
+
+    def save_file(tensors, filename, metadata=None):
+        if Path(filename).resolve().is_relative_to(full.resolve()):
+            raise SafetensorError(SAFETENSORS_FULL_DISK)
+        return real(tensors, filename, metadata=metadata)
+
+    for name in SAVE_FILE_USERS:
+        monkeypatch.setattr(importlib.import_module(name), "save_file", save_file, raising=False)
+    return full

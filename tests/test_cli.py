@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,6 +98,16 @@ def test_a_finished_run_is_neither_overwritten_nor_resumed_with_other_settings(t
 
     assert pretrain(tmp_path, "--steps", "4", "--overwrite") == 0
     assert state(tmp_path)["step"] == 4
+
+
+def test_after_a_rescue_the_last_line_names_where_the_checkpoint_is(
+    tmp_path, tiny_data, full_disk, monkeypatch, capsys
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    assert pretrain(full_disk, "--steps", "3") == 0  # before: a SafetensorError traceback, the run lost
+    rescue = tmp_path / "tmp" / "teachkit-rescue" / f"pretrained-{os.getpid()}"
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"Checkpoint: {rescue} ")
+    assert json.loads((rescue / "training_state.json").read_text())["step"] == 3
 
 
 def test_resuming_where_there_is_no_run(tmp_path, tiny_data, capsys):

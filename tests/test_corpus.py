@@ -86,6 +86,15 @@ def test_packed_rows_are_cached_by_content_and_never_served_for_other_text(small
     assert (first.rows[:, 0] == ids.cls).all() and (first.rows != ids.pad).all()  # no padding anywhere
 
 
+def test_a_full_cache_disk_skips_the_cache_and_keeps_the_rows(small_tok, full_disk, capsys):
+    texts = ["the cat sat on the mat"] * 30
+    packed = corpus.packed_rows(texts, small_tok, max_len=8, cache_dir=full_disk)  # before: SafetensorError
+    assert torch.equal(packed.rows, corpus.packed_rows(texts, small_tok, max_len=8).rows)
+    assert packed.cache_file is None and not packed.from_cache and not list(full_disk.glob("*.safetensors"))
+    err = capsys.readouterr().err
+    assert f"Could not write the corpus cache at {full_disk}" in err and err.endswith("going on from memory.\n")
+
+
 def test_packed_mlm_task_masks_afresh_each_step_and_holds_rows_out(small_tok):
     rows = corpus.pack(
         corpus.encode_stream(["the cat sat on the mat"] * 200, small_tok),

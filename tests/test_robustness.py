@@ -26,8 +26,9 @@ from ddp_worker import classification, fit, pretraining, sentiment, weights
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from teachkit.data import corpus
 from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
-from teachkit.machinery import checkpoint, loading
+from teachkit.machinery import checkpoint, files, loading, pretrained
 from teachkit.machinery.checkpoint import (
     CheckpointError,
     load_model,
@@ -273,6 +274,77 @@ def test_a_save_that_fails_late_goes_to_a_rescue_folder(tok, tmp_path, monkeypat
     assert result.checkpoint == rescue and load_training_state(rescue).state["step"] == 6
     assert f"could not be written to {target}" in result.message and str(rescue) in result.message
     assert all(torch.equal(v, load_file(str(rescue / "model.safetensors"))[k]) for k, v in weights(model).items())
+
+
+def test_a_disk_that_fills_during_the_run_sends_the_checkpoint_to_the_rescue_folder(
+    tok, full_disk, tmp_path, monkeypatch
+):
+    """safetensors' own error for a full disk (not an OSError) is rescued like any failed write."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    model, task = classification(tok)
+    result = fit(model, task, checkpoint_dir=str(full_disk / "run"))  # before: SafetensorError, checkpoint gone
+    rescue = tmp_path / "tmp" / "teachkit-rescue" / f"run-{os.getpid()}"
+    assert result.checkpoint == rescue and load_training_state(rescue).state["step"] == 6
+    assert "No space left on device" in result.message and str(rescue) in result.message
+
+
+def test_free_space_is_checked_before_every_save_and_the_full_disk_is_named(tok, tmp_path, monkeypatch):
+    model, _ = classification(tok)
+    full, real_usage = tmp_path / "full", shutil.disk_usage
+
+    def usage(path):  # the disk of `full` filled after the run started
+        there = real_usage(path)
+        return there._replace(free=1000) if Path(path).resolve().is_relative_to(full.resolve()) else there
+
+    full.mkdir()
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    saved, message = checkpoint.save_or_rescue(full / "run", model=model)  # before: written, and the disk overfull
+    assert saved == tmp_path / "tmp" / "teachkit-rescue" / f"run-{os.getpid()}" and not (full / "run").exists()
+    assert f"the disk mounted at {files.mount_point(full)} is full" in message and str(saved) in message
+
+
+def test_kept_best_weights_fall_back_to_memory_when_the_temporary_disk_is_full(full_disk, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(full_disk))
+    kept, state = checkpoint.KeptWeights(), {"w": torch.arange(6.0)}
+    kept.keep(state)  # before: SafetensorError out of the training loop
+    assert kept.path is None and torch.equal(kept.read()["w"], state["w"])
+    assert "keeping them in memory" in capsys.readouterr().err
+    assert list(full_disk.iterdir()) == []
+
+
+def test_files_teachkit_writes_are_readable_by_the_class(tok, tmp_path):
+    """A teacher's checkpoint, HF export and corpus cache get the umask's permissions (safetensors writes 0600)."""
+    model, _ = classification(tok)
+    umask = os.umask(0o022)
+    try:
+        ours = save_checkpoint(
+            tmp_path / "run", model=model, tokenizer=tok, optimizer=torch.optim.AdamW(model.parameters())
+        )
+        hf = pretrained.save_hf(model.bert, tmp_path / "hf", tokenizer=tok)
+        cache = corpus.packed_rows(["the cat sat on the mat"] * 40, tok, max_len=8, cache_dir=tmp_path / "cache")
+    finally:
+        os.umask(umask)
+    written = [*ours.iterdir(), *Path(hf).iterdir(), cache.cache_file]
+    assert {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in written} == {p.name: 0o644 for p in written}
+
+
+def test_a_file_the_user_may_not_read_is_a_permission_error_with_the_fix(saved, monkeypatch):
+    weights_file = saved / "model.safetensors"
+    weights_file.chmod(0o000)
+    if os.geteuid() == 0:  # root reads anything: make open() answer as it does for a student
+        real_open = os.open
+
+        def student_open(path, flags, *args, **kwargs):
+            if Path(path) == weights_file:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", student_open)
+    with pytest.raises(PermissionError) as caught:  # before: "damaged ... (No such file or directory)"
+        load_model(saved)
+    assert str(caught.value).startswith(f"Cannot read {weights_file}: permission denied")
+    assert f"chmod a+r {weights_file}" in str(caught.value) and "damaged" not in str(caught.value)
 
 
 # -------------------------------------------------------------------- 7, 10. signals and periodic saves

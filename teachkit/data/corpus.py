@@ -18,15 +18,16 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from teachkit import data
+from teachkit.machinery.files import FolderInUse, folder_lock, load_tensors, save_tensors
 from teachkit.tokenization import special_ids, train_wordpiece
 
 # Which splits of each named dataset pre-training may read. Test (and validation) text of the sets we
@@ -171,7 +172,7 @@ def cache_key(texts: list[str], tokenizer, *, max_len: int) -> str:
 @dataclass
 class PackedCorpus:
     rows: torch.Tensor  # (N, max_len) int32 token ids, every position real text or [CLS]/[SEP]
-    cache_file: Path | None  # where the rows were read from or written to
+    cache_file: Path | None  # where the rows were read from or written to (None: they could not be written)
     from_cache: bool  # True when no text was tokenised this time
 
 
@@ -184,20 +185,31 @@ def packed_rows(texts: list[str], tokenizer, *, max_len: int, cache_dir: str | P
     if cache_dir is not None:
         path = Path(cache_dir) / f"packed-{cache_key(texts, tokenizer, max_len=max_len)}.safetensors"
         if path.is_file():
-            return PackedCorpus(load_file(str(path))["rows"], path, True)
+            return PackedCorpus(load_tensors(path)["rows"], path, True)
     rows = pack(encode_stream(texts, tokenizer), max_len=max_len, cls_id=ids.cls, sep_id=ids.sep)
     if path is not None:
-        _save_atomically(rows, path)
+        path = _cache(rows, path)
     return PackedCorpus(rows, path, False)
+
+
+def _cache(rows: torch.Tensor, path: Path) -> Path | None:
+    """Write the rows to the cache; where it cannot be written (a full or read-only disk, another process
+    writing the same entry), say so in one line and return None: the rows in memory are all a run needs."""
+    try:
+        with folder_lock(path.parent, command=f"writing {path.name}", name=f".{path.name}.lock"):
+            _save_atomically(rows, path)
+    except (OSError, FolderInUse) as err:
+        print(f"Could not write the corpus cache at {path} ({err}); going on from memory.", file=sys.stderr)
+        return None
+    return path
 
 
 def _save_atomically(rows: torch.Tensor, path: Path) -> None:
     # A temporary name, then a rename: a run killed mid-write never leaves a half file under the real name.
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        save_file({"rows": rows.contiguous()}, tmp)
+        save_tensors({"rows": rows.contiguous()}, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

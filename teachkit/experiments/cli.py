@@ -20,6 +20,7 @@ from teachkit.config import COURSE_RECIPE  # the course BERT's recipe: the defau
 from teachkit.data import DataUnavailableError
 from teachkit.machinery.checkpoint import CheckpointError, SaveError
 from teachkit.machinery.devices import DeviceError
+from teachkit.machinery.files import NotReadable
 from teachkit.machinery.interrupts import TrainingStopped
 
 NO_WORD_VECTORS_HELP = (  # demo and pretrain both take the flag
@@ -421,7 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"teachkit {args.command}: {str(stopped).rstrip('.')}.{hint}", file=sys.stderr)
         return stopped.exit_code
-    except (DataUnavailableError, DeviceError, CheckpointError, ValueError, FileNotFoundError, SaveError) as err:
+    except (
+        DataUnavailableError,
+        DeviceError,
+        CheckpointError,
+        ValueError,
+        FileNotFoundError,
+        SaveError,
+        NotReadable,
+    ) as err:
         # Learners see the explanation, not a stack trace.
         print(f"teachkit {args.command}: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -166,9 +167,10 @@ def _pretraining_task(s: DemoSettings, *, log=print, tokenizer=None):
     log(f"Pre-training corpus: {describe_corpus(s.corpus)}: {len(texts):,} texts, {words / 1e6:.1f}M words")
     tok = tokenizer or corpus.train_tokenizer(texts, vocab_size=s.vocab_size, seed=s.seed)
     packed = corpus.packed_rows(texts, tok, max_len=s.max_len, cache_dir=cache_dir() / "corpora")
+    how = "read from the cache" if packed.from_cache else "encoded once and cached"
     log(
         f"  {len(packed.rows):,} rows of {s.max_len} tokens "
-        f"({'read from the cache' if packed.from_cache else 'encoded once and cached'}: {packed.cache_file})"
+        + (f"({how}: {packed.cache_file})" if packed.cache_file else "(encoded; not cached)")
     )
     return tok, PackedMLMTask(packed.rows, tok, mask_prob=s.mask_prob, seed=s.seed)
 
@@ -189,6 +191,8 @@ def pretrain_bert(
     tokenizer: a tokenizer.json to use instead of training one (the WordPiece trainer breaks ties
     differently in every process, so two runs compare exactly only with the same tokenizer).
     Raises TrainingStopped when the run diverged or a signal (Ctrl-C, SIGTERM) stopped it; it is saved.
+    Returns the folder the checkpoint is in: out_dir/pretrained, or the rescue folder when that could not be
+    written (a full disk).
     """
     folder = Path(s.out_dir) / "pretrained"
     config = TrainConfig(
@@ -244,7 +248,7 @@ def pretrain_bert(
     log(f"  {result.message}" + (f"; MLM loss {result.history.steps[-1]['mlm']:.2f}" if result.history.steps else ""))
     if result.stopped in ("diverged", "interrupted") or result.signal is not None:
         raise TrainingStopped(result, what="Pre-training")
-    return folder, tok, result
+    return result.checkpoint or folder, tok, result
 
 
 def start_from_word_vectors(model, tok, rows, *, dim: int, log=print) -> None:
@@ -276,11 +280,14 @@ class SnapshotSaver:
             return
         while self.pending and event["elapsed"] >= self.pending[0]:
             self.pending.pop(0)
-        folder = checkpoint.save_checkpoint(
-            self.folder / f"step-{event['step']:06d}", model=self.model, tokenizer=self.tokenizer
-        )
+        folder = self.folder / f"step-{event['step']:06d}"
         info = {"step": event["step"], "elapsed": event["elapsed"], "tokens_seen": event["step"] * self.tokens_per_step}
-        (folder / "snapshot.json").write_text(json.dumps(info))
+        try:  # a snapshot is a bonus: a full disk skips it, and the run (and its own checkpoint) goes on
+            checkpoint.check_writable(folder, need_bytes=checkpoint.checkpoint_bytes(self.model) // 3)
+            checkpoint.save_checkpoint(folder, model=self.model, tokenizer=self.tokenizer)
+            (folder / "snapshot.json").write_text(json.dumps(info))
+        except OSError as err:
+            print(f"Could not save the snapshot {folder} ({err}); training goes on.", file=sys.stderr, flush=True)
 
 
 def describe_corpus(names) -> str:

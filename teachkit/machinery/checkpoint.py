@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +29,17 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from teachkit.config import ModelConfig
-from teachkit.machinery.files import atomic_folder, recover_folder
+from teachkit.machinery.files import (
+    atomic_folder,
+    check_readable,
+    mount_point,
+    recover_folder,
+    save_tensors,
+    save_tokenizer,
+)
 from teachkit.model import BertForPreTraining, BertForSequenceClassification, build_model
 
 FORMAT = "teachkit-checkpoint"
@@ -76,7 +84,8 @@ def check_writable(folder: str | Path, *, need_bytes: int = 0) -> None:
     if free < need_bytes:
         raise SaveError(
             f"Cannot save a checkpoint to {target}: it needs about {need_bytes / 1e6:,.0f} MB and "
-            f"that disk has {free / 1e6:,.0f} MB free. Free some space, or {advice[0].lower()}{advice[1:]}"
+            f"that disk has {free / 1e6:,.0f} MB free (the disk mounted at {mount_point(target.parent)} is "
+            f"full). Free some space, or {advice[0].lower()}{advice[1:]}"
         )
 
 
@@ -115,18 +124,20 @@ def save_checkpoint(
     }
     with atomic_folder(folder) as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_tensors(weights, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if tokenizer is not None:
-            tokenizer.save(str(tmp / "tokenizer.json"))
+            save_tokenizer(tokenizer, tmp / "tokenizer.json")
         if optimizer is not None:
-            torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, tmp / OPTIMIZER_FILE)
+            # An open file, not a path: given a path, torch.save reports a full disk as a RuntimeError.
+            with open(tmp / OPTIMIZER_FILE, "wb") as f:
+                torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, f)
             (tmp / "training_state.json").write_text(json.dumps(state or {}))
         for name, tensors in (extra or {}).items():
             if isinstance(tensors, Path):
                 shutil.copyfile(tensors, tmp / name)
             else:
-                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
+                save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / name)
     return Path(folder)
 
 
@@ -156,9 +167,14 @@ class KeptWeights:
                 os.close(fd)
                 self.path = Path(name)
             part = self.path.with_suffix(".part")  # a write cut short (a second Ctrl-C) leaves the last copy whole
-            save_file(tensors, str(part))
+            save_tensors(tensors, part)
             os.replace(part, self.path)
-        except OSError:  # a full or read-only temporary folder must not end the run: keep the copy in memory
+        except OSError as err:  # a full or read-only temporary folder must not end the run: keep the copy in memory
+            if self.in_memory is None:  # said once, not at every improvement
+                print(
+                    f"Could not write the best weights to a temporary file ({err}); keeping them in memory.",
+                    file=sys.stderr,
+                )
             self.discard()
             self.in_memory = {k: v.clone() for k, v in tensors.items()}
 
@@ -175,12 +191,18 @@ class KeptWeights:
 
 def save_or_rescue(folder: str | Path, **parts) -> tuple[Path, str]:
     """save_checkpoint(folder, **parts), or, when `folder` cannot be written (a full disk, a removed drive),
-    into the system's temporary folder. Returns where it went, and a sentence saying so when not `folder`."""
+    into the system's temporary folder. Returns where it went, and a sentence saying so when not `folder`.
+
+    The free space is checked before each save: the disk may have filled since the run started.
+    """
+    need = checkpoint_bytes(parts["model"], best=bool(parts.get("extra")))
     try:
+        check_writable(folder, need_bytes=need)
         return save_checkpoint(folder, **parts), ""
     except OSError as err:
         rescue = Path(tempfile.gettempdir()) / "teachkit-rescue" / f"{Path(folder).name}-{os.getpid()}"
         try:
+            check_writable(rescue, need_bytes=need)
             saved = save_checkpoint(rescue, **parts)
         except OSError as again:
             raise SaveError(
@@ -202,6 +224,7 @@ def is_checkpoint(folder: str | Path) -> bool:
 
 def read_json(path: Path) -> dict:
     """A JSON file of a checkpoint; a damaged one is named, with what to do."""
+    check_readable(path)
     try:
         values = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
@@ -218,7 +241,8 @@ def read_json(path: Path) -> dict:
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file of a checkpoint; a damaged one is named, with what to do."""
+    """A safetensors file of a checkpoint; a damaged one is named, with what to do (an unreadable one, too)."""
+    check_readable(path)  # outside the try: a file this user may not read is not damaged
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
@@ -422,6 +446,7 @@ def _read_optimizer(path: Path) -> dict:
     again = "Save the checkpoint again, or copy it again from where it came from."
     if not path.is_file():
         raise CheckpointError(f"{path} is missing, so the run cannot resume. {again}")
+    check_readable(path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from teachkit.config import ModelConfig
 from teachkit.machinery.checkpoint import CheckpointError
-from teachkit.machinery.files import atomic_folder
+from teachkit.machinery.files import atomic_folder, check_readable, save_tensors, save_tokenizer
 from teachkit.model import GPT, BertForPreTraining, BertForSequenceClassification, BertModel, build_model
 
 # (teachkit name, Hugging Face name or names to stack, transpose?)
@@ -276,10 +276,10 @@ def save_hf(model: nn.Module, folder: str | Path, *, tokenizer=None) -> Path:
     if isinstance(model, GPT):  # else transformers assumes GPT-2's 50256, outside a small vocabulary
         hf_config["bos_token_id"] = hf_config["eos_token_id"] = _end_of_text_id(model, tokenizer)
     with atomic_folder(folder) as tmp:
-        save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_tensors(to_hf_state_dict(model), tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         if tokenizer is not None:
-            tokenizer.save(str(tmp / "tokenizer.json"))
+            save_tokenizer(tokenizer, tmp / "tokenizer.json")
     return folder
 
 
@@ -395,6 +395,8 @@ def read_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
             "Checkpoints with only pytorch_model.bin are not loaded because that format runs pickled code; "
             "convert them with transformers: AutoModel.from_pretrained(...).save_pretrained(folder)."
         )
+    check_readable(config_file)  # a classmate's private file is not damaged: say what it is
+    check_readable(weights_file)
     try:
         cfg = config_from_hf(json.loads(config_file.read_text(encoding="utf-8")))
     except (ValueError, UnicodeDecodeError) as err:  # bad JSON (JSONDecodeError), or values ModelConfig refuses
