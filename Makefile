@@ -33,8 +33,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# make demo makes the report afresh: it replaces an earlier demo's run (never a live one: that is refused).
 demo: install
-	$(PY) -m teachkit demo
+	$(PY) -m teachkit demo --overwrite
 
 smoke: install
 	$(PY) -m teachkit smoke

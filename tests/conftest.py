@@ -77,3 +77,35 @@ def full_disk(monkeypatch, tmp_path) -> Path:
     for name in SAVE_FILE_USERS:
         monkeypatch.setattr(importlib.import_module(name), "save_file", save_file, raising=False)
     return full
+
+
+HOLD_LOCK = """
+import sys
+from teachkit.machinery.files import folder_lock
+with folder_lock(sys.argv[1], command="teachkit pretrain --out " + sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin or kills this process
+"""
+
+
+@pytest.fixture
+def other_writer(tmp_path):
+    """Another process writing tmp_path/out, as a live `teachkit pretrain --out OUT` does: (OUT, the process)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline() == "held\n"  # it holds the lock now
+        yield out, process
+    finally:
+        process.kill()
+        process.wait()

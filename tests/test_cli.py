@@ -110,6 +110,55 @@ def test_after_a_rescue_the_last_line_names_where_the_checkpoint_is(
     assert json.loads((rescue / "training_state.json").read_text())["step"] == 3
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["pretrain"], ["pretrain", "--overwrite"], ["pretrain", "--resume"], ["demo", "--fast"]],
+    ids=" ".join,
+)
+def test_a_folder_another_run_writes_is_refused_at_once(other_writer, tiny_data, monkeypatch, capsys, argv):
+    """Before: both ran, one replaced the other's run, and both said `Checkpoint: OUT/pretrained`."""
+    from teachkit.experiments import demo, pretraining
+
+    out, holder = other_writer
+    if "--resume" in argv:
+        (out / "pretrained").mkdir()  # a run to resume: the live one
+
+    def ran(*args, **kwargs):
+        raise AssertionError("a second run started in a folder that another run writes")
+
+    monkeypatch.setattr(pretraining, "pretrain_bert", ran)
+    monkeypatch.setattr(demo, "run_demo", ran)
+    command = [*argv, *(TINY if argv[0] == "pretrain" else []), "--out", str(out)]
+    assert main(command) == 2
+    assert capsys.readouterr().err == (
+        f"teachkit {argv[0]}: {out} is in use by another teachkit run (pid {holder.pid}: teachkit pretrain "
+        f"--out {out}); wait for it to finish, or choose another --out.\n"
+    )
+
+
+def test_a_killed_run_leaves_its_folder_free(other_writer, tiny_data):
+    out, holder = other_writer
+    assert pretrain(out, "--steps", "2") == 2  # refused while it lives
+    holder.kill()  # kill -9: no clean-up code runs
+    holder.wait()
+    assert pretrain(out, "--steps", "2") == 0 and state(out)["step"] == 2
+
+
+def test_demo_refuses_a_folder_that_holds_a_run_as_pretrain_does(tmp_path, tiny_data, monkeypatch, capsys):
+    from teachkit.experiments import demo
+
+    assert pretrain(tmp_path, "--steps", "2") == 0
+    capsys.readouterr()
+    monkeypatch.setattr(demo, "run_demo", lambda *args, **kwargs: None)
+    assert main(["demo", "--fast", "--out", str(tmp_path)]) == 2  # before: the demo replaced the run
+    err = capsys.readouterr().err
+    assert err == (
+        f"teachkit demo: {tmp_path / 'pretrained'} already holds a run. Replace it with --overwrite, or pick "
+        "another --out.\n"
+    )
+    assert main(["demo", "--fast", "--out", str(tmp_path), "--overwrite"]) == 0
+
+
 def test_resuming_where_there_is_no_run(tmp_path, tiny_data, capsys):
     assert pretrain(tmp_path / "nothing", "--steps", "3", "--resume") == 2
     assert "There is no run to resume in" in capsys.readouterr().err

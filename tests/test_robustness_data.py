@@ -116,6 +116,16 @@ def test_an_item_set_aside_by_a_killed_run_is_put_back(made_mirror, tmp_path):
     assert any("Put back sst2" in line for line in logs)
 
 
+def test_a_second_mirror_into_a_folder_being_mirrored_is_refused(made_mirror, other_writer):
+    """Before: the second run took the first's staging folders for leftovers and deleted them."""
+    dest, holder = other_writer
+    staging = dest / f"{mirror.PARTIAL_PREFIX}{holder.pid}-0123abcd"  # the first run's item, half fetched
+    staging.mkdir()
+    with pytest.raises(mirror.MirrorError, match=rf"{dest} is in use by another teachkit run \(pid {holder.pid}: "):
+        mirror.mirror(dest, source=mirror.LocalSource(made_mirror), models=(), log=lambda _: None)
+    assert staging.is_dir() and [p.name for p in dest.iterdir() if not p.name.startswith(".")] == []
+
+
 def test_mirrored_folders_get_the_umask_permissions(made_mirror):
     """15: before, every item folder was 0700 (mkdtemp's), so the other users of a shared drive could not read it."""
     umask = os.umask(0)

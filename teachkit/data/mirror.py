@@ -17,6 +17,7 @@ fetch is the same code, so a test that mirrors from a local folder checks what a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ import yaml  # installed with datasets, which reads dataset cards with it
 from teachkit import data
 from teachkit.data import DataUnavailableError
 from teachkit.machinery import pretrained
-from teachkit.machinery.files import atomic_folder, recover_folder
+from teachkit.machinery.files import FolderInUse, atomic_folder, folder_lock, recover_folder
 
 MANIFEST = ".teachkit-mirror.json"  # hidden, so `datasets` never takes it for a data file
 PARTIAL_PREFIX = ".partial-"  # temporary folders inside DIR; removed on failure and on the next run
@@ -234,11 +235,19 @@ def mirror(
     """
     dest = Path(dest).expanduser()
     source = source or HubSource()
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        _remove_interrupted(dest, log=log)
-    except OSError as err:
-        raise MirrorError(f"Cannot write the mirror to {dest} ({err}). Pick a folder you can write to.") from err
+    # One mirror run per folder: a second would take the first's temporary folders for leftovers and remove them.
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(folder_lock(dest, advice="wait for it to finish, or mirror into another folder."))
+            _remove_interrupted(dest, log=log)
+        except FolderInUse as err:
+            raise MirrorError(str(err)) from None
+        except OSError as err:
+            raise MirrorError(f"Cannot write the mirror to {dest} ({err}). Pick a folder you can write to.") from err
+        return _mirror_all(dest, source, models, log=log)
+
+
+def _mirror_all(dest: Path, source: Source, models: Sequence[str], *, log: Callable[[str], None]) -> list[Outcome]:
     log(f"Mirroring into {dest.resolve()} from {source.description}.")
     outcomes = []
     for item in course_items(models=models):

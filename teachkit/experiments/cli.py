@@ -10,9 +10,11 @@ teachkit data mirror DIR   every dataset and model of the course into DIR, for o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from teachkit.config import COURSE_RECIPE  # the course BERT's recipe: the defau
 from teachkit.data import DataUnavailableError
 from teachkit.machinery.checkpoint import CheckpointError, SaveError
 from teachkit.machinery.devices import DeviceError
-from teachkit.machinery.files import NotReadable
+from teachkit.machinery.files import FolderInUse, NotReadable
 from teachkit.machinery.interrupts import TrainingStopped
 
 NO_WORD_VECTORS_HELP = (  # demo and pretrain both take the flag
@@ -83,16 +85,13 @@ def _demo(args) -> None:
         settings = dataclasses.replace(settings, word_vectors=False)
     if args.fast or fast_mode():  # TEACHKIT_FAST=1 (CI): the same code path with tiny budgets
         settings = settings.fast()
-    run_demo(settings)
+    with _writing(args, resume=False):
+        run_demo(settings)
 
 
 def _pretrain(args) -> None:
     from teachkit.experiments.pretraining import DemoSettings, pretrain_bert
-    from teachkit.machinery.checkpoint import check_writable
 
-    folder = Path(args.out) / "pretrained"
-    _check_out(folder, resume=args.resume, overwrite=args.overwrite)
-    check_writable(folder)  # before minutes of data loading and training, not after
     seconds = args.seconds if args.seconds is not None else (None if args.steps else DEFAULT_SECONDS)
     settings = DemoSettings(
         out_dir=args.out,
@@ -114,13 +113,29 @@ def _pretrain(args) -> None:
         pretrain_eval_every=args.eval_every,
         snapshot_seconds=tuple(args.snapshot_seconds),
     )
-    folder, _, _ = pretrain_bert(
-        settings, resume=args.resume, save_minutes=args.save_every or None, tokenizer=args.tokenizer
-    )
-    print(f"Checkpoint: {folder}  (fine-tune it with: teachkit finetune --from {folder})")
+    with _writing(args, resume=args.resume):
+        folder, _, _ = pretrain_bert(
+            settings, resume=args.resume, save_minutes=args.save_every or None, tokenizer=args.tokenizer
+        )
+    print(f"Checkpoint: {folder}  (fine-tune it with: teachkit finetune --from {folder})")  # the rescue, if any
 
 
-def _check_out(folder: Path, *, resume: bool, overwrite: bool) -> None:
+@contextlib.contextmanager
+def _writing(args, *, resume: bool):
+    """OUT checked (no run replaced by accident, a folder that can be written) and locked for the whole run:
+    a second run into OUT, even with --overwrite or --resume, is refused while this one lives."""
+    from teachkit.machinery.checkpoint import check_writable
+    from teachkit.machinery.files import folder_lock
+
+    folder = Path(args.out) / "pretrained"
+    _check_out(folder, resume=resume, overwrite=args.overwrite, command=args.command)
+    check_writable(folder)  # before minutes of data loading and training, not after
+    with folder_lock(args.out, advice="wait for it to finish, or choose another --out.", command=args.command_line):
+        _check_out(folder, resume=resume, overwrite=args.overwrite, command=args.command)  # the other may have ended
+        yield
+
+
+def _check_out(folder: Path, *, resume: bool, overwrite: bool, command: str = "pretrain") -> None:
     """Never replace a run by accident, and never resume one that is not there."""
     from teachkit.machinery.files import recover_folder
 
@@ -133,10 +148,8 @@ def _check_out(folder: Path, *, resume: bool, overwrite: bool) -> None:
             "the folder of the run you want to continue."
         )
     if folder.exists() and not (resume or overwrite):
-        raise ValueError(
-            f"{folder} already holds a run. Continue it with --resume, replace it with --overwrite, "
-            "or pick another --out."
-        )
+        resume_it = "Continue it with --resume, replace" if command == "pretrain" else "Replace"
+        raise ValueError(f"{folder} already holds a run. {resume_it} it with --overwrite, or pick another --out.")
 
 
 def _finetune(args) -> None:
@@ -225,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         "real pretrained BERT on a sentiment set, and write a report with plots.",
     )
     demo.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace the run in OUT/pretrained (e.g. an earlier demo's)"
+    )
     demo.add_argument("--pretrain-seconds", type=_seconds, help="pre-training time budget in seconds")
     demo.add_argument("--no-real-bert", action="store_true", help="skip the real pretrained BERT arm")
     demo.add_argument(
@@ -408,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["teachkit", *(sys.argv[1:] if argv is None else argv)])  # names a lock's holder
     try:
         if hasattr(args, "device"):
             from teachkit.machinery.devices import pick_device
@@ -430,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         SaveError,
         NotReadable,
+        FolderInUse,
     ) as err:
         # Learners see the explanation, not a stack trace.
         print(f"teachkit {args.command}: {err}", file=sys.stderr)
