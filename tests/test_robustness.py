@@ -313,6 +313,16 @@ def test_kept_best_weights_fall_back_to_memory_when_the_temporary_disk_is_full(f
     assert list(full_disk.iterdir()) == []
 
 
+def test_a_snapshot_the_full_disk_cannot_take_is_skipped_and_training_goes_on(tok, full_disk, capsys):
+    from teachkit.experiments.pretraining import SnapshotSaver
+
+    model, _ = classification(tok)
+    saver = SnapshotSaver(model, tok, full_disk / "snapshots", (1.0, 2.0), tokens_per_step=64)
+    saver({"kind": "step", "step": 3, "elapsed": 1.5})  # before: SafetensorError out of the training loop
+    assert saver.pending == [2.0] and not (full_disk / "snapshots" / "step-000003").exists()
+    assert capsys.readouterr().err.startswith(f"Could not save the snapshot {full_disk / 'snapshots' / 'step-000003'}")
+
+
 def test_files_teachkit_writes_are_readable_by_the_class(tok, tmp_path):
     """A teacher's checkpoint, HF export and corpus cache get the umask's permissions (safetensors writes 0600)."""
     model, _ = classification(tok)

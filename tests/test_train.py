@@ -26,7 +26,7 @@ from ddp_worker import cfg, classification, fit, pretraining, weights
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from teachkit.machinery import checkpoint
+from teachkit.machinery import checkpoint, files
 from teachkit.machinery.checkpoint import CheckpointError, load_training_state, load_weights, save_checkpoint
 from teachkit.machinery.devices import DeviceError
 from teachkit.machinery.files import atomic_folder
@@ -524,8 +524,8 @@ def test_keep_best_still_works_when_the_temporary_folder_cannot_be_written(tok, 
             raise OSError(28, "No space left on device")
         return real_save(tensors, filename, *args, **kwargs)
 
-    real_save = checkpoint.save_file
-    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    real_save = files.save_file  # every safetensors write goes through files.save_tensors
+    monkeypatch.setattr(files, "save_file", disk_full)
     seen, _ = _best_weights_kept_on_disk_during_the_run(tok, tmp_path, monkeypatch)  # restores the best weights
     assert seen and all(names == [] for names in seen), seen  # kept in memory instead, no debris
 
