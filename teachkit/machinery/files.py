@@ -126,9 +126,22 @@ def _running(pid: int) -> bool:
 
 def file_mode() -> int:
     """The permissions the umask gives a new file: 0o644 under the usual 022, readable by everyone."""
-    umask = os.umask(0)  # the only way to read it is to set it: put it back at once
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux shows it in /proc; setting it to read it back would, for an instant, give files made by other
+    # threads (the playground trains in one) the wrong permissions.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0)  # elsewhere the only way to read it is to set it: put it back at once
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def as_os_error(err: Exception, path: str | Path) -> OSError | None:
