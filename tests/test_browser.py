@@ -325,8 +325,8 @@ def test_playground_at_projector_size_compares_runs_at_a_glance(voila):
             run_button(page).click()
             expect(page.locator(".tk-status")).to_contain_text("Run 3: Finished", timeout=420_000)
             entries = legend(page)
-            assert len(entries) == 3 and entries[0].startswith(f"1: pre-train {ran} of 500 steps"), entries
-            assert entries[1].startswith("2: no pre-training"), entries
+            assert len(entries) == 3 and entries[0].startswith(f"1: my pre-training ({ran} of 500 steps)"), entries
+            assert entries[1].startswith("2: scratch"), entries
             assert entries[2].startswith("3: course BERT, 200 labels"), entries
             drawn = points(page)
             assert drawn["run1-accuracy"] == drawn["run2-accuracy"] == drawn["run3-accuracy"] == [1, 2, 3, 4, 5], drawn

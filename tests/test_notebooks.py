@@ -410,7 +410,7 @@ def test_a_coin_claim_that_its_numbers_contradict_is_caught(text, problem):
             None,
         ),
         (
-            "- **minilm**, pre-trained by others on billions of words, reached 52.0%; the same network with random "
+            "- **MiniLM**, pre-trained by others on billions of words, reached 52.0%; the same network with random "
             "weights reached 55.0%: pre-training is worth 3.0 points to it.",
             "differ by -3.0 points",
         ),

@@ -249,5 +249,5 @@ def test_an_uploaded_file_that_is_not_text_is_explained_on_the_page(mirror_dir):
         "last_modified": datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc),
     }
     app.load_upload.value = (upload,)  # what the browser sends when a learner picks the file
-    assert "Could not load the settings" in app.problems.value and "not UTF-8" in app.problems.value
+    assert "Not loaded" in app.load_note.value and "not UTF-8" in app.load_note.value
     assert app.settings() == Settings()

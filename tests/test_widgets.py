@@ -107,7 +107,7 @@ def test_stop_in_pretraining_records_what_ran_and_fine_tuning_can_go_on_from_the
     # What really ran, not the budget asked for: in the table, the legend and the status line.
     assert run.summary()["pre-training"] == f"{ran} of 600 steps"
     assert f"{ran} of 600 steps" in app.table.value
-    assert f"pre-train {ran} of 600 steps" in next(t.name for t in app.figure.data if t.meta == "run1-legend")
+    assert f"my pre-training ({ran} of 600 steps)" in next(t.name for t in app.figure.data if t.meta == "run1-legend")
     assert "Fine-tune it" in app.status.value and app.continue_button.layout.display != "none"
     assert app.hint.value == ""
 
@@ -214,7 +214,7 @@ def test_bad_settings_files_are_refused_with_the_reason():
     app = Playground()
     with pytest.raises(ValueError, match="Unknown setting"):
         app.load_settings('{"depth": 3}')
-    assert "Unknown setting" in app.problems.value
+    assert "Unknown setting" in app.load_note.value and "not loaded" in app.status.value
     with pytest.raises(ValueError, match="not valid JSON"):
         app.load_settings("{budget: 3")
     with pytest.raises(ValueError, match="should be a int"):
@@ -233,7 +233,7 @@ def test_every_run_has_a_legend_entry_whether_it_pre_trains_or_not():
     listed = [t for t in app.figure.data if t.showlegend is not False and t.meta != "placeholder"]
     # plotly leaves a trace without points out of the legend: each entry must have one, even a blank one.
     assert [(t.name.split(":")[0], len(t.x)) for t in listed] == [("1", 1), ("2", 1), ("3", 1)]
-    assert "no pre-training" in listed[1].name and "pre-train 6 steps" in listed[0].name
+    assert "2: scratch, 48 labels" == listed[1].name and "my pre-training (6 steps)" in listed[0].name
     for n in (1, 2, 3):  # clicking an entry hides the whole run: its curves share the entry's group
         assert {t.legendgroup for t in app.figure.data if t.meta.startswith(f"run{n}-")} == {f"run{n}"}
 
@@ -370,3 +370,119 @@ def test_the_default_comparison_shows_what_the_course_bert_is_worth():
         assert run.status == "finished", run.message
         accuracy[start] = run.summary()["val. accuracy"]
     assert accuracy["course BERT"] >= accuracy["course BERT, untrained"] + 0.04, accuracy
+
+
+def test_each_start_has_one_name_in_the_controls_legend_table_and_exports():
+    """The name chosen in Start from is the one the legend, the table's start column and both exports show;
+    how much pre-training a run had is a column of its own."""
+    app = Playground()
+    assert tuple(app.controls["start_from"].options) == engine.STARTS
+    for settings in (TINY, replace(TINY, start_from=engine.SCRATCH)):
+        app.apply(settings)
+        assert app.run()
+        finished(app)
+    legend = [t.name for t in app.figure.data if (t.meta or "").endswith("-legend")]
+    rows = list(csv.DictReader(io.StringIO(engine.export_csv(app.runs))))
+    exported = [r["settings"]["start_from"] for r in json.loads(engine.export_json(app.runs))["runs"]]
+    for n, start in enumerate((engine.MY_PRETRAINING, engine.SCRATCH)):
+        assert legend[n].startswith(f"{n + 1}: {start}"), legend
+        assert rows[n]["start"] == start and app.runs[n].summary()["start"] == start
+        assert exported[n] == start
+        assert f"<td>{start}</td>" in app.table.value
+    assert [r["pre-training"] for r in rows] == ["6 steps", "none"]  # the amount, not the start's name
+    assert "<th>start</th>" in app.table.value and "<th>pre-training</th>" in app.table.value
+    assert "no pre-training" not in " ".join(legend) and "off" not in [r["pre-training"] for r in rows]
+
+
+def test_choosing_minilm_applies_its_learning_rate_and_says_so():
+    app = Playground()
+    assert app.controls["lr"].value == pytest.approx(1e-3) and app.start_applied.value == ""
+    app.controls["start_from"].value = engine.MINILM
+    assert app.settings().lr == pytest.approx(3e-4)  # the box shows what the run will use
+    assert "Learning rate set to 0.0003" in app.start_applied.value and "0.3x" in app.start_applied.value
+    assert app.settings().body_lr_scale() == pytest.approx(0.3)
+    app.controls["start_from"].value = engine.SCRATCH
+    assert app.settings().lr == pytest.approx(1e-3) and "0.001" in app.start_applied.value
+    assert app.settings().body_lr_scale() == 1.0
+    app.controls["lr"].value = 3e-3  # a learner's own choice stays while the recommendation does not change
+    app.controls["start_from"].value = engine.COURSE_BERT
+    assert app.settings().lr == pytest.approx(3e-3) and app.start_applied.value == ""
+
+
+def test_a_checkpoint_start_shows_its_real_size_and_my_own_size_comes_back():
+    app = Playground()
+    c = app.controls
+    course_cfg = engine.start_config(engine.COURSE_BERT)
+    shown = (c["layers"].value, c["width"].value, c["heads"].value)
+    assert shown == (course_cfg.n_layers, course_cfg.d_model, course_cfg.n_heads)  # 2, 128, 4: not tiny's 64, 2
+    assert app.settings() == Settings()  # the settings keep my own model's size, which is what a file saves
+    app.controls["start_from"].value = engine.SCRATCH
+    c["size"].value = "bert-mini"
+    mini = engine.SIZE_PRESETS["bert-mini"]
+    app.controls["start_from"].value = engine.MINILM
+    minilm = engine.start_config(engine.MINILM)
+    assert (c["layers"].value, c["width"].value, c["heads"].value) == (minilm.n_layers, minilm.d_model, minilm.n_heads)
+    assert app.settings().width == mini.d_model  # still my own size underneath
+    app.controls["start_from"].value = engine.MY_PRETRAINING
+    assert (c["size"].value, c["layers"].value, c["width"].value) == ("bert-mini", mini.n_layers, mini.d_model)
+    c["layers"].value = 3  # edited on my own start: kept when the start changes and comes back
+    app.controls["start_from"].value = engine.COURSE_BERT
+    app.controls["start_from"].value = engine.SCRATCH
+    assert c["layers"].value == 3 and app.settings().layers == 3
+
+
+def test_a_failed_load_says_so_next_to_the_button_and_keeps_the_reasons_run_is_disabled():
+    app = Playground()
+    app.load_settings(replace(TINY, start_from=engine.SCRATCH).to_json())
+    assert "Settings loaded" in app.status.value and "loaded" in app.load_note.value
+    app.controls["frozen"].value = app.controls["layers"].value  # all layers frozen, no pre-training: Run disabled
+    reason = app.problems.value
+    assert "frozen" in reason and app.run_button.disabled
+    with pytest.raises(ValueError):
+        app.load_settings("{budget: 3")
+    assert "Settings loaded" not in app.status.value and "not loaded" in app.status.value
+    assert "not valid JSON" in app.load_note.value
+    assert app.problems.value == reason and app.run_button.disabled  # why Run is disabled is still said
+
+
+def test_the_status_says_what_loads_and_that_a_stop_waits_for_the_last_evaluation(monkeypatch):
+    app = Playground()
+    said = []
+    monkeypatch.setattr(app, "_status_html", lambda text: said.append(text) or text)
+    for _ in range(2):
+        app.apply(replace(TINY, start_from=engine.SCRATCH, epochs=20, labels=480))
+        assert app.run()
+        if len(app.runs) == 2:
+            wait_until(lambda: len(app.runs[-1].finetuning.steps) >= 2)
+            app.stop()
+        finished(app)
+    loading = [t for t in said if "building the model" in t]
+    assert len(loading) == 2 and "tokenizer" not in loading[1]  # loaded once per session, and said once
+    stopping = next(i for i, t in enumerate(said) if t.startswith("Stopping"))
+    assert "scoring the validation reviews once more" in said[stopping]
+    assert not any(t.startswith("Run 2, fine-tuning epoch") for t in said[stopping:])  # no progress line after Stop
+    assert app.runs[-1].status == "stopped"
+
+
+def test_the_pretraining_panel_says_why_it_is_empty_until_a_run_pre_trains():
+    app = Playground()
+
+    def note():
+        (found,) = [a for a in app.figure.layout.annotations if a.name == "pretraining-note"]
+        return found
+
+    def note_visible():
+        return note().visible is not False
+
+    assert note_visible() and "my pre-training" in note().text and note().xref == "x domain"  # the first panel
+    assert app.figure.layout.xaxis.range[1] != Settings().budget  # steps, not the budget's 40 seconds
+    app.apply(replace(TINY, start_from=engine.SCRATCH))
+    assert app.run()
+    finished(app)
+    assert note_visible()
+    app.apply(TINY)
+    assert app.run()
+    finished(app)
+    assert not note_visible()
+    app.clear()
+    assert note_visible()

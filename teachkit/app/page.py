@@ -99,6 +99,9 @@ STYLE = """<style>
 .teachkit-playground table.tk-results { border-collapse: collapse; font-size: 14px; width: 100%; }
 .teachkit-playground table.tk-results td, .teachkit-playground table.tk-results th {
   border-bottom: 1px solid #ddd; padding: 3px 6px; text-align: right; white-space: nowrap; }
+.teachkit-playground .tk-load-settings { font-size: 0 !important; }
+.teachkit-playground .tk-load-settings i { font-size: 15px; }
+.teachkit-playground .tk-load-settings::after { content: "Load settings"; font-size: 15px; }
 .teachkit-playground table.tk-results td.tk-other { white-space: normal; text-align: left; font-size: 12px;
   color: #555; }
 </style>"""
@@ -280,6 +283,17 @@ def empty_figure() -> go.Figure:
         grid.update_yaxes(title_text=y, title_standoff=4, row=row, col=col)
     grid.update_yaxes(range=[0.35, 1.0], tickformat=".0%", row=2, col=2)
     empty_axes(grid)
+    grid.add_annotation(
+        text=PRETRAINING_NOTE,
+        name=PRETRAINING_NOTE_NAME,
+        xref="x domain",
+        yref="y domain",
+        x=0.5,
+        y=0.45,
+        showarrow=False,
+        font={"size": 13, "color": "#444"},
+        bgcolor="rgba(255,255,255,0.85)",
+    )
     guess = {
         "line_dash": "dot",
         "line_color": "grey",
@@ -313,17 +327,34 @@ def empty_figure() -> go.Figure:
     return grid
 
 
+# The pre-training panel stays empty for runs that start from a checkpoint or from scratch: it says why.
+PRETRAINING_NOTE = (
+    "Runs that start from <i>my pre-training</i> draw their<br>pre-training here, step by step. The course BERT and<br>"
+    "MiniLM were pre-trained before; scratch not at all."
+)
+PRETRAINING_NOTE_NAME = "pretraining-note"
+EMPTY_PRETRAINING_STEPS = 100  # the pre-training axis before a run: steps, which a seconds budget cannot foretell
+
+
+def show_pretraining_note(figure, runs: list[Run]) -> None:
+    """The pre-training panel's note shows while no run on the plots pre-trains here."""
+    visible = not any(run.settings.pretrain for run in runs)
+    for note in figure.layout.annotations:
+        if note.name == PRETRAINING_NOTE_NAME:
+            note.visible = visible
+
+
 def empty_axes(figure) -> None:
     """Axes that fit the default run before there is any (plotly's own guess for no data is -1 to 6)."""
     d = Settings()
-    figure.update_xaxes(range=[0, d.budget], autorange=False, row=1, col=1)
+    figure.update_xaxes(range=[0, EMPTY_PRETRAINING_STEPS], autorange=False, row=1, col=1)
     figure.update_yaxes(range=[0, 9.5], autorange=False, row=1, col=1)
     figure.update_xaxes(range=[0, d.epochs], autorange=False, row=2)
     figure.update_yaxes(range=[0, 1.0], autorange=False, row=2, col=1)
 
 
 # The results table: the columns a lecture compares first; the rest of the settings share one small cell.
-TABLE_COLUMNS = ("run", "pre-training", "labels", "epochs", "model", "val. accuracy", "MLM loss", "status")
+TABLE_COLUMNS = ("run", "start", "pre-training", "labels", "epochs", "model", "val. accuracy", "MLM loss", "status")
 OTHER_COLUMNS = ("mask", "lr", "batch", "frozen", "seed", "seconds")
 
 

