@@ -388,7 +388,7 @@ def test_each_start_has_one_name_in_the_controls_legend_table_and_exports():
         assert legend[n].startswith(f"{n + 1}: {start}"), legend
         assert rows[n]["start"] == start and app.runs[n].summary()["start"] == start
         assert exported[n] == start
-        assert f"<td>{start}</td>" in app.table.value
+        assert f"<td class='tk-wrap'>{start}</td>" in app.table.value
     assert [r["pre-training"] for r in rows] == ["6 steps", "none"]  # the amount, not the start's name
     assert "<th>start</th>" in app.table.value and "<th>pre-training</th>" in app.table.value
     assert "no pre-training" not in " ".join(legend) and "off" not in [r["pre-training"] for r in rows]

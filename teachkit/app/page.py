@@ -102,6 +102,7 @@ STYLE = """<style>
 .teachkit-playground .tk-load-settings { font-size: 0 !important; }
 .teachkit-playground .tk-load-settings i { font-size: 15px; }
 .teachkit-playground .tk-load-settings::after { content: "Load settings"; font-size: 15px; }
+.teachkit-playground table.tk-results td.tk-wrap { white-space: normal; text-align: left; min-width: 70px; }
 .teachkit-playground table.tk-results td.tk-other { white-space: normal; text-align: left; font-size: 12px;
   color: #555; }
 </style>"""
@@ -354,8 +355,8 @@ def empty_axes(figure) -> None:
 
 
 # The results table: the columns a lecture compares first; the rest of the settings share one small cell.
-TABLE_COLUMNS = ("run", "start", "pre-training", "labels", "epochs", "model", "val. accuracy", "MLM loss", "status")
-OTHER_COLUMNS = ("mask", "lr", "batch", "frozen", "seed", "seconds")
+TABLE_COLUMNS = ("run", "start", "pre-training", "labels", "model", "val. accuracy", "MLM loss", "status")
+OTHER_COLUMNS = ("epochs", "mask", "lr", "batch", "frozen", "seed", "seconds")
 
 
 def results_table(runs: list[Run]) -> str:
@@ -366,13 +367,20 @@ def results_table(runs: list[Run]) -> str:
     body = ""
     for run in runs:
         row = run.summary()
-        cells = "".join(f"<td>{html.escape(_fmt(k, row[k]))}</td>" for k in TABLE_COLUMNS)
+        cells = "".join(f"<td{_cell_class(k)}>{html.escape(_fmt(k, row[k]))}</td>" for k in TABLE_COLUMNS)
         other = ", ".join(f"{k} {_fmt(k, row[k])}" for k in OTHER_COLUMNS)
         body += (
             f"<tr style='border-left: 6px solid {colour(run.number)}'>{cells}"
             f"<td class='tk-other'>{html.escape(other)}</td></tr>"
         )
     return f"<div style='overflow-x: auto'><table class='tk-results'><tr>{head}</tr>{body}</table></div>"
+
+
+WRAPPED_COLUMNS = ("start", "pre-training")  # words, not numbers: they wrap so that the table fits a projector
+
+
+def _cell_class(key: str) -> str:
+    return " class='tk-wrap'" if key in WRAPPED_COLUMNS else ""
 
 
 def colour(number: int) -> str:
