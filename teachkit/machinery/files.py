@@ -225,6 +225,8 @@ def folder_lock(folder: str | Path, *, advice: str = "", command: str | None = N
         yield
     finally:
         holder.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # removed while still held: a folder is left as the run found it
+            (folder / name).unlink()
         lock.release()
 
 
