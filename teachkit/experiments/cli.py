@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HUB_ID",
-        help="also mirror this hub model, e.g. google/bert_uncased_L-4_H-256_A-4 (repeatable)",
+        help="also mirror this hub model, e.g. google/bert_uncased_L-2_H-128_A-2 (repeatable)",
     )
     mirror.set_defaults(run=_data_mirror)
     return parser
