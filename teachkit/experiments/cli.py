@@ -140,7 +140,7 @@ def _check_out(folder: Path, *, resume: bool, overwrite: bool) -> None:
 
 def _finetune(args) -> None:
     from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
-    from teachkit.machinery.checkpoint import model_config
+    from teachkit.machinery.checkpoint import is_checkpoint, model_config
     from teachkit.tokenization import load_tokenizer
 
     if args.source == "scratch" and not args.like:
@@ -162,6 +162,8 @@ def _finetune(args) -> None:
         max_len=_finetune_max_len(args),
         **({"epochs_few": args.epochs, "epochs_many": args.epochs} if args.epochs else {}),
     )
+    if is_checkpoint(args.source):  # the comparison's runs leave this out: there every arm gets a new head
+        print(f"Fine-tuning {args.source}: its pre-trained body, under a new head that starts from random weights")
     row = finetune_fair(
         str(args.source),
         args.source,
