@@ -279,7 +279,8 @@ def test_fine_tuning_uses_the_checkpoints_own_max_len(tmp_path, tiny_data, capsy
     folder = str(tmp_path / "pretrained")
     args = ["finetune", "--from", folder, "--labels", "16", "--epochs", "1", "--device", "cpu"]
     assert main(args) == 0
-    assert "new head, starting from random weights: classifier.bias, classifier.weight" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Fine-tuning {folder}: its pre-trained body, under a new head that starts from random weights" in out
     assert main([*args, "--max-len", "64"]) == 2
     assert "--max-len 64 is longer than the 32 positions" in capsys.readouterr().err
 

@@ -202,3 +202,19 @@ def test_model_answer_checks(wordpiece):
     for wrong in ("the cat sat on the mat", "the [MASK] [MASK] on the mat"):  # none, or two: the exercise asks for one
         feedback = exercises.check_fill(model, wordpiece, wrong, word="sat")
         assert feedback.ok is False and "exactly one [MASK]" in feedback.message
+
+
+def test_the_masking_guesses_say_what_this_draw_hid_not_a_fixed_rule(wordpiece):
+    """Before: every draw said 'With more of the sentence hidden, there is less left to read the answers
+    from', under counts that at some draws showed the opposite."""
+    from teachkit.course.probes import mask_sentence
+
+    model = build_model(preset("tiny", vocab_size=wordpiece.get_vocab_size()))
+    text = " ".join(TEXTS[:3])
+    for rate, seed in [(0.15, 0), (0.5, 3), (0.9, 1)]:
+        masked = mask_sentence(wordpiece, text, mask_prob=rate, seed=seed)
+        page = explorers.masking_view(wordpiece, text, mask_prob=rate, seed=seed, model=model)
+        changed = masked.roles.count("masked") + masked.roles.count("random")
+        assert "less left" not in page
+        assert f"with {changed} of the {len(masked.roles)} tokens changed" in page
+        assert f"({masked.roles.count('masked')} [MASK], {masked.roles.count('random')} random)" in page

@@ -232,3 +232,53 @@ def test_a_fair_fine_tune_leaves_no_model_behind(tok):
     finally:
         gc.enable()
     assert after == before, f"{after - before} model(s) of the arm still in memory"
+
+
+def test_a_fair_fine_tune_shows_one_bar_with_the_time_left_per_arm(tok, tmp_path, capsys):
+    """Before: each arm ran silent (a MiniLM arm for minutes), and a checkpoint arm printed
+    'Loaded <folder>; new head ...' once per setting of the grid."""
+    from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
+
+    pre, _ = pretraining(tok)
+    save_checkpoint(tmp_path / "pre", model=pre, tokenizer=tok)
+    labelled = Labelled(sentiment(48), sentiment(24, offset=100), sentiment(24, offset=200))
+    protocol = Protocol(grid=((1e-3, 1.0), (3e-4, 0.3)), max_len=32, batch=16, epochs_few=2)
+    capsys.readouterr()
+    finetune_fair(
+        "course BERT",
+        str(tmp_path / "pre"),
+        labelled=labelled,
+        budget=None,
+        seed=1,
+        protocol=protocol,
+        device="cpu",
+        log=lambda _: None,
+    )
+    out, err = capsys.readouterr()
+    total = 2 * 2 * 3  # two settings, two epochs each, three steps of 16 of the 48 labels per epoch
+    assert err.strip(), "no progress bar"
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("course BERT, seed 1: 100%") and f"{total}/{total}" in last, err
+    assert "<" in last, "the bar shows the time taken and left"
+    assert "Loaded" not in out + err
+
+
+def test_a_quiet_fair_fine_tune_draws_no_bar(tok, capsys):
+    from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
+
+    model, _ = classification(tok)
+    labelled = Labelled(sentiment(32), sentiment(16, offset=100), sentiment(16, offset=200))
+    finetune_fair(
+        "scratch",
+        "scratch",
+        tokenizer=tok,
+        config=model.cfg,
+        labelled=labelled,
+        budget=None,
+        seed=0,
+        protocol=Protocol(grid=((1e-3, 1.0),), max_len=32, batch=16, epochs_few=1),
+        device="cpu",
+        log=lambda _: None,
+        progress=False,
+    )
+    assert capsys.readouterr().err == ""

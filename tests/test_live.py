@@ -73,6 +73,22 @@ def test_the_widget_redraws_at_most_every_few_seconds_and_at_the_end(capsys):
     assert "Stopped after 10 steps" in curves.widget.layout.title.text
 
 
+def test_how_a_run_ended_goes_under_the_title_not_after_it():
+    """Before: 'Fine-tuning the course BERT on 1000 reviews: Stopped after ... (max steps reache' was cut."""
+    title = "Fine-tuning the course BERT on 1000 reviews"
+    end = {"kind": "end", "step": 10, "message": "Stopped after 62 steps (max steps reached) in 40 s"}
+    curves = live.LiveCurves(widget=True, every=0, title=title)
+    feed(curves, 2)
+    curves(end)
+    assert curves.widget.layout.title.text == f"{title}<br>{end['message']}"
+    static = live.LiveCurves(widget=False, title=title)
+    feed(static, 2)
+    static(end)
+    fig = static.figure()
+    assert fig.get_suptitle() == f"{title}\n{end['message']}"
+    plt.close(fig)
+
+
 def test_accuracy_goes_right_in_percent_beside_a_chance_line():
     curves = live.LiveCurves(widget=True, every=0, chance=0.5, losses=["cls"])
     curves({"kind": "step", "step": 1, "cls": 0.7, "loss": 0.7})

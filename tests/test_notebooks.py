@@ -420,3 +420,18 @@ def test_a_coin_claim_that_its_numbers_contradict_is_caught(text, problem):
 def test_a_gain_claim_that_its_numbers_contradict_is_caught(text, problem):
     found = claim_problems("07_finetuning_for_sentiment.ipynb", text)
     assert (found == []) if problem is None else (len(found) == 1 and problem in found[0]), found
+
+
+def test_notebook_02_picks_a_masking_draw_that_shows_all_three_roles():
+    """Before: `seed=14  # a draw that shows all three roles` printed '6 [MASK], 0 random, 1 kept'; a fixed
+    seed stops showing what the prose promises whenever PyTorch's generator changes. The cell must search."""
+    from teachkit import course
+    from teachkit.course import textviz
+    from teachkit.course.probes import mask_sentence
+
+    nb = nbformat.read(NOTEBOOKS[0].parent / "02_masked_language_modelling.ipynb", as_version=4)
+    (cell,) = [c.source for c in nb.cells if c.cell_type == "code" and "masking_html(masked" in c.source]
+    _, tok = course.load_course_bert()
+    shown = {"tok": tok, "mask_sentence": mask_sentence, "textviz": textviz, "HTML": str, "print": lambda *a: None}
+    exec(cell, shown)
+    assert {"masked", "random", "kept"} <= set(shown["masked"].roles), shown["masked"].roles

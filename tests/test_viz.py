@@ -162,6 +162,21 @@ def test_readable_count_never_says_zero_million(n, words):
     assert viz.readable_count(n) == words
 
 
+def test_an_attention_explorer_names_its_model_in_the_title(tok, monkeypatch):
+    """Before: two explorers (MiniLM's, ours) were both titled 'Layer 1, head 1'."""
+    from teachkit.config import preset
+    from teachkit.course import explorers
+    from teachkit.model import build_model
+
+    titles = []
+    draw = viz.attention_head
+    monkeypatch.setattr(viz, "attention_head", lambda *a, **kw: titles.append(kw["title"]) or draw(*a, **kw))
+    model = build_model(preset("tiny", vocab_size=tok.get_vocab_size(), n_layers=L, n_heads=H, d_model=40, d_ff=64))
+    box = explorers.attention_explorer(model, tok, name="MiniLM", text="the film was great")
+    box.controls["layer"].value = 2
+    assert titles == ["MiniLM: layer 1, head 1", "MiniLM: layer 2, head 1"]
+
+
 def test_attention_explorer_keeps_its_picture_where_no_widget_can_show(tok):
     """interact()'s output disappears from an HTML export with the widget state; the explorer's picture stays."""
     from teachkit.config import preset
@@ -169,10 +184,10 @@ def test_attention_explorer_keeps_its_picture_where_no_widget_can_show(tok):
     from teachkit.model import build_model
 
     model = build_model(preset("tiny", vocab_size=tok.get_vocab_size(), n_layers=L, n_heads=H, d_model=40, d_ff=64))
-    box = explorers.attention_explorer(model, tok, text="the film was great", layer=2, head=3)
-    assert box.view.value.startswith('<img alt="attention of layer 2, head 3" src="data:image/png;base64,')
+    box = explorers.attention_explorer(model, tok, name="tiny", text="the film was great", layer=2, head=3)
+    assert box.view.value.startswith('<img alt="attention of tiny, layer 2, head 3" src="data:image/png;base64,')
     box.controls["head"].value = 5
-    assert 'alt="attention of layer 2, head 5"' in box.view.value
+    assert 'alt="attention of tiny, layer 2, head 5"' in box.view.value
     assert box._repr_mimebundle_()["text/html"].startswith(box.view.value)
     box.controls["sentence"].value = " "
     assert "text is empty" in box.view.value and "<img" not in box.view.value

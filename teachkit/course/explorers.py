@@ -184,8 +184,19 @@ def predictions_html(model, tokenizer, masked) -> str:
     share = right / len(guesses)
     return (
         f'<div style="font-family:sans-serif;margin-top:6px"><b>The model\'s guesses: {right} of '
-        f"{len(guesses)} right ({share:.0%}).</b> With more of the sentence hidden, there is less left to read "
-        f'the answers from.<ul style="margin:2px 0;columns:2">{rows}</ul></div>'
+        f"{len(guesses)} right ({share:.0%}).</b> {what_it_read(masked)}"
+        f'<ul style="margin:2px 0;columns:2">{rows}</ul></div>'
+    )
+
+
+def what_it_read(masked) -> str:
+    """What the model had to go on in this draw, in its numbers: a fixed rule of thumb ("more hidden, fewer
+    right") would contradict the count above it at some draws, since one sentence is a small sample."""
+    changed = sum(role in ("masked", "random") for role in masked.roles)
+    return (
+        f"It read this draw with {changed} of the {len(masked.roles)} tokens changed "
+        f"({masked.roles.count('masked')} [MASK], {masked.roles.count('random')} random): move the mask rate "
+        "and re-sample a few times to see how the share it gets right changes."
     )
 
 
@@ -373,23 +384,28 @@ def generation_explorer(
 # --------------------------------------------------------------------------- 05: attention
 
 
-def attention_view(model, tokenizer, *, text: str, layer: int, head: int) -> str:
-    """One head's attention over `text` as an inline picture (HTML), or a note saying why it cannot be drawn."""
+def attention_view(model, tokenizer, *, text: str, layer: int, head: int, name: str) -> str:
+    """One head's attention over `text` as an inline picture (HTML), or a note saying why it cannot be drawn.
+
+    name: the model's name, in the picture's title: two explorers side by side must say whose head each shows.
+    """
     import matplotlib.pyplot as plt
 
     try:
-        fig = viz.attention_head(attention_maps(model, tokenizer, text), layer=layer, head=head)
+        maps = attention_maps(model, tokenizer, text)
+        fig = viz.attention_head(maps, layer=layer, head=head, title=f"{name}: layer {layer}, head {head}")
     except ValueError as err:
         return note(html.escape(str(err)))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="attention of layer {layer}, head {head}" src="data:image/png;base64,{data}">'
+    alt = html.escape(f"attention of {name}, layer {layer}, head {head}", quote=True)
+    return f'<img alt="{alt}" src="data:image/png;base64,{data}">'
 
 
-def attention_explorer(model, tokenizer, *, text: str, layer: int = 1, head: int = 1) -> Explorer:
-    """Layer and head sliders and a sentence box over one head's attention map.
+def attention_explorer(model, tokenizer, *, name: str, text: str, layer: int = 1, head: int = 1) -> Explorer:
+    """Layer and head sliders and a sentence box over one head's attention map; `name` (the model's) titles it.
 
     The picture lives in the explorer's view, so an HTML export keeps it (`ipywidgets.interact`'s
     output would disappear with the widget state).
@@ -404,7 +420,7 @@ def attention_explorer(model, tokenizer, *, text: str, layer: int = 1, head: int
 
     def update(_=None):
         view.value = attention_view(
-            model, tokenizer, text=sentence.value, layer=layer_slider.value, head=head_slider.value
+            model, tokenizer, text=sentence.value, layer=layer_slider.value, head=head_slider.value, name=name
         )
 
     for control in (sentence, layer_slider, head_slider):

@@ -126,6 +126,10 @@ class LiveCurves:
                 xs.append(event["step"])
                 ys.append(float(event[key]))
 
+    def titled(self, newline: str) -> str:
+        """The title, and below it how the run ended: on one line, a long title pushed the end out of the plot."""
+        return f"{self.title}{newline}{self.message}" if self.message else self.title
+
     def name(self, key: str) -> str:
         """The legend's words for a key ("cls" -> "training loss (sentiment)")."""
         return self.names.get(key, key.replace("_", " "))
@@ -152,8 +156,8 @@ class LiveCurves:
         )
         fig.update_layout(
             title=self.title,
-            height=380,
-            margin={"t": 70, "b": 40, "l": 55, "r": 20},
+            height=405,
+            margin={"t": 95, "b": 40, "l": 55, "r": 20},  # room for the title and, below it, how the run ended
             legend={"orientation": "h", "y": -0.22, "font": {"size": 13}},
             template="plotly_white",
         )
@@ -183,7 +187,7 @@ class LiveCurves:
                 trace = self._trace(key, col, mode, colour=_COLOURS[i % len(_COLOURS)])
                 trace.x, trace.y = xs, ys
             if self.message:
-                self.widget.layout.title.text = f"{self.title}: {self.message}"
+                self.widget.layout.title.text = self.titled("<br>")
 
     def _trace(self, key: str, col: int, mode: str, *, colour: str):
         for trace in self.widget.data:
@@ -233,7 +237,7 @@ class LiveCurves:
             right.text(
                 0.5, 0.5, "no accuracy measured yet", ha="center", va="center", transform=right.transAxes, color="grey"
             )
-        fig.suptitle(f"{self.title}: {self.message}" if self.message else self.title)
+        fig.suptitle(self.titled("\n"))
         return fig
 
     def _show_static(self) -> None:

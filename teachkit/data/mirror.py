@@ -39,7 +39,9 @@ from teachkit.machinery.files import FolderInUse, atomic_folder, folder_lock, re
 
 MANIFEST = ".teachkit-mirror.json"  # hidden, so `datasets` never takes it for a data file
 PARTIAL_PREFIX = ".partial-"  # temporary folders inside DIR; removed on failure and on the next run
-DEFAULT_MODELS = (pretrained.MINILM_HUB_ID,)  # the real pretrained BERT the course compares with
+# Every model a notebook loads: MiniLM, the real pretrained BERT the course compares with, and BERT-Mini,
+# the small original BERT whose masked-LM head fills in [MASK] in notebook 02 (MiniLM has none).
+DEFAULT_MODELS = (pretrained.MINILM_HUB_ID, "google/bert_uncased_L-4_H-256_A-4")
 SLICED = ("wikipedia",)  # hub datasets far larger than the course needs: a slice of their rows is mirrored
 
 

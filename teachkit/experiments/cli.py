@@ -154,7 +154,7 @@ def _check_out(folder: Path, *, resume: bool, overwrite: bool, command: str = "p
 
 def _finetune(args) -> None:
     from teachkit.experiments.compare import Labelled, Protocol, finetune_fair
-    from teachkit.machinery.checkpoint import model_config
+    from teachkit.machinery.checkpoint import is_checkpoint, model_config
     from teachkit.tokenization import load_tokenizer
 
     if args.source == "scratch" and not args.like:
@@ -176,6 +176,8 @@ def _finetune(args) -> None:
         max_len=_finetune_max_len(args),
         **({"epochs_few": args.epochs, "epochs_many": args.epochs} if args.epochs else {}),
     )
+    if is_checkpoint(args.source):  # the comparison's runs leave this out: there every arm gets a new head
+        print(f"Fine-tuning {args.source}: its pre-trained body, under a new head that starts from random weights")
     row = finetune_fair(
         str(args.source),
         args.source,
@@ -416,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HUB_ID",
-        help="also mirror this hub model, e.g. google/bert_uncased_L-4_H-256_A-4 (repeatable)",
+        help="also mirror this hub model, e.g. google/bert_uncased_L-2_H-128_A-2 (repeatable)",
     )
     mirror.set_defaults(run=_data_mirror)
     return parser

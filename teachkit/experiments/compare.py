@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from tqdm.auto import tqdm
 
 from teachkit import data, finetune
 from teachkit.config import COURSE_RECIPE, ModelConfig
@@ -68,6 +69,14 @@ class Protocol:
     def epochs(self, n_labels: int) -> float:
         return self.epochs_few if n_labels <= 2000 else self.epochs_many
 
+    def batch_for(self, n_labels: int) -> int:
+        return min(self.batch, n_labels)
+
+    def steps(self, n_labels: int) -> int:
+        """Optimizer steps of one fine-tuning run on `n_labels` labels."""
+        per_epoch = max(1, n_labels // self.batch_for(n_labels))
+        return max(1, round(self.epochs(n_labels) * per_epoch))
+
 
 def finetune_once(
     source,
@@ -82,6 +91,7 @@ def finetune_once(
     seed: int,
     device: str = "auto",
     arm: str = "model",
+    callbacks=(),
 ):
     """One fine-tuning run; returns (model, task, result). Validation picks the best epoch."""
     torch.manual_seed(seed)
@@ -89,6 +99,7 @@ def finetune_once(
         source,
         n_classes=len(labelled.train.label_names),
         config=config,
+        log=None,  # every arm gets a new head by design; the arm's own line says where it started
         dropout=protocol.dropout,
         pooling=protocol.pooling,
     )
@@ -96,10 +107,10 @@ def finetune_once(
     task = ClassificationTask(
         picked, own_tokenizer or tokenizer, max_len=protocol.max_len, seed=seed, eval_split=labelled.validation
     )
-    batch = min(protocol.batch, len(picked))
+    batch = protocol.batch_for(len(picked))
     per_epoch = max(1, len(picked) // batch)
     cfg = TrainConfig(
-        max_steps=max(1, round(protocol.epochs(len(picked)) * per_epoch)),
+        max_steps=protocol.steps(len(picked)),
         batch_size=batch,
         lr=lr,
         warmup=protocol.warmup,
@@ -109,10 +120,16 @@ def finetune_once(
         body_lr_scale=body_lr_scale,
         grad_accum=protocol.grad_accum,
     )
-    result = train(model, task, cfg, run=ManagedRun(RunSettings(device=device, progress=False)))
+    run = ManagedRun(RunSettings(device=device, progress=False))  # the arm's bar counts the steps of every setting
+    result = train(model, task, cfg, run=run, callbacks=callbacks)
     if result.stopped in ("diverged", "interrupted") or result.signal is not None or result.best is None:
         raise TrainingStopped(result, what=f"Fine-tuning ({arm}, {len(picked)} labels)")
     return model, task, result
+
+
+def _count_step(bar, event: dict) -> None:
+    if event["kind"] == "step":
+        bar.update(1)
 
 
 def finetune_fair(
@@ -127,32 +144,39 @@ def finetune_fair(
     protocol: Protocol = Protocol(),
     device: str = "auto",
     log=print,
+    progress: bool = True,
 ) -> dict:
-    """Run the protocol's grid for one arm, label budget and seed; test only the setting validation picked."""
+    """Run the protocol's grid for one arm, label budget and seed; test only the setting validation picked.
+
+    progress: a bar over the steps of all the grid's settings, with the time left (a MiniLM arm takes minutes).
+    """
     t0 = time.perf_counter()
     indices = finetune.sample_budget(labelled.train.labels, budget=budget, seed=seed)
     best = None
     tried = []
-    for lr, scale in protocol.grid:
-        model, task, result = finetune_once(
-            source,
-            tokenizer=tokenizer,
-            config=config,
-            labelled=labelled,
-            indices=indices,
-            protocol=protocol,
-            lr=lr,
-            body_lr_scale=scale,
-            seed=seed,
-            device=device,
-            arm=arm,
-        )
-        tried.append({"lr": lr, "body_lr_scale": scale, "validation_accuracy": result.best["accuracy"]})
-        if best is None or result.best["accuracy"] > best[2].best["accuracy"]:
-            best = (model, task, result, lr, scale)
-        del model, task, result
-        gc.collect()  # frees the setting that lost (see below)
-        speed.release_freed_memory()
+    total = len(protocol.grid) * protocol.steps(len(indices))
+    with tqdm(total=total, desc=f"{arm}, seed {seed}", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        for lr, scale in protocol.grid:
+            model, task, result = finetune_once(
+                source,
+                tokenizer=tokenizer,
+                config=config,
+                labelled=labelled,
+                indices=indices,
+                protocol=protocol,
+                lr=lr,
+                body_lr_scale=scale,
+                seed=seed,
+                device=device,
+                arm=arm,
+                callbacks=[partial(_count_step, bar)],
+            )
+            tried.append({"lr": lr, "body_lr_scale": scale, "validation_accuracy": result.best["accuracy"]})
+            if best is None or result.best["accuracy"] > best[2].best["accuracy"]:
+                best = (model, task, result, lr, scale)
+            del model, task, result
+            gc.collect()  # frees the setting that lost (see below)
+            speed.release_freed_memory()
     model, task, result, lr, scale = best
     device_ = next(model.parameters()).device
     test = task.evaluate(model, to_device=partial(move, device=device_), split=task.encode(labelled.test))
