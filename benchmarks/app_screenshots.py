@@ -1,8 +1,8 @@
-"""The README's screenshots of the playground: a lecture's first comparison, at 1280x800 and 1920x1080.
+"""The README's screenshots of the playground: a lecture's first comparison, at 1024x768, 1366x768 and 1920x1080.
 
 Serves the app with Voila on 127.0.0.1, then, as a teacher would: run 1 from the course BERT (the
 default), run 2 from its untrained twin, run 3 from 40 s of my own pre-training and run 4 from scratch,
-each at 1,000 labels; then photographs the page at a projector's 1280x800 and at 1920x1080.
+each at 1,000 labels; then photographs the page at each of the sizes the browser tests check.
 
     .venv/bin/python benchmarks/app_screenshots.py --out docs
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_browser import free_port, launch, open_app, run_button, start_voila, wait_for_server  # noqa: E402
+from test_browser import SCREENS, free_port, launch, open_app, run_button, start_voila, wait_for_server  # noqa: E402
 
 RUNS = ("course BERT", "course BERT, untrained", "my pre-training", "scratch")
 
@@ -43,11 +43,9 @@ def main() -> None:
                 expect(page.locator(".tk-status")).to_contain_text(f"Run {number}: Finished", timeout=900_000)
                 print(f"run {number} ({start}): {page.locator('.tk-status').inner_text()}", flush=True)
             page.locator(".tk-start_from select").select_option("course BERT")
-            for width, height in ((1280, 800), (1920, 1080)):
+            for width, height in SCREENS:
                 page.set_viewport_size({"width": width, "height": height})
-                # plotly draws its figure at the width it had: ask it to refit the new window
-                page.evaluate("() => document.querySelectorAll('.js-plotly-plot').forEach(p => Plotly.Plots.resize(p))")
-                page.wait_for_timeout(1500)
+                page.wait_for_timeout(1500)  # plotly refits the figure to the new window (responsive)
                 path = args.out / f"playground-{width}x{height}.png"
                 page.screenshot(path=str(path))
                 print(f"wrote {path}")

@@ -256,6 +256,53 @@ def launch(pw):
     return pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
 
 
+SCREENS = ((1024, 768), (1366, 768), (1920, 1080))  # a small laptop, the commonest laptop, a desktop
+
+
+def serious_violations(page) -> list[str]:
+    """What axe-core (the accessibility checker browsers' own audits use) finds serious or critical."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    found = Axe().run(page).response["violations"]
+    return [
+        f"{v['impact']} {v['id']}: {v['help']} ({[n['target'] for n in v['nodes'][:3]]})"
+        for v in found
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def focus_shown(page) -> str:
+    """What has the keyboard focus, and '' if it is drawn with a ring a learner can see (3 px, not hidden)."""
+    return page.evaluate("""() => {
+        const el = document.activeElement;
+        const what = el ? (el.getAttribute('aria-label') || el.labels?.[0]?.textContent
+            || el.textContent.trim().slice(0, 40) || el.tagName) : '';
+        if (!el || el === document.body) return 'nothing has the focus';
+        const style = getComputedStyle(el);
+        const ring = style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2;
+        const seen = el.checkVisibility({ checkOpacity: true, checkVisibilityCSS: true });
+        return ring && seen ? '' : `no visible focus ring on ${el.tagName} "${what}"`;
+    }""")
+
+
+def tab_to(page, selector: str, *, back: bool = False, limit: int = 120) -> list[str]:
+    """Press Tab (Shift+Tab when back) until `selector` has the focus, checking the focus ring at every stop."""
+    missing = []
+    for _ in range(limit):
+        page.keyboard.press("Shift+Tab" if back else "Tab")
+        missing += [m for m in [focus_shown(page)] if m]
+        if page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            return missing
+    raise AssertionError(f"{limit} presses of Tab never reached {selector}")
+
+
+def type_keys(page, text: str) -> None:
+    """Replace what the focused box holds, by keyboard, and press Enter."""
+    page.keyboard.press("Control+A")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+
+
 def test_playground_at_projector_size_compares_runs_at_a_glance(voila):
     from playwright.sync_api import expect, sync_playwright
 
@@ -356,6 +403,101 @@ def test_playground_at_projector_size_compares_runs_at_a_glance(voila):
     keep(shots, "voila-")
 
 
+def test_playground_fits_each_screen_refits_on_resize_and_passes_an_accessibility_audit(voila):
+    """From 1024 px up the plots, their legend and the status line are whole in the window (the panels stack
+    below 1100 px), a resize refits the plots, the status is read out, and axe-core finds nothing serious."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, folder = voila
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page, watch = open_app(browser, url, width=1024, height=768)
+            # The course BERT brings its own size: those sliders are disabled, out of the Tab order, and say so.
+            handles = page.locator(".tk-controls .noUi-handle[aria-disabled=true]")
+            expect(handles).to_have_count(5)  # budget, mask rate, layers, width and heads
+            assert set(handles.evaluate_all("hs => hs.map(h => h.tabIndex)")) == {-1}
+            type_number(page, "labels", 100)
+            type_number(page, "epochs", 1)
+            run_button(page).click()
+            expect(page.locator(".tk-status")).to_contain_text("Run 1: Finished", timeout=420_000)
+            live = page.locator(".tk-status-box [role=status]")
+            expect(live).to_have_attribute("aria-live", "polite")
+            expect(live).to_contain_text("Run 1: Finished")  # what a screen reader is told
+            shots, widths = [], []
+            for width, height in SCREENS:
+                page.set_viewport_size({"width": width, "height": height})
+                # plotly refits on its own (responsive): the figure takes its panel's new width
+                page.wait_for_function(
+                    """() => { const plot = document.querySelector('.js-plotly-plot');
+                        const panel = plot.closest('.tk-plots').getBoundingClientRect();
+                        return Math.abs(plot.querySelector('.main-svg').getBoundingClientRect().width - panel.width) < 5; }""",
+                    timeout=20_000,
+                )
+                plot = page.locator(".js-plotly-plot")
+                plot.scroll_into_view_if_needed()
+                assert in_view(page, plot), f"the plots are cut off at {width}x{height}: {plot.bounding_box()}"
+                assert in_view(page, plot.locator(".legend")), f"the legend is cut off at {width}x{height}"
+                assert in_view(page, page.locator(".tk-status")), f"the status line is out of sight at {width}x{height}"
+                widths.append(plot.bounding_box()["width"])
+                shots.append(shot(page, folder, f"screen-{width}x{height}"))
+            assert len(set(widths)) == len(SCREENS), f"the plots kept one width: {widths}"
+            page.set_viewport_size({"width": 1024, "height": 768})
+            assert serious_violations(page) == []
+            assert_page_clean(page, watch)
+        finally:
+            browser.close()
+    keep(shots, "voila-")
+
+
+def test_playground_works_by_keyboard_alone_with_the_focus_always_in_sight(voila):
+    """Choose a start, Run, Stop, Fine-tune it and hide the run with the keyboard only; every Tab stop on the
+    way shows a focus ring."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from teachkit.app.playground import OWN_MODEL, STARTS
+
+    url, folder = voila
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page, watch = open_app(browser, url, width=1366, height=768)
+            unseen = tab_to(page, ".tk-start_from select")
+            for _ in range(STARTS.index(OWN_MODEL[0])):
+                page.keyboard.press("ArrowDown")
+            expect(page.locator(".tk-start_from select")).to_have_value(OWN_MODEL[0])
+            unseen += tab_to(page, ".tk-box-labels input")
+            type_keys(page, "100")
+            unseen += tab_to(page, ".tk-box-epochs input")
+            type_keys(page, "1")
+            unseen += tab_to(page, "button.mod-success", back=True)  # Run
+            shots = [shot(page, folder, "keys-1-run-focused")]
+            page.keyboard.press("Enter")
+            expect(page.locator("button", has_text="Stop")).to_be_enabled(timeout=120_000)
+            wait_for_points(page, watch, "run1-mlm", 3, folder=folder)
+            unseen += tab_to(page, "button.mod-danger")  # Stop
+            page.keyboard.press("Enter")
+            expect(page.locator(".tk-status")).to_contain_text("Stopped during pre-training", timeout=60_000)
+            unseen += tab_to(page, "button.mod-info")  # Fine-tune it
+            page.keyboard.press("Enter")
+            expect(page.locator(".tk-status")).to_contain_text("Run 1: Finished", timeout=420_000)
+            unseen += tab_to(page, ".legend .traces")
+            shots.append(shot(page, folder, "keys-2-legend-focused"))
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                "() => document.querySelector('.js-plotly-plot').data"
+                ".filter(t => (t.meta || '').startsWith('run1-'))"
+                ".every(t => t.visible === 'legendonly')",
+                timeout=20_000,
+            )
+            expect(page.locator(".legend .traces").first).to_have_attribute("aria-checked", "false")
+            assert unseen == [], unseen
+            assert_page_clean(page, watch)
+        finally:
+            browser.close()
+    keep(shots, "voila-")
+
+
 def test_playground_renders_and_trains_in_jupyterlab(lab):
     """The same notebook opened in JupyterLab: run its cells, train once, see the curves."""
     from playwright.sync_api import expect, sync_playwright
@@ -395,9 +537,10 @@ NOTEBOOK_05 = ROOT / "notebooks" / "05_attention.ipynb"
 WIDGET_REPRS = ("VBox(", "HBox(", "FloatSlider(", "IntSlider(", "interactive(", "Text(value=")
 
 
-def export_and_open(notebook: Path, folder: Path, mirror_dir: Path) -> tuple[str, list[str]]:
+def export_and_open(notebook: Path, folder: Path, mirror_dir: Path) -> tuple[str, list[str], list[str]]:
     """`make export-html` of one notebook in fast mode, opened offline in the browser: (the page's text,
-    the requests it made to other hosts). A full-page screenshot is kept next to the page."""
+    the requests it made to other hosts, what axe-core finds serious or critical in it). A full-page
+    screenshot is kept next to the page."""
     from playwright.sync_api import sync_playwright
 
     _require_browser()
@@ -449,10 +592,11 @@ def export_and_open(notebook: Path, folder: Path, mirror_dir: Path) -> tuple[str
             page.wait_for_load_state("load")
             text = page.locator("body").inner_text()
             page.screenshot(path=str(picture), full_page=True)
+            violations = serious_violations(page)
         finally:
             browser.close()
     keep([picture], "")
-    return text, requests
+    return text, requests, violations
 
 
 def assert_no_widget_repr_or_frozen_bar(text: str) -> None:
@@ -465,8 +609,9 @@ def assert_no_widget_repr_or_frozen_bar(text: str) -> None:
 def test_exported_notebook_opens_offline_with_snapshots_not_widget_reprs(tmp_path, mirror_dir):
     """`make html` on notebook 02 in fast mode: no request leaves the machine, every widget left a picture
     of itself, no progress bar is frozen at 0, and the printed claims are this run's numbers."""
-    text, requests = export_and_open(NOTEBOOK_02, tmp_path, mirror_dir)
+    text, requests, violations = export_and_open(NOTEBOOK_02, tmp_path, mirror_dir)
     assert requests == [], f"the exported page asked other hosts for {requests}"
+    assert violations == [], violations  # e.g. JupyterLab's dimmed prompts and comments: 2.2:1 and 4.2:1
     assert_no_widget_repr_or_frozen_bar(text)
     assert "A snapshot: open the notebook in Jupyter" in text and "The model's guesses" in text
     # What the notebook says about its model is what the course BERT's pre-training run recorded.
@@ -480,8 +625,9 @@ def test_exported_notebook_opens_offline_with_snapshots_not_widget_reprs(tmp_pat
 def test_exported_attention_notebook_shows_each_explorers_picture(tmp_path, mirror_dir):
     """Notebook 05's two attention explorers once printed as "interactive(children=(Text(value=...": in the
     export each now shows the picture it drew (layer 1, head 1 of each model), with the snapshot note."""
-    text, requests = export_and_open(NOTEBOOK_05, tmp_path, mirror_dir)
+    text, requests, violations = export_and_open(NOTEBOOK_05, tmp_path, mirror_dir)
     assert requests == [], f"the exported page asked other hosts for {requests}"
+    assert violations == [], violations
     assert_no_widget_repr_or_frozen_bar(text)
     assert text.count("A snapshot: open the notebook in Jupyter to use the controls.") == 2, text[-3000:]
     # Each explorer's snapshot is its picture: an inline image of layer 1, head 1.

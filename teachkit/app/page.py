@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import html
 import math
-import re
 
+import anywidget
 import ipywidgets as W
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+import traitlets
 from plotly.subplots import make_subplots
 
 from teachkit.app import playground as engine
 from teachkit.app.playground import LIMITS, SIZE_PRESETS, VOCAB_SIZE, Run, Settings
 
-COLOURS = qualitative.D3  # run n gets COLOURS[(n - 1) % 10]
+# Okabe and Ito's palette, told apart with every kind of colour blindness; their orange, green and sky blue
+# darkened to 3:1 on white (WCAG's contrast for lines), their yellow left out. Runs also differ by their
+# markers, so that none is told apart by colour alone.
+COLOURS = ("#0072B2", "#B87700", "#008060", "#D55E00", "#CC79A7", "#000000", "#2B8CC4")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross")
+MARKERS_PER_CURVE = 12  # markers drawn along a curve of hundreds of steps: enough to tell runs apart
 FONT = {"size": 15}  # projector-sized text in every figure
 LABEL = "150px"  # width of every control's name
 NAMES = {
@@ -85,8 +90,37 @@ STYLE = """<style>
 .teachkit-playground .tk-intro { font-size: 15px; color: #333; margin: 2px 0 2px 0; }
 .teachkit-playground h3 { font-size: 17px; margin: 8px 0 0 0; color: #222; }
 .teachkit-playground h3 small { font-size: 13px; font-weight: normal; color: #666; }
-.teachkit-playground .tk-status { font-size: 16px; padding: 6px 10px; background: #f3f6fa; border-radius: 4px;
-  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.teachkit-playground .tk-status { font-size: 16px; padding: 6px 10px; background: #f3f6fa; border-radius: 4px; }
+/* The status line stays in sight while the page scrolls (below the breakpoint the plots are far down). */
+.teachkit-playground { overflow: visible; container-type: inline-size; }
+.jp-OutputArea:has(.teachkit-playground), .jp-OutputArea-child:has(.teachkit-playground),
+.jp-OutputArea-output:has(.teachkit-playground) { overflow: visible; }  /* else the line cannot stick */
+.teachkit-playground .tk-status-box { position: sticky; top: 0; z-index: 5; margin-bottom: 4px; }
+/* Controls on the left, plots on the right; below 1100 px the plots go under the controls. */
+.teachkit-playground .tk-main { overflow: visible; }
+.teachkit-playground .tk-controls { flex: 0 0 440px; margin: 0 14px 0 0; overflow: visible; }
+.teachkit-playground .tk-plots { flex: 1 1 auto; min-width: 0; overflow: visible; }
+@container (max-width: 1100px) {
+  .teachkit-playground .tk-main { flex-direction: column; }
+  .teachkit-playground .tk-controls { flex: 0 0 auto; margin: 0 0 10px 0; }
+}
+/* A control's name is shown once, by the label beside it; its own label names it for screen readers. */
+.teachkit-playground .tk-named > .widget-label { position: absolute !important; width: 1px !important;
+  height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; margin: 0; padding: 0; }
+/* A focus ring that shows on any background: dark, 3 px, clear of the control's edge. */
+.teachkit-playground :focus-visible, .teachkit-playground .noUi-handle:focus-visible,
+.teachkit-playground .jupyter-widgets input:focus-visible, .teachkit-playground .jupyter-widgets select:focus-visible {
+  outline: 3px solid #111 !important; outline-offset: 2px; }
+.teachkit-playground .legend .traces:focus { outline: 3px solid #111; }
+.teachkit-playground .js-plotly-plot .plotly .modebar:focus-within > * {
+  opacity: 1 !important; transition: none !important; }  /* plotly shows its tools on hover only */
+.teachkit-playground .legend .traces:focus .legendtoggle { stroke: #111 !important; stroke-width: 3px !important; }
+/* Button colours dark enough for white text (WCAG AA: 4.5:1). */
+.teachkit-playground .jupyter-button.mod-success { background-color: #1e7b34; color: #fff; }
+.teachkit-playground .jupyter-button.mod-danger { background-color: #b3261e; color: #fff; }
+.teachkit-playground .jupyter-button.mod-info { background-color: #005f87; color: #fff; }
+.teachkit-playground .tk-announce { position: absolute; width: 1px; height: 1px; overflow: hidden;
+  clip-path: inset(50%); white-space: nowrap; }
 .teachkit-playground .tk-problem, .teachkit-playground .tk-note { color: #7a4100; background: #fff4e0;
   padding: 4px 8px; border-radius: 4px; margin: 2px 0; font-size: 14px; line-height: 1.3; }
 .teachkit-playground .tk-start-note, .teachkit-playground .tk-size-note { color: #333; font-size: 14px; line-height: 1.3; margin: 2px 0 4px 0; }
@@ -125,6 +159,9 @@ class NumberControl:
         self.box = (W.FloatText if kind is float else W.IntText)(
             value=value, continuous_update=False, layout=W.Layout(width="80px")
         )
+        for control in (self.slider, self.box):  # named for screen readers by the label the row shows
+            control.description = label
+            control.add_class("tk-named")
         self.note = W.HTML()
         self.slider.observe(self._slid, names="value")
         self.box.observe(self._typed, names="value")
@@ -205,6 +242,9 @@ def choice(kind, name: str, **kw) -> W.Widget:
     widget = kind(value=getattr(Settings(), name), **kw)
     widget.tooltip = HELP["budget" if name == "budget_unit" else name]
     widget.add_class(f"tk-{name}")
+    if kind is W.Dropdown:  # its name is the label beside it (or, for the unit, the budget's)
+        widget.description = "Pre-training budget unit" if name == "budget_unit" else NAMES[name]
+        widget.add_class("tk-named")
     return widget
 
 
@@ -388,6 +428,11 @@ def colour(number: int) -> str:
     return COLOURS[(number - 1) % len(COLOURS)]
 
 
+def marker(number: int) -> dict:
+    """Run n's marker, the same in every panel and the legend: runs differ by shape as well as colour."""
+    return {"symbol": SYMBOLS[(number - 1) % len(SYMBOLS)], "size": 8, "maxdisplayed": MARKERS_PER_CURVE}
+
+
 def _fmt(key: str, value) -> str:
     if value is None:
         return "–"
@@ -404,7 +449,104 @@ def _fmt(key: str, value) -> str:
     return str(value)
 
 
-def status_html(text: str) -> str:
-    """The one-line status (HTML); the whole line shows where the pointer rests on it."""
-    whole = html.unescape(re.sub(r"<[^>]+>", "", text))
-    return f"<div class='tk-status' title='{html.escape(whole, quote=True)}'>{text}</div>"
+def status_html(text: str, *, progress: bool = False) -> str:
+    """The status line (HTML). A progress report is marked, so that screen readers are told it now and then,
+    not a few times a second (see ACCESSIBILITY_JS)."""
+    flag = " data-progress='1'" if progress else ""
+    return f"<div class='tk-status'{flag}>{text}</div>"
+
+
+FIGURE_LABEL = (
+    "Training curves of every run: pre-training loss, fine-tuning loss and validation accuracy. "
+    "The legend lists the runs (Tab to one, Enter hides or shows it); the results table below has the numbers."
+)
+# What ipywidgets and plotly leave out, added in the browser: names for the sliders' handles, disabled
+# sliders out of the Tab order, a live region that reads out the status, a name for the figure, and
+# legend entries that a keyboard can reach and toggle.
+ACCESSIBILITY_JS = """
+const PROGRESS_EVERY = 15000;  // ms between read-out progress reports; other news is read out at once
+function set(el, name, value) { if (el.getAttribute(name) !== value) el.setAttribute(name, value); }
+
+function sliders(page) {
+  for (const box of page.querySelectorAll(".widget-slider")) {
+    const handle = box.querySelector(".noUi-handle"), label = box.querySelector(".widget-label");
+    if (!handle) continue;
+    if (label) set(handle, "aria-label", label.textContent.trim());
+    const off = box.querySelector(".noUi-target")?.hasAttribute("disabled") ?? false;
+    set(handle, "tabindex", off ? "-1" : "0");
+    set(handle, "aria-disabled", String(off));
+  }
+}
+
+function announce(page, state) {
+  const box = page.querySelector(".tk-status-box"), line = box?.querySelector(".tk-status");
+  if (!line) return;
+  let live = box.querySelector(".tk-announce");
+  if (!live) {
+    live = document.createElement("div");
+    live.className = "tk-announce";
+    set(live, "role", "status");
+    set(live, "aria-live", "polite");
+    set(live, "aria-atomic", "true");
+    box.appendChild(live);
+  }
+  const text = line.textContent.trim(), now = Date.now();
+  if (text === state.said) return;
+  if (line.hasAttribute("data-progress") && now - state.at < PROGRESS_EVERY) return;
+  state.said = text; state.at = now;
+  live.textContent = text;
+}
+
+function legend(page, state, label) {
+  const plot = page.querySelector(".js-plotly-plot");
+  if (!plot) return;
+  set(plot, "role", "figure");
+  set(plot, "aria-label", label);
+  for (const item of plot.querySelectorAll(".legend .traces")) {
+    const text = item.querySelector(".legendtext")?.textContent ?? "";
+    const shown = Number(item.style.opacity || 1) === 1;  // plotly dims the entry of a hidden run
+    set(item, "tabindex", "0");
+    set(item, "role", "checkbox");
+    set(item, "aria-checked", String(shown));
+    set(item, "aria-label", `Show run ${text}`);
+    if (!item.dataset.tkKeys) {
+      item.dataset.tkKeys = "1";
+      item.addEventListener("keydown", (event) => {
+        if (event.key !== "Enter" && event.key !== " ") return;
+        event.preventDefault();
+        state.refocus = text;  // plotly redraws the legend: focus goes back to this entry
+        const toggle = item.querySelector(".legendtoggle");
+        for (const type of ["mousedown", "mouseup"]) toggle.dispatchEvent(new MouseEvent(type, { bubbles: true }));
+      });
+    }
+    if (state.refocus === text && !page.contains(document.activeElement)) item.focus();
+  }
+}
+
+export default {
+  render({ model, el }) {
+    const page = el.closest(".teachkit-playground") ?? document.body;
+    const state = { said: "", at: 0, refocus: null };
+    let queued = false;
+    const fix = () => {
+      queued = false;
+      sliders(page);
+      announce(page, state);
+      legend(page, state, model.get("figure_label"));
+    };
+    const observer = new MutationObserver(() => { if (!queued) { queued = true; requestAnimationFrame(fix); } });
+    observer.observe(page, { subtree: true, childList: true, attributes: true, attributeFilter: ["disabled", "style"] });
+    // Focus moved on by the learner: stop putting it back on the legend entry they toggled.
+    page.addEventListener("focusin", (event) => { if (!event.target.closest?.(".legend")) state.refocus = null; });
+    fix();
+    return () => observer.disconnect();
+  },
+};
+"""
+
+
+class Accessibility(anywidget.AnyWidget):
+    """Shows nothing: put it in the page and it fills in what the widgets leave out (ACCESSIBILITY_JS)."""
+
+    _esm = ACCESSIBILITY_JS
+    figure_label = traitlets.Unicode(FIGURE_LABEL).tag(sync=True)

@@ -28,6 +28,7 @@ from teachkit.app.page import (
     READING,
     STYLE,
     TIPS,
+    Accessibility,
     NumberControl,
     colour,
     empty_axes,
@@ -35,6 +36,7 @@ from teachkit.app.page import (
     glossary,
     label_for,
     make_controls,
+    marker,
     results_table,
     show_pretraining_note,
     status_html,
@@ -122,9 +124,12 @@ class Playground:
 
     def _build_figure(self) -> None:
         self.figure = go.FigureWidget(empty_figure())
+        # responsive: plotly refits the figure to its box when the window is resized
+        self.figure._config = {"responsive": True, "displaylogo": False}
 
     def _build_outputs(self) -> None:
         self.status = W.HTML(self._status_html("Choose settings and press Run."))
+        self.status.add_class("tk-status-box")
         self.problems = W.HTML()
         self.hint = W.HTML()
         self.start_note = W.HTML()
@@ -175,18 +180,19 @@ class Playground:
                 W.HBox([self.json_button, self.csv_button]),
                 self.downloads,
             ],
-            layout=W.Layout(width="440px", min_width="440px", margin="0 14px 0 0"),
         )
+        left.add_class("tk-controls")  # its width, and where it goes on a narrow screen: STYLE
         results = W.HBox(
             [W.HTML("<h3>Results: every run</h3>"), self.clear_button],
             layout=W.Layout(justify_content="space-between", align_items="center"),
         )
-        right = W.VBox(
-            [self.status, self.error, self.figure, results, self.table],
-            layout=W.Layout(flex="1 1 auto", min_width="640px"),
-        )
+        right = W.VBox([self.error, self.figure, results, self.table])
+        right.add_class("tk-plots")
+        main = W.HBox([left, right])
+        main.add_class("tk-main")
         title = W.HTML(STYLE + INTRO + TIPS + READING)
-        root = W.VBox([title, W.HBox([left, right])])
+        # The status line spans the page above both panels, so it is in sight however they are laid out.
+        root = W.VBox([title, self.status, main, Accessibility()])
         root.add_class("teachkit-playground")
         return root
 
@@ -467,7 +473,7 @@ class Playground:
             if time.monotonic() - self._last_draw > REDRAW_EVERY:
                 self._last_draw = time.monotonic()
                 self._draw(run)
-                self.status.value = self._status_html(self._progress(run, phase, event))
+                self.status.value = self._status_html(self._progress(run, phase, event), progress=True)
         elif kind in ("eval", "end"):
             self._draw(run)
 
@@ -511,8 +517,16 @@ class Playground:
 
     def _add_traces(self, run: Run) -> None:
         """A legend entry and empty curves for a new run, in its colour; its legend entry hides them all."""
-        n, line = run.number, colour(run.number)
-        common = {"x": [], "y": [], "legendgroup": f"run{n}", "showlegend": False, "name": f"run {n}"}
+        n, line, dots = run.number, colour(run.number), marker(run.number)  # colour and shape: never colour alone
+        common = {
+            "x": [],
+            "y": [],
+            "legendgroup": f"run{n}",
+            "showlegend": False,
+            "name": f"run {n}",
+            "mode": "lines+markers",
+            "marker": {**dots, "color": line},
+        }
         with self.figure.batch_update():
             # plotly leaves a curve without points out of the legend, so each run's entry is a curve of its own
             # with one blank point: it is listed from the start, pre-trained or not.
@@ -522,26 +536,24 @@ class Playground:
                 legendgroup=f"run{n}",
                 name=_legend_name(run),
                 meta=f"run{n}-legend",
-                mode="lines",
+                mode="lines+markers",
                 line={"color": line, "width": 3},
+                marker={**dots, "color": line},
                 hoverinfo="skip",
                 row=1,
                 col=1,
             )
-            self.figure.add_scatter(**common, meta=f"run{n}-mlm", mode="lines", line={"color": line}, row=1, col=1)
+            self.figure.add_scatter(**common, meta=f"run{n}-mlm", line={"color": line}, row=1, col=1)
             if run.settings.nsp and run.settings.pretrain:
                 self.figure.add_scatter(
                     **{**common, "name": f"run {n} NSP"},
                     meta=f"run{n}-nsp",
-                    mode="lines",
                     line={"color": line, "dash": "dash"},
                     row=1,
                     col=1,
                 )
-            self.figure.add_scatter(**common, meta=f"run{n}-loss", mode="lines", line={"color": line}, row=2, col=1)
-            self.figure.add_scatter(
-                **common, meta=f"run{n}-accuracy", mode="lines+markers", line={"color": line}, row=2, col=2
-            )
+            self.figure.add_scatter(**common, meta=f"run{n}-loss", line={"color": line}, row=2, col=1)
+            self.figure.add_scatter(**common, meta=f"run{n}-accuracy", line={"color": line}, row=2, col=2)
             epochs = max(r.settings.epochs for r in self.runs)
             self.figure.update_xaxes(range=[0, epochs + 0.15], row=2)  # fine-tuning: every run on one epoch axis
             self.figure.update_xaxes(autorange=True, rangemode="tozero", row=1, col=1)
@@ -583,8 +595,8 @@ class Playground:
         )
 
     @staticmethod
-    def _status_html(text: str) -> str:
-        return status_html(text)
+    def _status_html(text: str, *, progress: bool = False) -> str:
+        return status_html(text, progress=progress)
 
 
 def _legend_name(run: Run) -> str:
