@@ -618,7 +618,7 @@ def test_exported_notebook_opens_offline_with_snapshots_not_widget_reprs(tmp_pat
     info = course.course_bert_info()
     assert f"pre-trained for {info['steps']:,} steps" in text
     assert f"Our BERT's masked-LM loss after {info['steps']:,} steps: {info['final_mlm_loss']:.2f}" in text
-    assert "no BERT that works offline has an MLM head" in text
+    assert "Skipped: google/bert_uncased_L-4_H-256_A-4 is not in a mirror folder" in text  # the test mirror lacks it
     assert "Offline, use 'minilm'" not in text
 
 
@@ -632,6 +632,6 @@ def test_exported_attention_notebook_shows_each_explorers_picture(tmp_path, mirr
     assert text.count("A snapshot: open the notebook in Jupyter to use the controls.") == 2, text[-3000:]
     # Each explorer's snapshot is its picture: an inline image of layer 1, head 1.
     markup = (tmp_path / f"{NOTEBOOK_05.stem}.html").read_text()
-    assert markup.count('alt="attention of layer 1, head 1" src="data:image/png;base64,') == 2
+    assert markup.count(', layer 1, head 1" src="data:image/png;base64,') == 2  # "attention of <model>, layer 1, ..."
     info = course.course_bert_info()
     assert f"pre-trained for {info['seconds'] / 60:.0f} minutes" in text
